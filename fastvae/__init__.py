@@ -1,0 +1,41 @@
+"""fastvae: fused Triton and CUDA kernels for variational autoencoders, as PyTorch autograd ops.
+
+The whole public API is re-exported here; see README.md for the table.
+"""
+
+from fastvae import nn
+from fastvae.backend import BackendUnavailableError, available_backends, set_backend, use_backend
+from fastvae.ops import (
+    VQOutput,
+    gaussian_kl,
+    gaussian_log_prob,
+    iwae_bound,
+    iwae_log_weights,
+    miwae_bound,
+    reparameterize,
+    reparameterize_kl,
+    vector_quantize,
+    vq_code_stats,
+    vq_nearest,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "VQOutput",
+    "available_backends",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "iwae_bound",
+    "iwae_log_weights",
+    "miwae_bound",
+    "nn",
+    "reparameterize",
+    "reparameterize_kl",
+    "set_backend",
+    "use_backend",
+    "vector_quantize",
+    "vq_code_stats",
+    "vq_nearest",
+]

@@ -1,0 +1,5 @@
+"""Modules built on the fastvae ops."""
+
+from fastvae.nn.vector_quantizer import VectorQuantizer
+
+__all__ = ["VectorQuantizer"]

@@ -1,0 +1,400 @@
+"""Gaussian ops: reparameterised sampling (with its KL), KL divergence and log-density.
+
+Public functions check their arguments, flatten ``(..., D)`` inputs to the canonical ``(R, D)``
+layout (contiguous: a non-contiguous input is copied once), and call custom ops in the ``fastvae``
+namespace. Each custom op has a fake (shape) implementation and an autograd formula whose backward
+is itself a custom op, and dispatches at run time to the backend in force (:mod:`fastvae.backend`),
+so ``torch.compile(fullgraph=True)`` traces code that uses them without a graph break.
+
+Sampling ops draw their noise from the Philox stream of :mod:`fastvae.reference.philox`; backward
+regenerates it from the seed instead of storing it.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+from fastvae import backend
+from fastvae.ops import _checks
+from fastvae.ops._seed import seed_tensor
+from fastvae.reference import gaussian as reference
+
+__all__ = ["reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob"]
+
+for _name in (
+    "reparameterize",
+    "reparameterize_backward",
+    "reparameterize_kl",
+    "reparameterize_kl_backward",
+    "gaussian_kl",
+    "gaussian_kl_backward",
+    "gaussian_log_prob",
+    "gaussian_log_prob_backward",
+):
+    backend.register(_name, "torch", getattr(reference, _name))
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``(..., D)`` -> contiguous ``(R, D)``."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1]).contiguous()
+
+
+def _row_grad(grad: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(like.shape[:-1], dtype=like.dtype, device=like.device) if grad is None else grad
+
+
+def _explicit_eps_grads(
+    grad_z: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d logvar, d eps)`` of ``z = mu + exp(logvar / 2) * eps`` for a caller-given eps."""
+    acc = reference.compute_dtype(logvar.dtype)
+    scaled = grad_z.to(acc) * torch.exp(0.5 * logvar.to(acc))
+    return (0.5 * scaled * eps.to(acc)).to(logvar.dtype), scaled.to(eps.dtype)
+
+
+# --- reparameterize -------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::reparameterize", mutates_args=())
+def _reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
+) -> torch.Tensor:
+    return backend.resolve("reparameterize", mu.device)(mu, logvar, eps, int(seed))
+
+
+@_reparameterize.register_fake
+def _(mu, logvar, eps, seed):
+    return torch.empty_like(mu)
+
+
+@torch.library.custom_op("fastvae::reparameterize_backward", mutates_args=())
+def _reparameterize_backward(grad_z: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    return backend.resolve("reparameterize_backward", logvar.device)(grad_z, logvar, int(seed))
+
+
+@_reparameterize_backward.register_fake
+def _(grad_z, logvar, seed):
+    return torch.empty_like(logvar)
+
+
+def _reparameterize_setup(ctx, inputs, output):
+    _, logvar, eps, seed = inputs
+    ctx.save_for_backward(logvar, eps, seed)
+
+
+def _reparameterize_grad(ctx, grad_z):
+    logvar, eps, seed = ctx.saved_tensors
+    if eps is not None:
+        grad_logvar, grad_eps = _explicit_eps_grads(grad_z, logvar, eps)
+        return grad_z, grad_logvar, grad_eps, None
+    grad_logvar = _reparameterize_backward(grad_z, logvar, seed) if ctx.needs_input_grad[1] else None
+    return grad_z, grad_logvar, None, None
+
+
+torch.library.register_autograd(
+    "fastvae::reparameterize", _reparameterize_grad, setup_context=_reparameterize_setup
+)
+
+
+# --- reparameterize_kl ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::reparameterize_kl", mutates_args=())
+def _reparameterize_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return backend.resolve("reparameterize_kl", mu.device)(mu, logvar, eps, int(seed))
+
+
+@_reparameterize_kl.register_fake
+def _(mu, logvar, eps, seed):
+    return torch.empty_like(mu), mu.new_empty(mu.shape[:-1])
+
+
+@torch.library.custom_op("fastvae::reparameterize_kl_backward", mutates_args=())
+def _reparameterize_kl_backward(
+    grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor
+) -> list[torch.Tensor]:
+    return backend.resolve("reparameterize_kl_backward", mu.device)(grad_z, grad_kl, mu, logvar, int(seed))
+
+
+@_reparameterize_kl_backward.register_fake
+def _(grad_z, grad_kl, mu, logvar, seed):
+    return [torch.empty_like(mu), torch.empty_like(logvar)]
+
+
+def _reparameterize_kl_setup(ctx, inputs, output):
+    mu, logvar, eps, seed = inputs
+    ctx.save_for_backward(mu, logvar, eps, seed)
+
+
+def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed = ctx.saved_tensors
+    grad_z = torch.zeros_like(mu) if grad_z is None else grad_z
+    grad_kl = _row_grad(grad_kl, mu)
+    if eps is None:
+        grad_mu, grad_logvar = _reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, seed)
+        return grad_mu, grad_logvar, None, None
+    grad_mu_kl, grad_logvar_kl = reference.gaussian_kl_backward(grad_kl, mu, logvar, None, None)
+    grad_logvar_z, grad_eps = _explicit_eps_grads(grad_z, logvar, eps)
+    return grad_z + grad_mu_kl, grad_logvar_z + grad_logvar_kl, grad_eps, None
+
+
+torch.library.register_autograd(
+    "fastvae::reparameterize_kl", _reparameterize_kl_grad, setup_context=_reparameterize_kl_setup
+)
+
+
+# --- gaussian_kl ----------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::gaussian_kl", mutates_args=())
+def _gaussian_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, mu_p: Optional[torch.Tensor], logvar_p: Optional[torch.Tensor]
+) -> torch.Tensor:
+    return backend.resolve("gaussian_kl", mu.device)(mu, logvar, mu_p, logvar_p)
+
+
+@_gaussian_kl.register_fake
+def _(mu, logvar, mu_p, logvar_p):
+    return mu.new_empty(mu.shape[:-1])
+
+
+@torch.library.custom_op("fastvae::gaussian_kl_backward", mutates_args=())
+def _gaussian_kl_backward(
+    grad: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    mu_p: Optional[torch.Tensor],
+    logvar_p: Optional[torch.Tensor],
+) -> list[torch.Tensor]:
+    return backend.resolve("gaussian_kl_backward", mu.device)(grad, mu, logvar, mu_p, logvar_p)
+
+
+@_gaussian_kl_backward.register_fake
+def _(grad, mu, logvar, mu_p, logvar_p):
+    return [torch.empty_like(mu) for _ in range(2 if mu_p is None else 4)]
+
+
+def _gaussian_kl_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gaussian_kl_grad(ctx, grad):
+    mu, logvar, mu_p, logvar_p = ctx.saved_tensors
+    grads = _gaussian_kl_backward(grad, mu, logvar, mu_p, logvar_p)
+    return tuple(grads) + (None, None) * (mu_p is None)
+
+
+torch.library.register_autograd("fastvae::gaussian_kl", _gaussian_kl_grad, setup_context=_gaussian_kl_setup)
+
+
+# --- gaussian_log_prob ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())
+def _gaussian_log_prob(
+    x: torch.Tensor, mu: Optional[torch.Tensor], logvar: Optional[torch.Tensor]
+) -> torch.Tensor:
+    return backend.resolve("gaussian_log_prob", x.device)(x, mu, logvar)
+
+
+@_gaussian_log_prob.register_fake
+def _(x, mu, logvar):
+    return x.new_empty(x.shape[:-1])
+
+
+@torch.library.custom_op("fastvae::gaussian_log_prob_backward", mutates_args=())
+def _gaussian_log_prob_backward(
+    grad: torch.Tensor, x: torch.Tensor, mu: Optional[torch.Tensor], logvar: Optional[torch.Tensor]
+) -> list[torch.Tensor]:
+    return backend.resolve("gaussian_log_prob_backward", x.device)(grad, x, mu, logvar)
+
+
+@_gaussian_log_prob_backward.register_fake
+def _(grad, x, mu, logvar):
+    return [torch.empty_like(x) for _ in range(1 + (mu is not None) + (logvar is not None))]
+
+
+def _gaussian_log_prob_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gaussian_log_prob_grad(ctx, grad):
+    x, mu, logvar = ctx.saved_tensors
+    grads = iter(_gaussian_log_prob_backward(grad, x, mu, logvar))
+    grad_x = next(grads)
+    grad_mu = None if mu is None else next(grads)
+    grad_logvar = None if logvar is None else next(grads)
+    return grad_x, grad_mu, grad_logvar
+
+
+torch.library.register_autograd(
+    "fastvae::gaussian_log_prob", _gaussian_log_prob_grad, setup_context=_gaussian_log_prob_setup
+)
+
+
+# --- public functions -----------------------------------------------------------------------------
+
+
+def _check_pair(mu: object, logvar: object) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = _checks.tensor(mu, "mu", min_dim=1)
+    logvar = _checks.tensor(logvar, "logvar", min_dim=1)
+    _checks.same_dtype_and_device([("mu", mu), ("logvar", logvar)])
+    _checks.same_shape("logvar", logvar, mu.shape, "the shape of mu")
+    return mu, logvar
+
+
+def _check_eps(eps: object, mu: torch.Tensor) -> Optional[torch.Tensor]:
+    if eps is None:
+        return None
+    eps = _checks.tensor(eps, "eps")
+    _checks.same_dtype_and_device([("mu", mu), ("eps", eps)])
+    _checks.same_shape("eps", eps, mu.shape, "the shape of mu")
+    return eps
+
+
+def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int]) -> torch.Tensor:
+    """The seed tensor: drawn or checked when sampling; with an explicit eps, never drawn (it is unused)."""
+    if eps is not None and seed is None:
+        return torch.zeros((), dtype=torch.int64)
+    return seed_tensor(seed)
+
+
+def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return rows.sum()
+    if reduction == "mean":
+        return rows.mean()
+    return rows
+
+
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Tensor] = None, seed: Optional[int] = None
+) -> torch.Tensor:
+    """Sample ``z = mu + exp(logvar / 2) * eps`` from ``N(mu, e^logvar)`` by the reparameterisation trick.
+
+    Args:
+        mu: ``(..., D)`` means; float16, bfloat16, float32 or float64.
+        logvar: ``(..., D)`` log-variances, same dtype and device as ``mu``.
+        eps: optional ``(..., D)`` standard-normal noise to use instead of sampling (gradients flow
+            to it too).
+        seed: optional int in ``[0, 2**63)`` selecting the noise stream; None draws one from torch's
+            default CPU generator, so ``torch.manual_seed`` makes runs repeatable. Ignored with ``eps``.
+
+    Returns:
+        ``z`` of shape ``(..., D)`` in the dtype of ``mu``. Backward regenerates the noise from the
+        seed rather than storing it.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-int seed.
+        ValueError: mismatched shapes or devices, a 0-dim input, a seed out of range.
+    """
+    mu, logvar = _check_pair(mu, logvar)
+    eps = _check_eps(eps, mu)
+    seed_t = _seed_for(eps, seed)
+    rows_eps = None if eps is None else _rows(eps)
+    return _reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t).reshape(mu.shape)
+
+
+def reparameterize_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    eps: Optional[torch.Tensor] = None,
+    seed: Optional[int] = None,
+    reduction: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reparameterize` and ``KL(N(mu, e^logvar) || N(0, I))`` in one pass.
+
+    Args:
+        mu, logvar, eps, seed: as for :func:`reparameterize`.
+        reduction: ``"none"`` for the per-row KL summed over ``D`` (shape ``mu.shape[:-1]``),
+            ``"sum"`` for its total, ``"mean"`` for its mean over rows (the usual ``kld_loss``).
+
+    Returns:
+        ``(z, kl)``: ``z`` ``(..., D)`` and ``kl`` as ``reduction`` says, both in the dtype of ``mu``.
+        ``kl = 0.5 * sum_D(mu^2 + e^logvar - 1 - logvar)``. The mean over zero rows is NaN, as
+        ``torch.mean``'s.
+
+    Raises:
+        TypeError, ValueError: as for :func:`reparameterize`; an unknown ``reduction``.
+    """
+    mu, logvar = _check_pair(mu, logvar)
+    eps = _check_eps(eps, mu)
+    reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
+    seed_t = _seed_for(eps, seed)
+    rows_eps = None if eps is None else _rows(eps)
+    z, kl = _reparameterize_kl(_rows(mu), _rows(logvar), rows_eps, seed_t)
+    return z.reshape(mu.shape), _reduce(kl.reshape(mu.shape[:-1]), reduction)
+
+
+def gaussian_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    mu_p: Optional[torch.Tensor] = None,
+    logvar_p: Optional[torch.Tensor] = None,
+    *,
+    reduction: str = "none",
+) -> torch.Tensor:
+    """``KL(N(mu, e^logvar) || N(mu_p, e^logvar_p))`` for diagonal Gaussians, summed over the last dim.
+
+    Args:
+        mu: ``(..., D)`` posterior means; float16, bfloat16, float32 or float64.
+        logvar: ``(..., D)`` posterior log-variances, same dtype and device.
+        mu_p: prior means broadcastable to ``mu``'s shape (e.g. ``(D,)``), or None for 0.
+        logvar_p: prior log-variances broadcastable to ``mu``'s shape, or None for 0 (unit variance).
+            With both None the prior is ``N(0, I)``.
+        reduction: ``"none"`` (per row, shape ``mu.shape[:-1]``), ``"sum"`` or ``"mean"`` over rows.
+
+    Returns:
+        The KL in the dtype of ``mu``: ``0.5 * sum_D(mu^2 + e^lv - 1 - lv)`` for the standard prior,
+        ``0.5 * sum_D(e^(lv - lv_p) - 1 - (lv - lv_p) + (mu - mu_p)^2 e^-lv_p)`` otherwise.
+
+    Raises:
+        TypeError: non-floating or mixed dtypes.
+        ValueError: shapes that do not match or broadcast, mixed devices, an unknown ``reduction``.
+    """
+    mu, logvar = _check_pair(mu, logvar)
+    reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
+    if mu_p is None and logvar_p is None:
+        kl = _gaussian_kl(_rows(mu), _rows(logvar), None, None)
+    else:
+        prior = []
+        for name, value in (("mu_p", mu_p), ("logvar_p", logvar_p)):
+            if value is None:
+                value = torch.zeros((), dtype=mu.dtype, device=mu.device)
+            value = _checks.tensor(value, name)
+            _checks.same_dtype_and_device([("mu", mu), (name, value)])
+            prior.append(_rows(_checks.broadcast_to(name, value, mu.shape, "mu")))
+        kl = _gaussian_kl(_rows(mu), _rows(logvar), prior[0], prior[1])
+    return _reduce(kl.reshape(mu.shape[:-1]), reduction)
+
+
+def gaussian_log_prob(
+    x: torch.Tensor, mu: Optional[torch.Tensor] = None, logvar: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``log N(x; mu, e^logvar)`` of a diagonal Gaussian, summed over the last dim.
+
+    Args:
+        x: ``(..., D)`` points; float16, bfloat16, float32 or float64.
+        mu: means broadcastable to ``x``'s shape, or None for 0.
+        logvar: log-variances broadcastable to ``x``'s shape, or None for 0 (unit variance).
+
+    Returns:
+        ``-0.5 * sum_D(log 2 pi + logvar + (x - mu)^2 e^-logvar)``, shape ``x.shape[:-1]``, dtype of ``x``.
+
+    Raises:
+        TypeError: non-floating or mixed dtypes.
+        ValueError: shapes that do not broadcast to ``x``'s, mixed devices, a 0-dim ``x``.
+    """
+    x = _checks.tensor(x, "x", min_dim=1)
+    params = []
+    for name, value in (("mu", mu), ("logvar", logvar)):
+        if value is not None:
+            value = _checks.tensor(value, name)
+            _checks.same_dtype_and_device([("x", x), (name, value)])
+            value = _rows(_checks.broadcast_to(name, value, x.shape, "x"))
+        params.append(value)
+    return _gaussian_log_prob(_rows(x), params[0], params[1]).reshape(x.shape[:-1])

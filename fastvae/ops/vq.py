@@ -1,0 +1,288 @@
+"""Vector quantisation: nearest-code search, the fused VQ-VAE quantiser, and per-code statistics.
+
+The search never builds the ``N x K`` distance matrix beyond a fixed memory budget (see
+:mod:`fastvae.reference.vq`). The cosine metric L2-normalises ``x`` and the codebook (differentiably)
+and runs the Euclidean search on the results: for unit vectors ``|x - e|^2 = 2 - 2 cos(x, e)``, so
+the nearest code is the one of highest cosine similarity.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from fastvae import backend
+from fastvae.ops import _checks
+from fastvae.reference import vq as reference
+
+__all__ = ["VQOutput", "vq_nearest", "vector_quantize", "vq_code_stats"]
+
+for _name in ("vq_nearest", "vector_quantize", "vector_quantize_backward", "vq_code_stats"):
+    backend.register(_name, "torch", getattr(reference, _name))
+
+
+class VQOutput(NamedTuple):
+    """What :func:`vector_quantize` and :class:`fastvae.nn.VectorQuantizer` return.
+
+    Attributes:
+        quantized: ``x``'s shape; the nearest codes, carrying the straight-through gradient to ``x``.
+        indices: int64 code index per vector (``x``'s shape without the channel dim).
+        loss: ``codebook_loss + beta * commitment_loss`` (0-dim).
+        commitment_loss: ``mean_n |x_n - sg[e_n]|^2`` (0-dim; gradient to ``x`` only).
+        codebook_loss: ``mean_n |sg[x_n] - e_n|^2`` (0-dim; gradient to the codebook only).
+        perplexity: ``exp`` of the entropy of code usage in the batch (0-dim, no gradient).
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    perplexity: torch.Tensor
+
+
+# --- vq_nearest -----------------------------------------------------------------------------------
+
+
+# The custom op returns (distances, indices): floating output first, as opcheck's harness sums
+# the outputs in order and cannot add a float to an int64 running sum.
+@torch.library.custom_op("fastvae::vq_nearest", mutates_args=())
+def _vq_nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    indices, distances = backend.resolve("vq_nearest", x.device)(x, codebook)
+    return distances, indices
+
+
+@_vq_nearest.register_fake
+def _(x, codebook):
+    return x.new_empty(x.shape[:1]), x.new_empty(x.shape[:1], dtype=torch.int64)
+
+
+def _vq_nearest_setup(ctx, inputs, output):
+    indices = output[1]
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(inputs[0], inputs[1], indices)
+
+
+def _vq_nearest_grad(ctx, grad_distances, _grad_indices):
+    # d|x - e_k|^2 = 2 (x - e_k) dx - 2 (x - e_k) de_k, the latter summed per code.
+    x, codebook, indices = ctx.saved_tensors
+    scaled = 2.0 * grad_distances.unsqueeze(-1) * (x - codebook[indices])
+    grad_codebook = torch.zeros_like(codebook).index_add_(0, indices, scaled, alpha=-1.0)
+    return scaled, grad_codebook
+
+
+torch.library.register_autograd("fastvae::vq_nearest", _vq_nearest_grad, setup_context=_vq_nearest_setup)
+
+
+# --- vector_quantize ------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::vector_quantize", mutates_args=())
+def _vector_quantize(
+    x: torch.Tensor, codebook: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backend.resolve("vector_quantize", x.device)(x, codebook)
+
+
+@_vector_quantize.register_fake
+def _(x, codebook):
+    return (
+        torch.empty_like(x),
+        x.new_empty(x.shape[:1], dtype=torch.int64),
+        x.new_empty(()),
+        x.new_empty(()),
+        x.new_empty(()),
+    )
+
+
+@torch.library.custom_op("fastvae::vector_quantize_backward", mutates_args=())
+def _vector_quantize_backward(
+    grad_quantized: torch.Tensor,
+    grad_commitment: torch.Tensor,
+    grad_codebook_loss: torch.Tensor,
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    indices: torch.Tensor,
+) -> list[torch.Tensor]:
+    impl = backend.resolve("vector_quantize_backward", x.device)
+    return impl(grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices)
+
+
+@_vector_quantize_backward.register_fake
+def _(grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices):
+    return [torch.empty_like(x), torch.empty_like(codebook)]
+
+
+def _vector_quantize_setup(ctx, inputs, output):
+    _, indices, _, _, perplexity = output
+    ctx.mark_non_differentiable(indices, perplexity)
+    ctx.save_for_backward(inputs[0], inputs[1], indices)
+
+
+def _vector_quantize_grad(ctx, grad_quantized, _grad_indices, grad_commitment, grad_codebook_loss, _grad_perplexity):
+    x, codebook, indices = ctx.saved_tensors
+    zero = x.new_zeros(())
+    grad_x, grad_codebook = _vector_quantize_backward(
+        torch.zeros_like(x) if grad_quantized is None else grad_quantized,
+        zero if grad_commitment is None else grad_commitment,
+        zero if grad_codebook_loss is None else grad_codebook_loss,
+        x,
+        codebook,
+        indices,
+    )
+    return grad_x, grad_codebook
+
+
+torch.library.register_autograd(
+    "fastvae::vector_quantize", _vector_quantize_grad, setup_context=_vector_quantize_setup
+)
+
+
+# --- vq_code_stats --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvae::vq_code_stats", mutates_args=())
+def _vq_code_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return backend.resolve("vq_code_stats", x.device)(x, indices, num_codes)
+
+
+@_vq_code_stats.register_fake
+def _(x, indices, num_codes):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((num_codes,), dtype=acc), x.new_empty((num_codes, x.shape[1]), dtype=acc)
+
+
+def _vq_code_stats_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output)
+
+
+def _vq_code_stats_grad(ctx, _grad_counts, _grad_sums):
+    raise RuntimeError("fastvae.vq_code_stats is not differentiable")
+
+
+torch.library.register_autograd("fastvae::vq_code_stats", _vq_code_stats_grad, setup_context=_vq_code_stats_setup)
+
+
+# --- public functions -----------------------------------------------------------------------------
+
+
+def _check_x_codebook(x: object, codebook: object) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _checks.tensor(x, "x", min_dim=1)
+    codebook = _checks.tensor(codebook, "codebook")
+    _checks.same_dtype_and_device([("x", x), ("codebook", codebook)])
+    if codebook.dim() != 2:
+        raise ValueError(f"codebook must be 2-D (K, D), got shape {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0:
+        raise ValueError("codebook must hold at least one code, got K = 0")
+    if codebook.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"codebook must have D = x.shape[-1] = {x.shape[-1]} columns, got shape {tuple(codebook.shape)}"
+        )
+    return x, codebook
+
+
+def _prepared(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as contiguous ``(N, D)`` rows and the codebook, L2-normalised for the cosine metric."""
+    if metric == "cosine":
+        x, codebook = F.normalize(x, dim=-1), F.normalize(codebook, dim=-1)
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).contiguous(), codebook.contiguous()
+
+
+def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest codebook entry of every vector, without building the N x K distance matrix.
+
+    Args:
+        x: ``(..., D)`` vectors; float16, bfloat16, float32 or float64.
+        codebook: ``(K, D)`` codes, same dtype and device, ``K >= 1``.
+        metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (Euclidean between L2-normalised
+            vectors, i.e. highest cosine similarity).
+
+    Returns:
+        ``(indices, distances)``, both of shape ``x.shape[:-1]``: int64 indices (ties go to the lowest
+        index) and the squared distance ``|x - e|^2`` to the chosen code (for ``"cosine"``,
+        ``2 - 2 cos(x, e)``) in ``x``'s dtype. Distances are differentiable with respect to ``x`` and
+        the codebook; indices are not.
+
+    Raises:
+        TypeError: non-floating or mixed dtypes.
+        ValueError: a codebook that is not ``(K, D)`` with ``K >= 1`` and ``x``'s ``D``, mixed
+            devices, an unknown metric.
+    """
+    x, codebook = _check_x_codebook(x, codebook)
+    metric = _checks.choice(metric, "metric", _checks.METRICS)
+    rows, codes = _prepared(x, codebook, metric)
+    distances, indices = _vq_nearest(rows, codes)
+    return indices.reshape(x.shape[:-1]), distances.reshape(x.shape[:-1])
+
+
+def vector_quantize(
+    x: torch.Tensor, codebook: torch.Tensor, *, beta: float = 0.25, metric: str = "l2"
+) -> VQOutput:
+    """Quantise ``x`` to its nearest codes with the VQ-VAE losses (van den Oord et al. 2017), fused.
+
+    Args:
+        x: ``(..., D)`` encoder outputs; float16, bfloat16, float32 or float64.
+        codebook: ``(K, D)`` codes, same dtype and device, ``K >= 1``.
+        beta: weight of the commitment loss, ``>= 0`` (the paper's default 0.25).
+        metric: ``"l2"`` or ``"cosine"``; with ``"cosine"``, ``x`` and the codebook are L2-normalised
+            first and quantized, losses and gradients are those of the normalised vectors.
+
+    Returns:
+        :class:`VQOutput` ``(quantized, indices, loss, commitment_loss, codebook_loss, perplexity)``:
+        ``quantized`` has ``x``'s shape and passes its gradient straight through to ``x``;
+        ``indices`` has shape ``x.shape[:-1]``; the losses are means over the ``N`` vectors of the
+        squared Euclidean norm ``|x_n - e_n|^2`` (summed over ``D``, i.e. ``D`` times
+        ``F.mse_loss``), ``codebook_loss`` with ``x`` detached, ``commitment_loss`` with the codes
+        detached, ``loss = codebook_loss + beta * commitment_loss``. All values in ``x``'s dtype; an
+        empty batch gives NaN losses and perplexity.
+
+    Raises:
+        TypeError: non-floating or mixed dtypes, a non-number ``beta``.
+        ValueError: as for :func:`vq_nearest`; a negative ``beta``.
+    """
+    x, codebook = _check_x_codebook(x, codebook)
+    beta = _checks.number(beta, "beta", low=0.0)
+    metric = _checks.choice(metric, "metric", _checks.METRICS)
+    rows, codes = _prepared(x, codebook, metric)
+    quantized, indices, commitment, codebook_loss, perplexity = _vector_quantize(rows, codes)
+    return VQOutput(
+        quantized=quantized.reshape(x.shape),
+        indices=indices.reshape(x.shape[:-1]),
+        loss=codebook_loss + beta * commitment,
+        commitment_loss=commitment,
+        codebook_loss=codebook_loss,
+        perplexity=perplexity,
+    )
+
+
+def vq_code_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-code counts and sums of the vectors assigned to each code, by segment reduction (no one-hot).
+
+    The statistics behind the EMA codebook update of :class:`fastvae.nn.VectorQuantizer`. Not
+    differentiable.
+
+    Args:
+        x: ``(..., D)`` vectors; float16, bfloat16, float32 or float64.
+        indices: int64 code indices of shape ``x.shape[:-1]``, each in ``[0, num_codes)``.
+        num_codes: the codebook size ``K >= 1``.
+
+    Returns:
+        ``(counts (K,), sums (K, D))`` in float32 (float64 for float64 ``x``).
+
+    Raises:
+        TypeError: non-floating ``x``, non-int64 ``indices``, non-int ``num_codes``.
+        ValueError: mismatched shapes or devices, ``num_codes < 1``.
+    """
+    x = _checks.tensor(x, "x", min_dim=1)
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
+        raise TypeError(f"indices must be an int64 tensor, got {getattr(indices, 'dtype', type(indices).__name__)}")
+    if indices.device != x.device:
+        raise ValueError(f"indices must be on the device of x ({x.device}), got {indices.device}")
+    _checks.same_shape("indices", indices, x.shape[:-1], "x's shape without the last dim")
+    if isinstance(num_codes, bool) or not isinstance(num_codes, int):
+        raise TypeError(f"num_codes must be an int, got {type(num_codes).__name__}")
+    if num_codes < 1:
+        raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+    rows = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1]).contiguous()
+    return _vq_code_stats(rows, indices.reshape(-1).contiguous(), num_codes)
