@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 from typing import Callable, Iterator
@@ -74,6 +75,11 @@ _default: str = _from_environment()
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastvae_backend", default=None)
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -83,7 +89,7 @@ def _missing(backend: str, device: torch.device | None = None) -> str | None:
     if backend == "torch":
         return None
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _triton_installed():
             return "the triton package is not installed (pip install triton)"
         if not any("triton" in impls for impls in _IMPLS.values()):
             return "this version of fastvae has no Triton kernels yet"

@@ -22,8 +22,8 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, *, scale: float = 1.0) -> None:
     """Assert ``actual`` (computed in ``dtype``) matches the float64 ``expected`` within ``dtype``'s tolerance.
 
-    ``scale`` multiplies both tolerances for results that sum ``scale`` rounded terms (e.g. a row sum
-    over D elements is compared with ``scale=D ** 0.5`` ... the caller says why).
+    ``scale`` multiplies both tolerances; a caller passes it only for results that add up many
+    rounded terms (a sum over ``D`` elements, say) and says in a comment why the factor is honest.
     """
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(
