@@ -1,0 +1,229 @@
+"""Tests of fastvae._extension (lazy loading of fastvae._C) and of the extension's plumbing.
+
+The loader tests run anywhere. The argument-check tests need the extension built but no GPU: the
+checks run before any CUDA call. The device tests are marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from fastvae import _extension
+
+# Tolerance of a float32 axpy against the float64 formula: one or two float32 roundings.
+FP32_TOL = {"rtol": 1e-6, "atol": 1e-6}
+# Arguments that pass every check of axpy_f32; tests override one at a time.
+VALID_AXPY = {"x_ptr": 256, "y_ptr": 512, "n": 4, "alpha": 1.0, "stream": 0}
+
+
+@pytest.fixture
+def fresh_import() -> Iterator[None]:
+    """Forget the cached import of fastvae._C before and after the test."""
+    _extension._import.cache_clear()
+    yield
+    _extension._import.cache_clear()
+
+
+@pytest.fixture
+def C() -> types.ModuleType:
+    """The built extension; skips the test when fastvae._C was not built or does not import."""
+    module = _extension.load()
+    if module is None:
+        pytest.skip(f"fastvae._C is unavailable: {_extension.unavailable_reason()}")
+    return module
+
+
+def _visible_devices(C: types.ModuleType) -> int:
+    """Devices the extension's CUDA runtime sees: 0 also when no usable driver is installed."""
+    try:
+        return C.device_count()
+    except RuntimeError as exc:
+        assert "cudaGetDeviceCount" in str(exc)
+        return 0
+
+
+# --- the loader ---------------------------------------------------------------------------------
+
+
+def test_load_and_unavailable_reason_agree() -> None:
+    module, reason = _extension.load(), _extension.unavailable_reason()
+    assert _extension.is_available() == (reason is None)
+    if module is None:
+        assert isinstance(reason, str) and reason
+    if reason is None:
+        assert module is not None and torch.cuda.is_available()
+
+
+def test_load_imports_once() -> None:
+    module = _extension.load()
+    assert _extension.load() is module
+    if module is not None:
+        assert sys.modules["fastvae._C"] is module
+
+
+def test_not_built_extension_is_reported(
+    monkeypatch: pytest.MonkeyPatch, fresh_import: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "fastvae._C", None)  # makes the import fail as "not found"
+    assert _extension.load() is None
+    assert _extension.unavailable_reason() == _extension.NOT_BUILT
+    assert not _extension.is_available()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ImportError("libfoo.so: undefined symbol: cudaBar"),
+        ModuleNotFoundError("No module named 'baz'", name="baz"),
+    ],
+    ids=["broken", "missing-dependency"],
+)
+def test_import_error_text_is_the_reason(
+    error: ImportError, monkeypatch: pytest.MonkeyPatch, fresh_import: None
+) -> None:
+    def failing_import(name: str) -> types.ModuleType:
+        raise error
+
+    monkeypatch.setattr(_extension.importlib, "import_module", failing_import)
+    assert _extension.load() is None
+    assert _extension.unavailable_reason() == f"fastvae._C failed to import: {error}"
+
+
+@pytest.mark.parametrize("cuda_available", [False, True])
+def test_device_visibility_decides_availability(
+    cuda_available: bool, monkeypatch: pytest.MonkeyPatch, fresh_import: None
+) -> None:
+    fake = types.ModuleType("fastvae._C")
+    monkeypatch.setitem(sys.modules, "fastvae._C", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    assert _extension.load() is fake
+    assert _extension.unavailable_reason() == (None if cuda_available else _extension.NO_DEVICE)
+    assert _extension.is_available() == cuda_available
+
+
+# --- the extension, no GPU needed ---------------------------------------------------------------
+
+
+def test_runtime_version_is_cuda_12_or_later(C: types.ModuleType) -> None:
+    version = C.cuda_runtime_version()
+    assert version >= 12000
+    assert version % 10 == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "name"),
+    [({"x_ptr": 0}, "x_ptr"), ({"y_ptr": 0}, "y_ptr"), ({"n": -1}, "n")],
+)
+def test_axpy_bad_argument_raises_value_error_naming_it(
+    C: types.ModuleType, override: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        C.axpy_f32(**{**VALID_AXPY, **override})
+
+
+def test_negative_pointer_is_a_type_error(C: types.ModuleType) -> None:
+    with pytest.raises(TypeError):
+        C.axpy_f32(**{**VALID_AXPY, "x_ptr": -VALID_AXPY["x_ptr"]})
+
+
+def test_negative_device_index_raises_value_error(C: types.ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"^index must be >= 0, got -1"):
+        C.device_properties(-1)
+
+
+def test_axpy_of_zero_elements_launches_nothing(C: types.ModuleType) -> None:
+    assert C.axpy_f32(**{**VALID_AXPY, "n": 0}) is None
+
+
+def test_device_calls_without_a_device_raise_runtime_error(C: types.ModuleType) -> None:
+    if _visible_devices(C) > 0:
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(RuntimeError, match="cudaGetDeviceProperties"):
+        C.device_properties(0)
+    with pytest.raises(RuntimeError, match="axpy_f32_kernel"):
+        C.axpy_f32(**VALID_AXPY)
+
+
+# --- the extension on a GPU ---------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_device_count_matches_torch(C: types.ModuleType) -> None:
+    assert C.device_count() == torch.cuda.device_count()
+
+
+@pytest.mark.gpu
+def test_device_properties_match_torch(C: types.ModuleType) -> None:
+    for index in range(torch.cuda.device_count()):
+        expected = torch.cuda.get_device_properties(index)
+        assert C.device_properties(index) == {
+            "name": expected.name,
+            "compute_capability": (expected.major, expected.minor),
+            "multiprocessor_count": expected.multi_processor_count,
+            "total_memory": expected.total_memory,
+            "l2_cache_size": expected.L2_cache_size,
+        }
+
+
+@pytest.mark.gpu
+def test_properties_of_a_missing_device_raise_runtime_error(C: types.ModuleType) -> None:
+    with pytest.raises(RuntimeError, match="cudaGetDeviceProperties"):
+        C.device_properties(C.device_count())
+
+
+@pytest.mark.gpu
+def test_driver_supports_the_runtime_major_version(C: types.ModuleType) -> None:
+    assert C.driver_version() // 1000 >= C.cuda_runtime_version() // 1000
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 7, 255, 256, 257, 65_537, (1 << 20) + 3])
+def test_axpy_matches_float64_formula(C: types.ModuleType, n: int) -> None:
+    pad = 64
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    x = torch.randn(n + pad, device="cuda", generator=gen)
+    y = torch.randn(n + pad, device="cuda", generator=gen)
+    y[n:] = float("nan")  # past n: must stay untouched
+    alpha = -1.75
+    expected = alpha * x[:n].double() + y[:n].double()
+
+    C.axpy_f32(x.data_ptr(), y.data_ptr(), n, alpha, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+
+    torch.testing.assert_close(y[:n].double(), expected, **FP32_TOL)
+    assert torch.isnan(y[n:]).all()
+
+
+@pytest.mark.gpu
+def test_axpy_runs_on_the_given_stream(C: types.ModuleType) -> None:
+    n = 1 << 16
+    x = torch.full((n,), 2.0, device="cuda")
+    y0 = torch.full((n,), 1.0, device="cuda")
+    y = torch.zeros(n, device="cuda")
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        # Keep the side stream busy: a kernel enqueued on another stream would run before the copy.
+        torch.cuda._sleep(100_000_000)
+        y.copy_(y0)
+        C.axpy_f32(x.data_ptr(), y.data_ptr(), n, 3.0, side.cuda_stream)
+    side.synchronize()
+    assert torch.equal(y, torch.full_like(y, 7.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_axpy_indexes_past_2_to_the_31(C: types.ModuleType) -> None:
+    n = (1 << 31) + 5
+    if torch.cuda.get_device_properties(0).total_memory < 3 * 4 * n:
+        pytest.skip("needs 3 x 8.6 GB of GPU memory")
+    x = torch.ones(n, device="cuda")
+    y = torch.full((n,), 2.0, device="cuda")
+    C.axpy_f32(x.data_ptr(), y.data_ptr(), n, 3.0, torch.cuda.current_stream().cuda_stream)
+    assert torch.all(y == 5.0).item()
