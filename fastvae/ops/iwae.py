@@ -3,7 +3,8 @@
 The public functions check their arguments and bring inputs to the canonical layouts of
 :mod:`fastvae.reference.iwae` (sample dim first, batch dims flattened, contiguous). The bounds'
 backward passes use the normalised importance weights ``softmax(log_w)`` over the sample dim,
-recomputed from the saved log-sum-exp rather than stored.
+recomputed from the log-sum-exp (a second, non-differentiable output of each bound's custom op,
+kept in float32 or float64) rather than stored.
 """
 
 import math
@@ -74,35 +75,42 @@ torch.library.register_autograd(
 
 
 @torch.library.custom_op("fastvae::iwae_bound", mutates_args=())
-def _iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+def _iwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return backend.resolve("iwae_bound", log_w.device)(log_w)
+
+
+def _lse_like(log_w: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Fake log-sum-exp output: kept in the compute dtype (float32, float64 for float64)."""
+    return log_w.new_empty(shape, dtype=torch.float64 if log_w.dtype == torch.float64 else torch.float32)
 
 
 @_iwae_bound.register_fake
 def _(log_w):
-    return log_w.new_empty(log_w.shape[1:])
+    return log_w.new_empty(log_w.shape[1:]), _lse_like(log_w, log_w.shape[1:])
 
 
 @torch.library.custom_op("fastvae::iwae_bound_backward", mutates_args=())
-def _iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    return backend.resolve("iwae_bound_backward", log_w.device)(grad, log_w, bound)
+def _iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    return backend.resolve("iwae_bound_backward", log_w.device)(grad, log_w, lse)
 
 
 @_iwae_bound_backward.register_fake
-def _(grad, log_w, bound):
+def _(grad, log_w, lse):
     return torch.empty_like(log_w)
 
 
-def _iwae_bound_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output)
+def _bound_setup(ctx, inputs, output):
+    """Shared by both bounds: save log_w and the log-sum-exp output, which takes no gradient."""
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(inputs[0], output[1])
 
 
-def _iwae_bound_grad(ctx, grad):
-    log_w, bound = ctx.saved_tensors
-    return _iwae_bound_backward(grad, log_w, bound)
+def _iwae_bound_grad(ctx, grad, _grad_lse):
+    log_w, lse = ctx.saved_tensors
+    return _iwae_bound_backward(grad, log_w, lse)
 
 
-torch.library.register_autograd("fastvae::iwae_bound", _iwae_bound_grad, setup_context=_iwae_bound_setup)
+torch.library.register_autograd("fastvae::iwae_bound", _iwae_bound_grad, setup_context=_bound_setup)
 
 
 # --- miwae_bound ----------------------------------------------------------------------------------
@@ -115,8 +123,7 @@ def _miwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @_miwae_bound.register_fake
 def _(log_w):
-    lse_dtype = torch.float64 if log_w.dtype == torch.float64 else torch.float32
-    return log_w.new_empty(log_w.shape[2:]), log_w.new_empty(log_w.shape[1:], dtype=lse_dtype)
+    return log_w.new_empty(log_w.shape[2:]), _lse_like(log_w, log_w.shape[1:])
 
 
 @torch.library.custom_op("fastvae::miwae_bound_backward", mutates_args=())
@@ -129,17 +136,12 @@ def _(grad, log_w, lse):
     return torch.empty_like(log_w)
 
 
-def _miwae_bound_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(inputs[0], output[1])
-
-
 def _miwae_bound_grad(ctx, grad, _grad_lse):
     log_w, lse = ctx.saved_tensors
     return _miwae_bound_backward(grad, log_w, lse)
 
 
-torch.library.register_autograd("fastvae::miwae_bound", _miwae_bound_grad, setup_context=_miwae_bound_setup)
+torch.library.register_autograd("fastvae::miwae_bound", _miwae_bound_grad, setup_context=_bound_setup)
 
 
 # --- public functions -----------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def iwae_bound(log_w: torch.Tensor, *, dim: int = 0) -> torch.Tensor:
     _check_samples(log_w, dim, "dim", "sample")
     moved = log_w.movedim(dim, 0)
     rest = moved.shape[1:]
-    bound = _iwae_bound(moved.reshape(moved.shape[0], math.prod(rest)).contiguous())
+    bound, _ = _iwae_bound(moved.reshape(moved.shape[0], math.prod(rest)).contiguous())
     return bound.reshape(rest)
 
 

@@ -49,17 +49,21 @@ def _normalised_weights(log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, torch.exp(log_w - torch.where(finite, lse, 0.0)), 0.0)
 
 
-def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
-    """``log (1/K) sum_k exp(log_w[k])`` over dim 0. (K, B) -> (B,)."""
+def iwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log (1/K) sum_k exp(log_w[k])`` over dim 0. (K, B) -> ((B,), log-sum-exp (B,) for backward).
+
+    The log-sum-exp stays in the compute dtype: rebuilt from a float16/bfloat16 bound, its rounding
+    would scale every importance weight and the weights would no longer sum to one.
+    """
     acc = compute_dtype(log_w.dtype)
-    return (torch.logsumexp(log_w.to(acc), dim=0) - math.log(log_w.shape[0])).to(log_w.dtype)
+    lse = torch.logsumexp(log_w.to(acc), dim=0)
+    return (lse - math.log(log_w.shape[0])).to(log_w.dtype), lse
 
 
-def iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Gradient of :func:`iwae_bound`: ``grad`` times the normalised importance weights, from the saved bound."""
+def iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`iwae_bound`: ``grad`` times the normalised importance weights, from the saved log-sum-exp."""
     acc = compute_dtype(log_w.dtype)
-    lse = bound.to(acc) + math.log(log_w.shape[0])
-    return (grad.to(acc) * _normalised_weights(log_w.to(acc), lse)).to(log_w.dtype)
+    return (grad.to(acc) * _normalised_weights(log_w.to(acc), lse.to(acc))).to(log_w.dtype)
 
 
 def miwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

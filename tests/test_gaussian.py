@@ -1,0 +1,543 @@
+"""Tests of the Gaussian ops: reparameterize, reparameterize_kl, gaussian_kl and gaussian_log_prob.
+
+Every expected value is an independent float64 formula written here (or torch.distributions in
+float64) applied to the same, already rounded, inputs; tolerances come from tests/tolerances.py.
+The ops accumulate in float32 (float64 for float64 inputs) and round each result once, so row sums
+over D are compared at the table's tolerance without scaling: summing at most D = 129 terms in
+float32 costs at worst 129 * 2**-24 ~ 8e-6 of the sum (inside float32's 1e-5, and far inside the
+half-precision rounding of the result), provided the terms do not cancel. The KL terms are all
+non-negative, and the log-density terms here are dominated by the positive log(2 pi) + (x - mu)^2 / var.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import fastvae
+from fastvae import backend as fastvae_backend
+from fastvae.reference.philox import normal_stream
+from tests.tolerances import FLOAT_DTYPES, assert_close
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+OPS = (
+    "reparameterize",
+    "reparameterize_backward",
+    "reparameterize_kl",
+    "reparameterize_kl_backward",
+    "gaussian_kl",
+    "gaussian_kl_backward",
+    "gaussian_log_prob",
+    "gaussian_log_prob_backward",
+)
+
+LEADING = [(7,), (3, 5, 4), (2, 1, 3, 9)]
+# Weird latent sizes: 1, primes, a multiple of the Philox group of 4, one past it, one past 128.
+DIMS = [1, 3, 4, 5, 17, 129]
+REDUCTIONS = ["none", "sum", "mean"]
+
+
+@pytest.fixture(params=fastvae.available_backends())
+def backend(request):
+    """Runs the test under each backend available here, skipping one that lacks a Gaussian op."""
+    with fastvae.use_backend(request.param):
+        for op in OPS:
+            try:
+                fastvae_backend.resolve(op, DEVICE)
+            except fastvae.BackendUnavailableError as err:
+                pytest.skip(str(err))
+        yield request.param
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE)
+
+
+def f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def check(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert actual.dtype == dtype
+    assert_close(actual.cpu(), expected, dtype)
+
+
+def reduce_rows(rows: torch.Tensor, reduction: str) -> torch.Tensor:
+    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+
+
+# --- independent float64 formulas -------------------------------------------------------------------
+
+
+def kl_standard_f64(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    mu, logvar = f64(mu), f64(logvar)
+    return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def kl_f64(mu, logvar, mu_p, logvar_p) -> torch.Tensor:
+    """KL between diagonal Gaussians by torch.distributions, in float64."""
+    q = Normal(f64(mu), (0.5 * f64(logvar)).exp())
+    p = Normal(f64(mu_p), (0.5 * f64(logvar_p)).exp())
+    return kl_divergence(q, p).sum(-1)
+
+
+def log_prob_f64(x, mu, logvar) -> torch.Tensor:
+    x = f64(x)
+    mu = torch.zeros(()) if mu is None else f64(mu)
+    logvar = torch.zeros(()) if logvar is None else f64(logvar)
+    return Normal(mu.double(), (0.5 * logvar.double()).exp()).log_prob(x).sum(-1)
+
+
+# --- values against the formulas --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", DIMS)
+def test_reparameterize_with_eps_matches_formula(backend, dtype, leading, dim):
+    mu = randn(*leading, dim, dtype=dtype, seed=1)
+    logvar = randn(*leading, dim, dtype=dtype, seed=2, scale=0.5)
+    eps = randn(*leading, dim, dtype=dtype, seed=3)
+    z = fastvae.reparameterize(mu, logvar, eps=eps)
+    assert z.shape == mu.shape
+    check(z, f64(mu) + (0.5 * f64(logvar)).exp() * f64(eps), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", DIMS)
+def test_gaussian_kl_standard_prior_matches_formula(backend, dtype, leading, dim):
+    mu = randn(*leading, dim, dtype=dtype, seed=1)
+    logvar = randn(*leading, dim, dtype=dtype, seed=2, scale=0.5)
+    expected = kl_standard_f64(mu, logvar)
+    for reduction in REDUCTIONS:
+        kl = fastvae.gaussian_kl(mu, logvar, reduction=reduction)
+        assert kl.shape == reduce_rows(expected, reduction).shape, reduction
+        check(kl, reduce_rows(expected, reduction), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", DIMS)
+def test_reparameterize_kl_with_eps_matches_formulas(backend, dtype, leading, dim):
+    mu = randn(*leading, dim, dtype=dtype, seed=1)
+    logvar = randn(*leading, dim, dtype=dtype, seed=2, scale=0.5)
+    eps = randn(*leading, dim, dtype=dtype, seed=3)
+    expected_kl = kl_standard_f64(mu, logvar)
+    for reduction in REDUCTIONS:
+        z, kl = fastvae.reparameterize_kl(mu, logvar, eps=eps, reduction=reduction)
+        check(z, f64(mu) + (0.5 * f64(logvar)).exp() * f64(eps), dtype)
+        check(kl, reduce_rows(expected_kl, reduction), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", DIMS)
+def test_gaussian_kl_with_prior_matches_torch_distributions(backend, dtype, leading, dim):
+    mu = randn(*leading, dim, dtype=dtype, seed=1)
+    logvar = randn(*leading, dim, dtype=dtype, seed=2, scale=0.5)
+    mu_p = randn(*leading, dim, dtype=dtype, seed=3)
+    logvar_p = randn(*leading, dim, dtype=dtype, seed=4, scale=0.5)
+    expected = kl_f64(mu, logvar, mu_p, logvar_p)
+    for reduction in REDUCTIONS:
+        kl = fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p, reduction=reduction)
+        check(kl, reduce_rows(expected, reduction), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_gaussian_kl_broadcast_and_partial_priors(backend, dtype):
+    leading, dim = (3, 5), 17
+    mu = randn(*leading, dim, dtype=dtype, seed=1)
+    logvar = randn(*leading, dim, dtype=dtype, seed=2, scale=0.5)
+    mu_p = randn(dim, dtype=dtype, seed=3)
+    logvar_p = randn(1, dim, dtype=dtype, seed=4, scale=0.5)
+    zeros = torch.zeros(dim, dtype=dtype)
+    check(fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p), kl_f64(mu, logvar, mu_p, logvar_p), dtype)
+    # A missing half of the prior is 0 (mean) or 0 (log-variance).
+    check(fastvae.gaussian_kl(mu, logvar, mu_p=mu_p), kl_f64(mu, logvar, mu_p, zeros), dtype)
+    check(fastvae.gaussian_kl(mu, logvar, logvar_p=logvar_p), kl_f64(mu, logvar, zeros, logvar_p), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_gaussian_kl_of_identical_distributions_is_zero(backend, dtype):
+    mu = randn(4, 9, dtype=dtype, seed=1, scale=3.0)
+    logvar = randn(4, 9, dtype=dtype, seed=2, scale=3.0)
+    zero = torch.zeros(4, dtype=torch.float64)
+    check(fastvae.gaussian_kl(mu, logvar, mu, logvar), zero, dtype)
+    check(fastvae.gaussian_kl(torch.zeros_like(mu), torch.zeros_like(logvar)), zero, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", DIMS)
+def test_gaussian_log_prob_matches_torch_distributions(backend, dtype, leading, dim):
+    x = randn(*leading, dim, dtype=dtype, seed=1)
+    mu = randn(*leading, dim, dtype=dtype, seed=2)
+    logvar = randn(*leading, dim, dtype=dtype, seed=3, scale=0.5)
+    for m, lv in ((None, None), (mu, None), (None, logvar), (mu, logvar)):
+        out = fastvae.gaussian_log_prob(x, m, lv)
+        assert out.shape == leading
+        check(out, log_prob_f64(x, m, lv), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_gaussian_log_prob_broadcasts_parameters(backend, dtype):
+    x = randn(3, 4, 5, dtype=dtype, seed=1)
+    for mu_shape, lv_shape in (((5,), (5,)), ((4, 1), (1, 5)), ((1, 4, 5), (3, 1, 5)), ((), ())):
+        mu = randn(*mu_shape, dtype=dtype, seed=2)
+        logvar = randn(*lv_shape, dtype=dtype, seed=3, scale=0.5)
+        out = fastvae.gaussian_log_prob(x, mu, logvar)
+        assert out.shape == (3, 4)
+        check(out, log_prob_f64(x, mu, logvar), dtype)
+
+
+# --- noise: seeds and the stream layout ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("dim", [1, 5, 17])
+def test_reparameterize_noise_is_the_stream_rows(backend, leading, dim):
+    # The layout contract: the noise for seed s is normal_stream's rows of mu.reshape(-1, D).
+    seed = 2**40 + 3
+    mu = randn(*leading, dim, seed=1)
+    logvar = randn(*leading, dim, seed=2, scale=0.5)
+    eps = normal_stream(math.prod(leading), dim, seed).reshape(*leading, dim).to(torch.float64)
+    expected = f64(mu) + (0.5 * f64(logvar)).exp() * eps
+    check(fastvae.reparameterize(mu, logvar, seed=seed), expected, torch.float32)
+    z, kl = fastvae.reparameterize_kl(mu, logvar, seed=seed)
+    check(z, expected, torch.float32)
+    check(kl, kl_standard_f64(mu, logvar), torch.float32)
+
+
+def test_reparameterize_noise_is_standard_normal(backend):
+    n_rows, dim = 512, 64
+    zeros = torch.zeros(n_rows, dim, device=DEVICE)
+    z = f64(fastvae.reparameterize(zeros, zeros, seed=5))
+    n = z.numel()
+    # Six standard errors of the mean and of the standard deviation of n standard normals.
+    assert abs(z.mean().item()) < 6.0 / math.sqrt(n)
+    assert abs(z.std().item() - 1.0) < 6.0 / math.sqrt(2.0 * n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+def test_seeded_sampling_is_reproducible(backend, dtype):
+    mu = randn(3, 5, 6, dtype=dtype, seed=1)
+    logvar = randn(3, 5, 6, dtype=dtype, seed=2)
+    z = fastvae.reparameterize(mu, logvar, seed=42)
+    assert torch.equal(fastvae.reparameterize(mu, logvar, seed=42), z)
+    assert not torch.equal(fastvae.reparameterize(mu, logvar, seed=43), z)
+    # Seeds differing only above bit 32 differ too.
+    assert not torch.equal(fastvae.reparameterize(mu, logvar, seed=42 + 2**32), z)
+    assert torch.isfinite(fastvae.reparameterize(mu, logvar, seed=2**63 - 1)).all()
+
+    torch.manual_seed(7)
+    drawn = fastvae.reparameterize(mu, logvar)
+    drawn_kl, _ = fastvae.reparameterize_kl(mu, logvar)
+    torch.manual_seed(7)
+    assert torch.equal(fastvae.reparameterize(mu, logvar), drawn)
+    assert torch.equal(fastvae.reparameterize_kl(mu, logvar)[0], drawn_kl)
+    # Consecutive draws without reseeding use different seeds.
+    assert not torch.equal(drawn_kl, drawn)
+
+
+def test_explicit_eps_overrides_the_seed(backend):
+    mu, logvar, eps = randn(4, 5, seed=1), randn(4, 5, seed=2), randn(4, 5, seed=3)
+    z = fastvae.reparameterize(mu, logvar, eps=eps, seed=1)
+    assert torch.equal(fastvae.reparameterize(mu, logvar, eps=eps, seed=2), z)
+    assert torch.equal(fastvae.reparameterize(mu, logvar, eps=eps), z)
+
+
+# --- gradients --------------------------------------------------------------------------------------
+
+
+def leaf(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return randn(*shape, dtype=torch.float64, seed=seed, scale=scale).requires_grad_()
+
+
+def test_gradcheck_reparameterize_stream_noise(backend):
+    # A fixed seed makes the noise a constant, so z is a smooth function of (mu, logvar).
+    mu, logvar = leaf(2, 3, 5, seed=1), leaf(2, 3, 5, seed=2, scale=0.5)
+    assert torch.autograd.gradcheck(lambda m, lv: fastvae.reparameterize(m, lv, seed=11), (mu, logvar))
+
+
+def test_gradcheck_reparameterize_explicit_eps(backend):
+    mu, logvar, eps = leaf(2, 3, 5, seed=1), leaf(2, 3, 5, seed=2, scale=0.5), leaf(2, 3, 5, seed=3)
+    assert torch.autograd.gradcheck(lambda m, lv, e: fastvae.reparameterize(m, lv, eps=e), (mu, logvar, eps))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_reparameterize_kl(backend, reduction):
+    mu, logvar, eps = leaf(2, 3, 5, seed=1), leaf(2, 3, 5, seed=2, scale=0.5), leaf(2, 3, 5, seed=3)
+    assert torch.autograd.gradcheck(
+        lambda m, lv: fastvae.reparameterize_kl(m, lv, seed=11, reduction=reduction), (mu, logvar)
+    )
+    assert torch.autograd.gradcheck(
+        lambda m, lv, e: fastvae.reparameterize_kl(m, lv, eps=e, reduction=reduction), (mu, logvar, eps)
+    )
+
+
+def test_gradcheck_gaussian_kl(backend):
+    mu, logvar = leaf(2, 3, 5, seed=1), leaf(2, 3, 5, seed=2, scale=0.5)
+    mu_p, logvar_p = leaf(2, 3, 5, seed=3), leaf(2, 3, 5, seed=4, scale=0.5)
+    mu_p_d, logvar_p_d = leaf(5, seed=5), leaf(5, seed=6, scale=0.5)
+    assert torch.autograd.gradcheck(lambda m, lv: fastvae.gaussian_kl(m, lv), (mu, logvar))
+    assert torch.autograd.gradcheck(fastvae.gaussian_kl, (mu, logvar, mu_p, logvar_p))
+    assert torch.autograd.gradcheck(fastvae.gaussian_kl, (mu, logvar, mu_p_d, logvar_p_d))
+    assert torch.autograd.gradcheck(lambda m, lv, mp: fastvae.gaussian_kl(m, lv, mp), (mu, logvar, mu_p_d))
+    assert torch.autograd.gradcheck(
+        lambda m, lv, lp: fastvae.gaussian_kl(m, lv, logvar_p=lp), (mu, logvar, logvar_p)
+    )
+    assert torch.autograd.gradcheck(lambda m, lv: fastvae.gaussian_kl(m, lv, reduction="mean"), (mu, logvar))
+
+
+def test_gradcheck_gaussian_log_prob(backend):
+    x, mu, logvar = leaf(2, 3, 5, seed=1), leaf(2, 3, 5, seed=2), leaf(2, 3, 5, seed=3, scale=0.5)
+    mu_b, logvar_b = leaf(5, seed=4), leaf(3, 1, seed=5, scale=0.5)
+    assert torch.autograd.gradcheck(lambda a: fastvae.gaussian_log_prob(a), (x,))
+    assert torch.autograd.gradcheck(lambda a, m: fastvae.gaussian_log_prob(a, m), (x, mu))
+    assert torch.autograd.gradcheck(lambda a, lv: fastvae.gaussian_log_prob(a, logvar=lv), (x, logvar))
+    assert torch.autograd.gradcheck(fastvae.gaussian_log_prob, (x, mu, logvar))
+    assert torch.autograd.gradcheck(fastvae.gaussian_log_prob, (x, mu_b, logvar_b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("dim", [1, 5, 129])
+def test_reparameterize_grad_is_noise_times_half_std(backend, dtype, dim):
+    # dz/dlogvar = 0.5 * exp(logvar / 2) * eps = 0.5 * (z - mu); dz/dmu = 1.
+    mu = randn(3, 4, dim, dtype=dtype, seed=1).requires_grad_()
+    logvar = randn(3, 4, dim, dtype=dtype, seed=2, scale=0.5).requires_grad_()
+    grad = randn(3, 4, dim, dtype=dtype, seed=3)
+    z = fastvae.reparameterize(mu, logvar, seed=123)
+    z.backward(grad)
+    check(mu.grad, f64(grad), dtype)
+    check(logvar.grad, 0.5 * (f64(z) - f64(mu)) * f64(grad), dtype)
+
+
+def test_reparameterize_kl_grads_when_one_output_is_unused(backend):
+    mu = randn(4, 6, dtype=torch.float64, seed=1).requires_grad_()
+    logvar = randn(4, 6, dtype=torch.float64, seed=2, scale=0.5).requires_grad_()
+    # Only the KL: d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2.
+    _, kl = fastvae.reparameterize_kl(mu, logvar, seed=3)
+    mu_grad, logvar_grad = torch.autograd.grad(kl.sum(), (mu, logvar))
+    check(mu_grad, f64(mu), torch.float64)
+    check(logvar_grad, 0.5 * (f64(logvar).exp() - 1.0), torch.float64)
+    # Only z: as reparameterize.
+    z, _ = fastvae.reparameterize_kl(mu, logvar, seed=3)
+    mu_grad, logvar_grad = torch.autograd.grad(z.sum(), (mu, logvar))
+    check(mu_grad, torch.ones(4, 6, dtype=torch.float64), torch.float64)
+    check(logvar_grad, 0.5 * (f64(z) - f64(mu)), torch.float64)
+
+
+# --- layouts and extremes ---------------------------------------------------------------------------
+
+
+def non_contiguous_views(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> list[torch.Tensor]:
+    """Views of ``shape`` that are not contiguous: a reversed permutation and a stride-2 slice."""
+    reversed_view = randn(*reversed(shape), seed=seed, scale=scale).permute(*reversed(range(len(shape))))
+    strided = randn(*shape[:-1], 2 * shape[-1], seed=seed, scale=scale)[..., ::2]
+    return [reversed_view, strided]
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 17)])
+def test_non_contiguous_inputs_give_contiguous_results(backend, shape):
+    for mu, logvar, mu_p, x in zip(
+        non_contiguous_views(shape, 1),
+        non_contiguous_views(shape, 2, 0.5),
+        non_contiguous_views(shape, 3),
+        non_contiguous_views(shape, 4),
+    ):
+        assert not mu.is_contiguous()
+        c = [t.contiguous() for t in (mu, logvar, mu_p, x)]
+        assert torch.equal(fastvae.reparameterize(mu, logvar, seed=9), fastvae.reparameterize(c[0], c[1], seed=9))
+        assert torch.equal(fastvae.reparameterize(mu, logvar, eps=x), fastvae.reparameterize(c[0], c[1], eps=c[3]))
+        strided_z, strided_kl = fastvae.reparameterize_kl(mu, logvar, seed=9)
+        dense_z, dense_kl = fastvae.reparameterize_kl(c[0], c[1], seed=9)
+        assert torch.equal(strided_z, dense_z) and torch.equal(strided_kl, dense_kl)
+        assert torch.equal(
+            fastvae.gaussian_kl(mu, logvar, mu_p, logvar), fastvae.gaussian_kl(c[0], c[1], c[2], c[1])
+        )
+        assert torch.equal(fastvae.gaussian_log_prob(x, mu, logvar), fastvae.gaussian_log_prob(c[3], c[0], c[1]))
+
+
+def test_non_contiguous_inputs_get_the_same_gradients(backend):
+    views = [v.requires_grad_() for v in (non_contiguous_views((4, 5), 1)[0], non_contiguous_views((4, 5), 2)[0])]
+    dense = [v.detach().contiguous().requires_grad_() for v in views]
+    for mu, logvar in (views, dense):
+        z, kl = fastvae.reparameterize_kl(mu, logvar, seed=4)
+        (z.sum() + kl.sum()).backward()
+    assert torch.equal(views[0].grad, dense[0].grad)
+    assert torch.equal(views[1].grad, dense[1].grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("extreme", [60.0, -60.0])
+def test_very_large_logvar_is_finite_and_correct(backend, dtype, extreme):
+    mu = randn(4, 7, dtype=dtype, seed=1)
+    logvar = torch.full((4, 7), extreme, dtype=dtype, device=DEVICE)
+    eps = randn(4, 7, dtype=dtype, seed=2)
+    check(fastvae.gaussian_kl(mu, logvar), kl_standard_f64(mu, logvar), dtype)
+    # A prior at half the log-variance keeps e^(logvar - logvar_p) = e^30 inside float32's range.
+    half = 0.5 * logvar
+    check(fastvae.gaussian_kl(mu, logvar, -mu, half), kl_f64(mu, logvar, -mu, half), dtype)
+    check(fastvae.gaussian_log_prob(eps, mu, logvar), log_prob_f64(eps, mu, logvar), dtype)
+    check(fastvae.reparameterize(mu, logvar, eps=eps), f64(mu) + (0.5 * f64(logvar)).exp() * f64(eps), dtype)
+    z, kl = fastvae.reparameterize_kl(mu, logvar, seed=1)
+    assert torch.isfinite(z).all() and torch.isfinite(kl).all()
+    check(kl, kl_standard_f64(mu, logvar), dtype)
+    mu_l, logvar_l = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+    fastvae.gaussian_kl(mu_l, logvar_l).sum().backward()
+    check(logvar_l.grad, 0.5 * (f64(logvar).exp() - 1.0), dtype)
+
+
+@pytest.mark.parametrize("leading", [(0,), (2, 0)])
+@pytest.mark.parametrize("dim", [1, 5])
+def test_zero_size_batches_give_empty_results(backend, leading, dim):
+    mu = torch.zeros(*leading, dim, device=DEVICE, requires_grad=True)
+    logvar = torch.zeros(*leading, dim, device=DEVICE, requires_grad=True)
+    z = fastvae.reparameterize(mu, logvar, seed=1)
+    assert z.shape == mu.shape
+    z_kl, kl = fastvae.reparameterize_kl(mu, logvar, seed=1)
+    assert z_kl.shape == mu.shape and kl.shape == leading
+    assert fastvae.gaussian_kl(mu, logvar).shape == leading
+    assert fastvae.gaussian_kl(mu, logvar, mu, logvar).shape == leading
+    assert fastvae.gaussian_log_prob(mu, mu, logvar).shape == leading
+    assert fastvae.gaussian_kl(mu, logvar, reduction="sum").item() == 0.0
+    assert fastvae.reparameterize_kl(mu, logvar, reduction="sum")[1].item() == 0.0
+    # The mean over zero rows is NaN, as torch.mean's.
+    assert math.isnan(fastvae.gaussian_kl(mu, logvar, reduction="mean").item())
+    assert math.isnan(fastvae.reparameterize_kl(mu, logvar, reduction="mean")[1].item())
+    (z.sum() + kl.sum()).backward()
+    assert mu.grad.shape == mu.shape and logvar.grad.shape == logvar.shape
+
+
+# --- backend dispatch -------------------------------------------------------------------------------
+
+
+def test_use_backend_torch_matches_the_default():
+    mu, logvar = randn(3, 4, 9, seed=1), randn(3, 4, 9, seed=2, scale=0.5)
+    x = randn(3, 4, 9, seed=3)
+    default = [
+        fastvae.reparameterize(mu, logvar, seed=5),
+        *fastvae.reparameterize_kl(mu, logvar, seed=5),
+        fastvae.gaussian_kl(mu, logvar, x, logvar),
+        fastvae.gaussian_log_prob(x, mu, logvar),
+    ]
+    with fastvae.use_backend("torch"):
+        assert fastvae_backend.get_backend() == "torch"
+        forced = [
+            fastvae.reparameterize(mu, logvar, seed=5),
+            *fastvae.reparameterize_kl(mu, logvar, seed=5),
+            fastvae.gaussian_kl(mu, logvar, x, logvar),
+            fastvae.gaussian_log_prob(x, mu, logvar),
+        ]
+    for got, want in zip(forced, default):
+        check(got, f64(want), torch.float32)
+
+
+def test_unknown_backend_names_are_rejected():
+    before = fastvae_backend.get_backend()
+    with pytest.raises(ValueError, match="nope"):
+        fastvae.set_backend("nope")
+    with pytest.raises(ValueError, match="nope"):
+        with fastvae.use_backend("nope"):
+            pass
+    assert fastvae_backend.get_backend() == before
+
+
+# --- bad inputs -------------------------------------------------------------------------------------
+
+SAMPLERS = [
+    pytest.param(lambda mu, logvar, **kw: fastvae.reparameterize(mu, logvar, **kw), id="reparameterize"),
+    pytest.param(lambda mu, logvar, **kw: fastvae.reparameterize_kl(mu, logvar, **kw), id="reparameterize_kl"),
+]
+PAIR_OPS = SAMPLERS + [
+    pytest.param(lambda mu, logvar, **kw: fastvae.gaussian_kl(mu, logvar, **kw), id="gaussian_kl"),
+]
+
+
+@pytest.mark.parametrize("op", PAIR_OPS)
+def test_pair_ops_reject_bad_mu_and_logvar(op):
+    mu, logvar = torch.zeros(3, 4), torch.zeros(3, 4)
+    with pytest.raises(TypeError, match="mu"):
+        op(mu.to(torch.int64), logvar.to(torch.int64))
+    with pytest.raises(TypeError, match="logvar"):
+        op(mu, logvar.to(torch.int32))
+    with pytest.raises(TypeError, match="mu"):
+        op(mu.tolist(), logvar)
+    with pytest.raises(TypeError, match="logvar"):
+        op(mu, logvar.double())
+    with pytest.raises(ValueError, match="logvar"):
+        op(mu, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="logvar"):
+        op(mu, torch.zeros(4))
+    with pytest.raises(ValueError, match="logvar"):
+        op(mu, torch.zeros(3, 4, device="meta"))
+    with pytest.raises(ValueError, match="mu"):
+        op(torch.tensor(0.0), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("op", SAMPLERS)
+def test_samplers_reject_bad_eps_and_seed(op):
+    mu, logvar = torch.zeros(3, 4), torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="eps"):
+        op(mu, logvar, eps=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="eps"):
+        op(mu, logvar, eps=torch.zeros(3, 4, device="meta"))
+    with pytest.raises(TypeError, match="eps"):
+        op(mu, logvar, eps=torch.zeros(3, 4, dtype=torch.float16))
+    with pytest.raises(TypeError, match="eps"):
+        op(mu, logvar, eps=torch.zeros(3, 4, dtype=torch.int64))
+    for bad_type in (1.5, "3", True, torch.tensor(3)):
+        with pytest.raises(TypeError, match="seed"):
+            op(mu, logvar, seed=bad_type)
+    for out_of_range in (-1, 2**63, 2**64):
+        with pytest.raises(ValueError, match="seed"):
+            op(mu, logvar, seed=out_of_range)
+
+
+@pytest.mark.parametrize("op", [fastvae.reparameterize_kl, fastvae.gaussian_kl], ids=lambda op: op.__name__)
+@pytest.mark.parametrize("reduction", ["batchmean", "", "SUM", None])
+def test_unknown_reduction_is_rejected(op, reduction):
+    with pytest.raises(ValueError, match="reduction"):
+        op(torch.zeros(2, 3), torch.zeros(2, 3), reduction=reduction)
+
+
+def test_gaussian_kl_rejects_bad_priors():
+    mu, logvar = torch.zeros(3, 4), torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="mu_p"):
+        fastvae.gaussian_kl(mu, logvar, torch.zeros(5), torch.zeros(4))
+    with pytest.raises(ValueError, match="logvar_p"):
+        fastvae.gaussian_kl(mu, logvar, torch.zeros(4), torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="mu_p"):
+        fastvae.gaussian_kl(mu, logvar, torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="logvar_p"):
+        fastvae.gaussian_kl(mu, logvar, logvar_p=torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="mu_p"):
+        fastvae.gaussian_kl(mu, logvar, torch.zeros(4, device="meta"))
+
+
+def test_gaussian_log_prob_rejects_bad_inputs():
+    x = torch.zeros(3, 4)
+    with pytest.raises(TypeError, match="x"):
+        fastvae.gaussian_log_prob(x.to(torch.int64))
+    with pytest.raises(ValueError, match="x"):
+        fastvae.gaussian_log_prob(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="mu"):
+        fastvae.gaussian_log_prob(x, x.double())
+    with pytest.raises(TypeError, match="logvar"):
+        fastvae.gaussian_log_prob(x, logvar=x.to(torch.int64))
+    with pytest.raises(ValueError, match="mu"):
+        fastvae.gaussian_log_prob(x, torch.zeros(5))
+    with pytest.raises(ValueError, match="mu"):
+        fastvae.gaussian_log_prob(x, torch.zeros(2, 3, 4))  # would broadcast x itself
+    with pytest.raises(ValueError, match="logvar"):
+        fastvae.gaussian_log_prob(x, None, torch.zeros(3, 4, device="meta"))
