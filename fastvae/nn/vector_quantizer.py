@@ -133,11 +133,11 @@ class VectorQuantizer(nn.Module):
             :class:`fastvae.VQOutput` as described in the class docstring.
         """
         moved = self._channels_last(x)
-        updating = self.training and (self.ema or self.dead_code_threshold > 0)
+        rewrites_codebook = self.training and (self.ema or self.dead_code_threshold > 0)
         # The update rewrites the codebook in place; the op must keep the codes it quantised with.
-        codebook = self.codebook.clone() if updating else self.codebook
+        codebook = self.codebook.clone() if rewrites_codebook else self.codebook
         out = vector_quantize(moved, codebook, beta=self.beta, metric=self.metric)
-        if updating:
+        if self.training:
             self._update(moved.detach(), out.indices)
         loss = self.beta * out.commitment_loss if self.ema else out.loss
         channel_dim = self.channel_dim % x.dim()

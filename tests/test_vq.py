@@ -1,0 +1,611 @@
+"""Tests of fastvae.vq_nearest, fastvae.vector_quantize and fastvae.vq_code_stats.
+
+Every expected value is an independent float64 brute force written here: the full ``(N, K)`` matrix
+of squared distances ``((x[:, None] - E[None]) ** 2).sum(-1)`` (or cosine similarities), its argmin,
+one-hot sums, and float64 autograd with explicit ``.detach()`` stop-gradients. Nothing is computed
+with :mod:`fastvae.reference`. Inputs are drawn in float64 and rounded to the dtype under test; the
+ground truth uses those rounded values, so the only error measured is the op's own.
+
+Near-ties: in float32 and below two codes whose float64 distances differ by less than the rounding of
+the search may legitimately swap. For those dtypes the tests assert that the chosen code's float64
+distance equals the brute-force minimum within the dtype's tolerance, and that the indices equal the
+brute-force argmin wherever the best and second-best distances are further apart than that tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import fastvae
+import fastvae.reference.vq as reference_vq
+from fastvae import backend as backend_module
+from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
+
+# --- backends ---------------------------------------------------------------------------------------
+
+
+def _backend_params() -> list:
+    """One parameter per backend that runs here, with the device its tensors live on."""
+    params = []
+    for name in fastvae.available_backends():
+        device = "cpu" if name == "torch" or not torch.cuda.is_available() else "cuda"
+        params.append(pytest.param((name, device), id=name))
+    return params
+
+
+@pytest.fixture(params=_backend_params())
+def device(request: pytest.FixtureRequest) -> Iterator[torch.device]:
+    """The device to build inputs on, with the parametrised backend forced for the whole test."""
+    name, device_name = request.param
+    with fastvae.use_backend(name):
+        yield torch.device(device_name)
+
+
+# --- independent float64 brute force ---------------------------------------------------------------
+
+
+def _rand(*shape: int, dtype: torch.dtype, device: torch.device, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """Standard normals drawn in float64 (reproducibly) and rounded to ``dtype``."""
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).to(device=device, dtype=dtype)
+
+
+def _l2_matrix(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, K) float64 squared Euclidean distances of the stored values."""
+    x64, e64 = rows.detach().cpu().double(), codebook.detach().cpu().double()
+    return ((x64[:, None, :] - e64[None, :, :]) ** 2).sum(-1)
+
+
+def _cosine_matrix(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, K) float64 ``2 - 2 cos(x, e)`` of the stored values."""
+    x64, e64 = rows.detach().cpu().double(), codebook.detach().cpu().double()
+    cos = (x64 @ e64.T) / (x64.norm(dim=-1)[:, None] * e64.norm(dim=-1)[None, :])
+    return 2.0 - 2.0 * cos
+
+
+def _assert_nearest(indices: torch.Tensor, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Assert ``indices`` (N,) pick a minimum of ``matrix`` (N, K) up to ``dtype``'s rounding.
+
+    Returns the float64 distance of each chosen code.
+    """
+    indices = indices.cpu()
+    assert indices.dtype == torch.int64
+    assert bool(((indices >= 0) & (indices < matrix.shape[1])).all()), indices
+    rtol, atol = TOLERANCES[dtype]
+    best, argbest = matrix.min(dim=1)
+    chosen = matrix.gather(1, indices[:, None]).squeeze(1)
+    tol = atol + rtol * best.abs()
+    excess = chosen - best
+    assert bool((excess <= tol).all()), f"chosen codes exceed the minimum distance by up to {excess.max().item()}"
+    if matrix.shape[1] > 1:
+        two = matrix.topk(2, dim=1, largest=False).values
+        clear = (two[:, 1] - two[:, 0]) > tol
+        assert torch.equal(indices[clear], argbest[clear])
+    else:
+        assert bool((indices == 0).all())
+    return chosen
+
+
+# --- vq_nearest: indices and distances ---------------------------------------------------------------
+
+SIZES_N = (1, 7, 129)
+SIZES_K = (1, 2, 33, 257)
+SIZES_D = (1, 3, 64, 65)
+
+
+@pytest.mark.parametrize("dim", SIZES_D)
+@pytest.mark.parametrize("num_codes", SIZES_K)
+@pytest.mark.parametrize("rows", SIZES_N)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_nearest_matches_brute_force(device, dtype, rows, num_codes, dim) -> None:
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=rows * 1000 + dim)
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=num_codes * 1000 + dim + 1)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.shape == (rows,) and distances.shape == (rows,)
+    assert indices.device == x.device and distances.dtype == dtype
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_nearest_leading_dims_and_non_contiguous_x(device, dtype) -> None:
+    channel_first = _rand(2, 5, 3, 7, dtype=dtype, device=device, seed=11)  # (B, D, H, W)
+    x = channel_first.movedim(1, -1)  # (B, H, W, D), not contiguous
+    assert not x.is_contiguous()
+    codebook = _rand(13, 5, dtype=dtype, device=device, seed=12)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.shape == (2, 3, 7) and distances.shape == (2, 3, 7)
+    rows = x.reshape(-1, 5)
+    chosen = _assert_nearest(indices.reshape(-1), _l2_matrix(rows, codebook), dtype)
+    assert_close(distances.reshape(-1), chosen, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_nearest_exact_duplicate_codes_go_to_lowest_index(device, dtype) -> None:
+    # Codes 0, 16 and 32 are the same vector, as are 5 and 31; every x sits next to one of them.
+    base = _rand(33, 64, dtype=dtype, device=device, seed=21, scale=3.0)
+    codebook = base.clone()
+    codebook[16] = codebook[0]
+    codebook[32] = codebook[0]
+    codebook[31] = codebook[5]
+    pick = torch.tensor([0, 16, 32, 5, 31, 0, 31] * 3, device=device)
+    x = (codebook[pick].double() + 0.01 * _rand(pick.numel(), 64, dtype=torch.float64, device=device, seed=22)).to(
+        dtype
+    )
+    indices, _ = fastvae.vq_nearest(x, codebook)
+    lowest = torch.tensor([0, 0, 0, 5, 5, 0, 5] * 3)
+    assert torch.equal(indices.cpu(), lowest)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("point", "codes", "expected"),
+    [
+        ([1.0, 0.0], [[0.0, 0.0], [2.0, 0.0]], 0),
+        ([1.0, 0.0], [[2.0, 0.0], [0.0, 0.0]], 0),
+        ([0.0, 0.0], [[3.0, 4.0], [-3.0, -4.0], [4.0, 3.0]], 0),
+        ([1.0, 0.0], [[5.0, 5.0], [0.0, 0.0], [2.0, 0.0]], 1),
+        ([1.0, 1.0], [[9.0, 9.0], [2.0, 1.0], [1.0, 2.0], [0.0, 1.0], [1.0, 0.0]], 1),
+    ],
+    ids=["first-of-two", "second-order", "origin-three", "tie-at-1-and-2", "four-way"],
+)
+def test_vq_nearest_equidistant_distinct_codes_go_to_lowest_index(device, dtype, point, codes, expected) -> None:
+    # Small integers: every distance is exact in every dtype, so these are true ties.
+    x = torch.tensor([point] * 3, dtype=dtype, device=device)
+    codebook = torch.tensor(codes, dtype=dtype, device=device)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.cpu().tolist() == [expected] * 3
+    exact = _l2_matrix(x, codebook)[0, expected].item()
+    assert distances.cpu().double().tolist() == [exact] * 3
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_nearest_cosine_is_highest_cosine_similarity(device, dtype) -> None:
+    x = _rand(129, 64, dtype=dtype, device=device, seed=31, scale=5.0)
+    codebook = _rand(33, 64, dtype=dtype, device=device, seed=32, scale=0.1)
+    indices, distances = fastvae.vq_nearest(x, codebook, metric="cosine")
+    matrix = _cosine_matrix(x, codebook)
+    # argmin of 2 - 2cos is argmax of cos; check that reading directly too in float64.
+    if dtype == torch.float64:
+        x64, e64 = x.cpu(), codebook.cpu()
+        cos = (x64 @ e64.T) / (x64.norm(dim=-1)[:, None] * e64.norm(dim=-1)[None, :])
+        assert torch.equal(indices.cpu(), cos.argmax(dim=1))
+    chosen = _assert_nearest(indices, matrix, dtype)
+    assert_close(distances, chosen, dtype)
+
+
+def test_vq_nearest_cosine_ignores_scale_of_codes(device) -> None:
+    # Under l2 the short code 1 is nearest; under cosine the long code 0 (same direction as x) wins.
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64, device=device)
+    codebook = torch.tensor([[100.0, 0.0], [0.6, 0.8]], dtype=torch.float64, device=device)
+    assert fastvae.vq_nearest(x, codebook)[0].item() == 1
+    index, distance = fastvae.vq_nearest(x, codebook, metric="cosine")
+    assert index.item() == 0 and distance.item() == pytest.approx(0.0, abs=1e-12)
+
+
+# --- the memory budget: the search works in chunks ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", (3, 65))
+@pytest.mark.parametrize("num_codes", (2, 33, 257))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+@pytest.mark.parametrize("metric", ("l2", "cosine"))
+def test_chunked_search_matches_brute_force(device, monkeypatch, metric, dtype, num_codes, dim) -> None:
+    # 64 bytes of scores: one row per chunk for K >= 16, eight rows (129 = 16 * 8 + 1) for K = 2.
+    monkeypatch.setattr(reference_vq, "CHUNK_BYTES", 64)
+    x = _rand(129, dim, dtype=dtype, device=device, seed=41 + dim)
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=42 + num_codes)
+    matrix = (_l2_matrix if metric == "l2" else _cosine_matrix)(x, codebook)
+    indices, distances = fastvae.vq_nearest(x, codebook, metric=metric)
+    chosen = _assert_nearest(indices, matrix, dtype)
+    assert_close(distances, chosen, dtype)
+    out = fastvae.vector_quantize(x, codebook, metric=metric)
+    assert torch.equal(out.indices, indices)
+
+
+def _largest_operand(fn: Callable[[], object]) -> int:
+    """The most elements of any tensor operand of any op the profiler records while ``fn`` runs."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    largest = 0
+    for event in prof.events():
+        for shape in event.input_shapes:
+            if isinstance(shape, list) and shape and all(isinstance(size, int) for size in shape):
+                largest = max(largest, math.prod(shape))
+    return largest
+
+
+@pytest.mark.parametrize("op", ("vq_nearest", "vector_quantize"))
+def test_search_never_holds_the_n_by_k_matrix(device, monkeypatch, op) -> None:
+    # 4096 bytes of float32 scores is 3 rows of K = 257 at a time; the full matrix is 129 x 257.
+    monkeypatch.setattr(reference_vq, "CHUNK_BYTES", 4096)
+    rows, num_codes = 129, 257
+    x = _rand(rows, 3, dtype=torch.float32, device=device, seed=51)
+    codebook = _rand(num_codes, 3, dtype=torch.float32, device=device, seed=52)
+    fn = getattr(fastvae, op)
+    largest = _largest_operand(lambda: fn(x, codebook))
+    assert largest < rows * num_codes // 10, f"an op saw a tensor of {largest} elements"
+
+
+# --- vq_nearest: gradients of the distances -----------------------------------------------------------
+
+
+def _separated(rows_per_code: int, num_codes: int, dim: int, device: torch.device, seed: int):
+    """float64 codes far apart and rows close to them, so a finite-difference step never changes the argmin."""
+    generator = torch.Generator().manual_seed(seed)
+    codebook = 10.0 * torch.randn(num_codes, dim, generator=generator, dtype=torch.float64)
+    owner = torch.arange(num_codes).repeat_interleave(rows_per_code)
+    x = codebook[owner] + 0.3 * torch.randn(owner.numel(), dim, generator=generator, dtype=torch.float64)
+    return x.to(device).requires_grad_(), codebook.to(device).requires_grad_()
+
+
+@pytest.mark.parametrize("metric", ("l2", "cosine"))
+def test_vq_nearest_distance_gradients_pass_gradcheck(device, metric) -> None:
+    x, codebook = _separated(3, 5, 4, device, seed=61)
+    x = x.detach().reshape(3, 5, 4).requires_grad_()  # leading dims
+
+    def distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        return fastvae.vq_nearest(x, codebook, metric=metric)[1]
+
+    assert torch.autograd.gradcheck(distances, (x, codebook), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_vq_nearest_indices_are_not_differentiable(device) -> None:
+    x, codebook = _separated(2, 3, 4, device, seed=62)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert not indices.requires_grad and distances.requires_grad
+
+
+# --- vector_quantize: values ----------------------------------------------------------------------------
+
+
+def _entropy_perplexity(indices: torch.Tensor, num_codes: int) -> float:
+    """exp(-sum p log p) of the code usage, by hand from bincount (0 log 0 = 0)."""
+    counts = torch.bincount(indices.reshape(-1).cpu(), minlength=num_codes).double()
+    p = counts / counts.sum()
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())
+
+
+@pytest.mark.parametrize("beta", (0.0, 0.25, 3.0))
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), [(1, 1, 1), (7, 2, 3), (129, 33, 64), (129, 257, 65)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vector_quantize_values_match_float64_formulas(device, dtype, rows, num_codes, dim, beta) -> None:
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=71 + rows)
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=72 + num_codes)
+    out = fastvae.vector_quantize(x, codebook, beta=beta)
+    assert isinstance(out, fastvae.VQOutput)
+    assert out._fields == ("quantized", "indices", "loss", "commitment_loss", "codebook_loss", "perplexity")
+    assert out.quantized.shape == x.shape and out.quantized.dtype == dtype
+    assert out.indices.shape == (rows,)
+    for value in (out.loss, out.commitment_loss, out.codebook_loss, out.perplexity):
+        assert value.shape == () and value.dtype == dtype
+
+    chosen = _assert_nearest(out.indices, _l2_matrix(x, codebook), dtype)
+    assert torch.equal(out.quantized, codebook[out.indices])
+    mean_sq = chosen.mean()  # mean over N of |x_n - e_n|^2 summed over D
+    assert_close(out.commitment_loss, mean_sq, dtype)
+    assert_close(out.codebook_loss, mean_sq, dtype)
+    assert_close(out.loss, (1.0 + beta) * mean_sq, dtype)
+    assert_close(out.perplexity, torch.tensor(_entropy_perplexity(out.indices, num_codes), dtype=torch.float64), dtype)
+
+
+def test_vector_quantize_perplexity_by_hand(device) -> None:
+    # Usage (2, 1, 1, 0) of 4 rows: p = (1/2, 1/4, 1/4), entropy = 1.5 log 2, perplexity = 2 ** 1.5.
+    codebook = torch.tensor([[0.0], [10.0], [20.0], [30.0]], dtype=torch.float64, device=device)
+    x = torch.tensor([[1.0], [-1.0], [11.0], [19.0]], dtype=torch.float64, device=device)
+    out = fastvae.vector_quantize(x, codebook)
+    assert out.indices.cpu().tolist() == [0, 0, 1, 2]
+    assert out.perplexity.item() == pytest.approx(2.0**1.5, rel=1e-12)
+    assert out.commitment_loss.item() == pytest.approx(1.0, rel=1e-12)  # every |x - e|^2 is 1
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vector_quantize_leading_dims(device, dtype) -> None:
+    x = _rand(2, 6, 3, 5, dtype=dtype, device=device, seed=81).movedim(1, -1)  # (2, 3, 5, 6), strided
+    codebook = _rand(7, 6, dtype=dtype, device=device, seed=82)
+    out = fastvae.vector_quantize(x, codebook)
+    assert out.quantized.shape == x.shape and out.indices.shape == (2, 3, 5)
+    rows = x.reshape(-1, 6)
+    chosen = _assert_nearest(out.indices.reshape(-1), _l2_matrix(rows, codebook), dtype)
+    assert torch.equal(out.quantized, codebook[out.indices])
+    assert_close(out.commitment_loss, chosen.mean(), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vector_quantize_cosine_values(device, dtype) -> None:
+    x = _rand(129, 64, dtype=dtype, device=device, seed=91, scale=4.0)
+    codebook = _rand(33, 64, dtype=dtype, device=device, seed=92, scale=0.2)
+    out = fastvae.vector_quantize(x, codebook, beta=0.5, metric="cosine")
+    chosen = _assert_nearest(out.indices, _cosine_matrix(x, codebook), dtype)
+    unit_codes = F.normalize(codebook.cpu().double(), dim=-1)
+    assert_close(out.quantized.cpu(), unit_codes[out.indices.cpu()], dtype)
+    assert_close(out.commitment_loss, chosen.mean(), dtype)  # |x^ - e^|^2 = 2 - 2 cos
+    assert_close(out.loss, 1.5 * chosen.mean(), dtype)
+
+
+# --- vector_quantize: gradients -------------------------------------------------------------------------
+
+
+def _float64_vq_grads(x: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor, which: str, beta: float):
+    """Gradients (d x, d codebook) of one VQ output in float64 autograd with explicit stop-gradients."""
+    x64 = x.detach().cpu().double().requires_grad_()
+    codebook64 = codebook.detach().cpu().double().requires_grad_()
+    e = codebook64[indices.cpu()]
+    commitment = ((x64 - e.detach()) ** 2).sum(-1).mean()
+    codebook_loss = ((x64.detach() - e) ** 2).sum(-1).mean()
+    objective = {
+        "commitment_loss": commitment,
+        "codebook_loss": codebook_loss,
+        "loss": codebook_loss + beta * commitment,
+    }[which]
+    grad_x, grad_codebook = torch.autograd.grad(objective, (x64, codebook64), allow_unused=True)
+    return (
+        torch.zeros_like(x64) if grad_x is None else grad_x,
+        torch.zeros_like(codebook64) if grad_codebook is None else grad_codebook,
+    )
+
+
+def _grad_or_zeros(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(tensor) if tensor.grad is None else tensor.grad
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vector_quantize_straight_through_gradient(device, dtype) -> None:
+    x = _rand(129, 33, dtype=dtype, device=device, seed=101).requires_grad_()
+    codebook = _rand(17, 33, dtype=dtype, device=device, seed=102).requires_grad_()
+    out = fastvae.vector_quantize(x, codebook)
+    upstream = _rand(129, 33, dtype=dtype, device=device, seed=103)
+    out.quantized.backward(upstream)
+    assert torch.equal(x.grad, upstream)
+    assert not _grad_or_zeros(codebook).any()
+
+
+def test_vector_quantize_straight_through_of_sum_is_ones(device) -> None:
+    x = _rand(7, 3, dtype=torch.float32, device=device, seed=104).requires_grad_()
+    codebook = _rand(5, 3, dtype=torch.float32, device=device, seed=105).requires_grad_()
+    fastvae.vector_quantize(x, codebook).quantized.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert not _grad_or_zeros(codebook).any()
+
+
+@pytest.mark.parametrize("which", ("commitment_loss", "codebook_loss", "loss"))
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), [(1, 1, 1), (7, 3, 5), (129, 33, 65)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vector_quantize_loss_gradients_match_float64_autograd(device, dtype, rows, num_codes, dim, which) -> None:
+    beta = 0.7
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=111 + rows).requires_grad_()
+    # Fewer codes than rows: several rows share a code, so the codebook gradient is a segment sum.
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=112 + dim).requires_grad_()
+    out = fastvae.vector_quantize(x, codebook, beta=beta)
+    getattr(out, which).backward()
+    expected_x, expected_codebook = _float64_vq_grads(x, codebook, out.indices, which, beta)
+    # The gradients are 2 (x - e) / N: the table's tolerances apply to them as computed values.
+    assert x.grad.dtype == dtype and codebook.grad.dtype == dtype
+    assert_close(x.grad.cpu(), expected_x, dtype)
+    assert_close(codebook.grad.cpu(), expected_codebook, dtype)
+    if which == "commitment_loss":
+        assert not codebook.grad.any()
+    if which == "codebook_loss":
+        assert not x.grad.any()
+
+
+def test_vector_quantize_gradients_by_hand(device) -> None:
+    # Two rows on code 0 = (0, 0), one on code 1 = (10, 0); code 2 unused. N = 3, beta = 0.5.
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0]], dtype=torch.float64, device=device)
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [9.0, 1.0]], dtype=torch.float64, device=device)
+    x.requires_grad_()
+    codebook.requires_grad_()
+    out = fastvae.vector_quantize(x, codebook, beta=0.5)
+    out.loss.backward()
+    diff = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(x.grad.cpu(), 0.5 * 2.0 * diff / 3.0, rtol=1e-12, atol=0)
+    # d codebook_loss / d e_k = -2/N * sum over the rows on code k of (x_n - e_k).
+    expected_codebook = torch.tensor(
+        [[-2.0 * (1.0 + 0.0) / 3.0, -2.0 * (0.0 + 2.0) / 3.0], [-2.0 * -1.0 / 3.0, -2.0 * 1.0 / 3.0], [0.0, 0.0]],
+        dtype=torch.float64,
+    )
+    assert torch.allclose(codebook.grad.cpu(), expected_codebook, rtol=1e-12, atol=0)
+    assert out.loss.item() == pytest.approx((1.0 + 0.5) * (1.0 + 4.0 + 2.0) / 3.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", (0.0, 0.25, 2.0))
+def test_vector_quantize_beta_scales_only_the_commitment_term(device, beta) -> None:
+    x = _rand(33, 5, dtype=torch.float64, device=device, seed=121).requires_grad_()
+    codebook = _rand(7, 5, dtype=torch.float64, device=device, seed=122).requires_grad_()
+    out = fastvae.vector_quantize(x, codebook, beta=beta)
+    grad_x, grad_codebook = torch.autograd.grad(out.loss, (x, codebook), retain_graph=True)
+    commit_x, _ = torch.autograd.grad(out.commitment_loss, (x, codebook), retain_graph=True)
+    _, book_codebook = torch.autograd.grad(out.codebook_loss, (x, codebook))
+    assert_close(out.loss, out.codebook_loss.detach() + beta * out.commitment_loss.detach(), torch.float64)
+    assert_close(grad_x, beta * commit_x, torch.float64)
+    assert_close(grad_codebook, book_codebook, torch.float64)
+    if beta == 0.0:
+        assert not grad_x.any()
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_vector_quantize_cosine_gradients_match_float64_autograd(device, dtype) -> None:
+    x = _rand(33, 8, dtype=dtype, device=device, seed=131, scale=3.0).requires_grad_()
+    codebook = _rand(5, 8, dtype=dtype, device=device, seed=132).requires_grad_()
+    beta = 0.4
+    out = fastvae.vector_quantize(x, codebook, beta=beta, metric="cosine")
+    upstream = _rand(33, 8, dtype=dtype, device=device, seed=133)
+    (out.quantized * upstream).sum().add(out.loss).backward()
+
+    x64 = x.detach().cpu().double().requires_grad_()
+    codebook64 = codebook.detach().cpu().double().requires_grad_()
+    unit_x = x64 / x64.norm(dim=-1, keepdim=True)
+    unit_e = (codebook64 / codebook64.norm(dim=-1, keepdim=True))[out.indices.cpu()]
+    quantized = unit_x + (unit_e - unit_x).detach()
+    commitment = ((unit_x - unit_e.detach()) ** 2).sum(-1).mean()
+    codebook_loss = ((unit_x.detach() - unit_e) ** 2).sum(-1).mean()
+    (quantized * upstream.cpu().double()).sum().add(codebook_loss + beta * commitment).backward()
+    assert_close(x.grad.cpu(), x64.grad, dtype)
+    assert_close(codebook.grad.cpu(), codebook64.grad, dtype)
+
+
+# --- vq_code_stats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "num_codes"), [((1, 1), 1), ((7, 3), 5), ((129, 64), 33), ((2, 5, 3), 257)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_code_stats_match_one_hot(device, dtype, shape, num_codes) -> None:
+    x = _rand(*shape, dtype=dtype, device=device, seed=141 + num_codes).requires_grad_()
+    generator = torch.Generator().manual_seed(142)
+    # Only the lower half of the codes is used, so unused codes must come out as zeros.
+    indices = torch.randint(0, max(1, num_codes // 2), shape[:-1], generator=generator).to(device)
+    counts, sums = fastvae.vq_code_stats(x, indices, num_codes)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    assert counts.dtype == accumulate and sums.dtype == accumulate
+    assert counts.shape == (num_codes,) and sums.shape == (num_codes, shape[-1])
+    assert not counts.requires_grad and not sums.requires_grad
+    one_hot = F.one_hot(indices.reshape(-1).cpu(), num_codes).double()  # (N, K)
+    rows = x.detach().reshape(-1, shape[-1]).cpu().double()
+    assert torch.equal(counts.cpu().double(), one_hot.sum(0))
+    # The sums accumulate in float32 (float64), so that dtype's tolerance applies; each adds up to N
+    # rounded terms, whose rounding errors grow like sqrt(N): hence scale = sqrt(N).
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    assert_close(sums.cpu(), one_hot.T @ rows, compute, scale=math.sqrt(math.prod(shape[:-1])))
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _cpu(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype)
+
+
+BAD_X_CODEBOOK = [
+    pytest.param(lambda: (_cpu(4, 3, dtype=torch.int64), _cpu(5, 3)), {}, TypeError, r"^x\b", id="integer-x"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3, dtype=torch.int32)), {}, TypeError, r"^codebook\b", id="int-codebook"),
+    pytest.param(lambda: (_cpu(4, 3, dtype=torch.bool), _cpu(5, 3)), {}, TypeError, r"^x\b", id="bool-x"),
+    pytest.param(
+        lambda: (_cpu(4, 3), _cpu(5, 3, dtype=torch.float64)), {}, TypeError, r"^codebook\b", id="mixed-dtypes"
+    ),
+    pytest.param(
+        lambda: (_cpu(4, 3, dtype=torch.bfloat16), _cpu(5, 3, dtype=torch.float16)),
+        {},
+        TypeError,
+        r"^codebook\b",
+        id="mixed-half-dtypes",
+    ),
+    pytest.param(
+        lambda: (_cpu(4, 3), torch.zeros(5, 3, device="meta")), {}, ValueError, r"^codebook\b", id="codebook-on-meta"
+    ),
+    pytest.param(
+        lambda: (torch.zeros(4, 3, device="meta"), _cpu(5, 3)), {}, ValueError, r"^codebook\b", id="x-on-meta"
+    ),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(5, 4)), {}, ValueError, r"^codebook\b", id="d-mismatch"),
+    pytest.param(lambda: (_cpu(2, 4, 3), _cpu(5, 2)), {}, ValueError, r"^codebook\b", id="d-mismatch-leading-dims"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(0, 3)), {}, ValueError, r"^codebook\b", id="empty-codebook"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(3)), {}, ValueError, r"^codebook\b", id="1d-codebook"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(2, 5, 3)), {}, ValueError, r"^codebook\b", id="3d-codebook"),
+    pytest.param(lambda: (_cpu(), _cpu(5, 1)), {}, ValueError, r"^x\b", id="0d-x"),
+    pytest.param(lambda: ([[0.0, 0.0]], _cpu(5, 2)), {}, TypeError, r"^x\b", id="list-x"),
+    pytest.param(lambda: (_cpu(4, 2), [[0.0, 0.0]]), {}, TypeError, r"^codebook\b", id="list-codebook"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": "dot"}, ValueError, r"^metric\b", id="unknown-metric"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": "L2"}, ValueError, r"^metric\b", id="metric-case"),
+    pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": None}, ValueError, r"^metric\b", id="metric-none"),
+]
+
+BAD_BETA = [
+    pytest.param(-0.1, ValueError, id="negative"),
+    pytest.param(float("nan"), ValueError, id="nan"),
+    pytest.param("0.25", TypeError, id="string"),
+    pytest.param(None, TypeError, id="none"),
+    pytest.param(torch.tensor(0.25), TypeError, id="tensor"),
+]
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[str]:
+    """Records every backend dispatch: the checks must reject bad input before any kernel is chosen."""
+    calls: list[str] = []
+    original = backend_module.resolve
+
+    def spy(op: str, device: torch.device):
+        calls.append(op)
+        return original(op, device)
+
+    monkeypatch.setattr(backend_module, "resolve", spy)
+    return calls
+
+
+@pytest.mark.parametrize("op", ("vq_nearest", "vector_quantize"))
+@pytest.mark.parametrize(("make", "kwargs", "error", "match"), BAD_X_CODEBOOK)
+def test_bad_input_is_rejected_before_any_kernel(kernel_calls, op, make, kwargs, error, match) -> None:
+    x, codebook = make()
+    with pytest.raises(error, match=match):
+        getattr(fastvae, op)(x, codebook, **kwargs)
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize(("beta", "error"), BAD_BETA)
+def test_bad_beta_is_rejected_before_any_kernel(kernel_calls, beta, error) -> None:
+    with pytest.raises(error, match=r"^beta\b"):
+        fastvae.vector_quantize(_cpu(4, 3), _cpu(5, 3), beta=beta)
+    assert kernel_calls == []
+
+
+def test_spy_sees_kernels_on_good_input(kernel_calls) -> None:
+    # The control for the two tests above: good input does reach the dispatch the spy watches.
+    fastvae.vq_nearest(_cpu(4, 3), _cpu(5, 3))
+    fastvae.vector_quantize(_cpu(4, 3), _cpu(5, 3))
+    assert kernel_calls == ["vq_nearest", "vector_quantize"]
+
+
+def _index(*shape: int, dtype: torch.dtype = torch.int64, device: str = "cpu") -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+BAD_CODE_STATS = [
+    pytest.param(lambda: (_cpu(4, 3, dtype=torch.int64), _index(4), 5), TypeError, r"^x\b", id="int-x"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4, dtype=torch.int32), 5), TypeError, r"^indices\b", id="int32-indices"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4, dtype=torch.float32), 5), TypeError, r"^indices\b", id="float-indices"),
+    pytest.param(lambda: (_cpu(4, 3), _index(5), 5), ValueError, r"^indices\b", id="shape"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4, 1), 5), ValueError, r"^indices\b", id="rank"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4, device="meta"), 5), ValueError, r"^indices\b", id="meta"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4), 0), ValueError, r"^num_codes\b", id="k0"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4), 5.0), TypeError, r"^num_codes\b", id="float-k"),
+    pytest.param(lambda: (_cpu(4, 3), _index(4), True), TypeError, r"^num_codes\b", id="bool-k"),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), BAD_CODE_STATS)
+def test_vq_code_stats_bad_input(kernel_calls, make, error, match) -> None:
+    x, indices, num_codes = make()
+    with pytest.raises(error, match=match):
+        fastvae.vq_code_stats(x, indices, num_codes)
+    assert kernel_calls == []
+
+
+# --- empty batches ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leading", [(0,), (2, 0), (0, 3)], ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_empty_batch_gives_empty_results(device, dtype, leading) -> None:
+    x = torch.zeros(*leading, 4, dtype=dtype, device=device, requires_grad=True)
+    codebook = _rand(5, 4, dtype=dtype, device=device, seed=151).requires_grad_()
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.shape == leading and indices.dtype == torch.int64
+    assert distances.shape == leading and distances.dtype == dtype
+
+    out = fastvae.vector_quantize(x, codebook)
+    assert out.quantized.shape == x.shape and out.indices.shape == leading
+    # Documented: the mean over zero vectors is NaN, as is the perplexity of no usage.
+    for value in (out.loss, out.commitment_loss, out.codebook_loss, out.perplexity):
+        assert value.shape == () and bool(value.isnan())
+    out.quantized.sum().backward()
+    assert x.grad.shape == x.shape
+    assert not _grad_or_zeros(codebook).any()
+
+    counts, sums = fastvae.vq_code_stats(x, indices, 5)
+    assert not counts.any() and not sums.any() and sums.shape == (5, 4)
