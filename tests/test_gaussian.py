@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import math
 
+import backends
 import pytest
 import torch
+from backends import DEVICE, dtype_id, randn
+from tolerances import FLOAT_DTYPES, assert_close
 from torch.distributions import Normal, kl_divergence
 
 import fastvae
 from fastvae import backend as fastvae_backend
+from fastvae.ops.gaussian import OP_NAMES
 from fastvae.reference.philox import normal_stream
-from tests.tolerances import FLOAT_DTYPES, assert_close
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-OPS = (
-    "reparameterize",
-    "reparameterize_backward",
-    "reparameterize_kl",
-    "reparameterize_kl_backward",
-    "gaussian_kl",
-    "gaussian_kl_backward",
-    "gaussian_log_prob",
-    "gaussian_log_prob_backward",
-)
 
 LEADING = [(7,), (3, 5, 4), (2, 1, 3, 9)]
 # Weird latent sizes: 1, primes, a multiple of the Philox group of 4, one past it, one past 128.
@@ -41,25 +31,13 @@ DIMS = [1, 3, 4, 5, 17, 129]
 REDUCTIONS = ["none", "sum", "mean"]
 
 
-@pytest.fixture(params=fastvae.available_backends())
+@pytest.fixture(params=backends.PARAMS)
 def backend(request):
-    """Runs the test under each backend available here, skipping one that lacks a Gaussian op."""
-    with fastvae.use_backend(request.param):
-        for op in OPS:
-            try:
-                fastvae_backend.resolve(op, DEVICE)
-            except fastvae.BackendUnavailableError as err:
-                pytest.skip(str(err))
-        yield request.param
+    """Runs the test under each backend available here."""
+    with backends.forced(request.param, OP_NAMES) as name:
+        yield name
 
 
-def dtype_id(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE)
 
 
 def f64(t: torch.Tensor) -> torch.Tensor:

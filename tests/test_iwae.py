@@ -14,45 +14,24 @@ from __future__ import annotations
 
 import math
 
+import backends
 import pytest
 import torch
+from backends import DEVICE, dtype_id, randn
+from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
 from torch.distributions import Normal
 
 import fastvae
-from fastvae import backend as fastvae_backend
-from tests.tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-OPS = (
-    "iwae_log_weights",
-    "iwae_log_weights_backward",
-    "iwae_bound",
-    "iwae_bound_backward",
-    "miwae_bound",
-    "miwae_bound_backward",
-)
+from fastvae.ops.iwae import OP_NAMES
 
 
-@pytest.fixture(params=fastvae.available_backends())
+@pytest.fixture(params=backends.PARAMS)
 def backend(request):
-    """Runs the test under each backend available here, skipping one that lacks an IWAE op."""
-    with fastvae.use_backend(request.param):
-        for op in OPS:
-            try:
-                fastvae_backend.resolve(op, DEVICE)
-            except fastvae.BackendUnavailableError as err:
-                pytest.skip(str(err))
-        yield request.param
+    """Runs the test under each backend available here."""
+    with backends.forced(request.param, OP_NAMES) as name:
+        yield name
 
 
-def dtype_id(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0, shift: float = 0.0):
-    gen = torch.Generator().manual_seed(seed)
-    return (shift + scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE)
 
 
 def f64(t: torch.Tensor) -> torch.Tensor:

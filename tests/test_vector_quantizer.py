@@ -13,16 +13,17 @@ import os
 import socket
 from pathlib import Path
 
+import backends
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tolerances import assert_close
 from torch import nn
 
-import fastvae
 from fastvae.nn import VectorQuantizer
-from tolerances import assert_close
+from fastvae.ops.vq import OP_NAMES
 
 F64 = torch.float64
 
@@ -30,21 +31,13 @@ F64 = torch.float64
 # --- backends ---------------------------------------------------------------------------------------
 
 
-def _backend_params() -> list:
-    """One parameter per backend that runs here, with the device its tensors live on."""
-    params = []
-    for name in fastvae.available_backends():
-        device = "cpu" if name == "torch" or not torch.cuda.is_available() else "cuda"
-        params.append(pytest.param((name, device), id=name))
-    return params
 
 
-@pytest.fixture(params=_backend_params())
+@pytest.fixture(params=backends.PARAMS)
 def device(request: pytest.FixtureRequest):
-    """The device to build modules and inputs on, with the parametrised backend forced for the test."""
-    name, device_name = request.param
-    with fastvae.use_backend(name):
-        yield torch.device(device_name)
+    """The device to build inputs on, with the parametrised backend forced for the whole test."""
+    with backends.forced(request.param, OP_NAMES):
+        yield backends.DEVICE
 
 
 # --- helpers ------------------------------------------------------------------------------------------

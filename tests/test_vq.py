@@ -15,36 +15,30 @@ brute-force argmin wherever the best and second-best distances are further apart
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
+import backends
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
 from torch.profiler import ProfilerActivity, profile
 
 import fastvae
 import fastvae.reference.vq as reference_vq
 from fastvae import backend as backend_module
-from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
+from fastvae.ops.vq import OP_NAMES
 
 # --- backends ---------------------------------------------------------------------------------------
 
 
-def _backend_params() -> list:
-    """One parameter per backend that runs here, with the device its tensors live on."""
-    params = []
-    for name in fastvae.available_backends():
-        device = "cpu" if name == "torch" or not torch.cuda.is_available() else "cuda"
-        params.append(pytest.param((name, device), id=name))
-    return params
 
 
-@pytest.fixture(params=_backend_params())
-def device(request: pytest.FixtureRequest) -> Iterator[torch.device]:
+@pytest.fixture(params=backends.PARAMS)
+def device(request: pytest.FixtureRequest):
     """The device to build inputs on, with the parametrised backend forced for the whole test."""
-    name, device_name = request.param
-    with fastvae.use_backend(name):
-        yield torch.device(device_name)
+    with backends.forced(request.param, OP_NAMES):
+        yield backends.DEVICE
 
 
 # --- independent float64 brute force ---------------------------------------------------------------

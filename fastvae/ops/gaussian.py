@@ -22,7 +22,8 @@ from fastvae.reference import gaussian as reference
 
 __all__ = ["reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob"]
 
-for _name in (
+#: The backend-dispatched ops of this family (forward and backward), as registered.
+OP_NAMES: tuple[str, ...] = (
     "reparameterize",
     "reparameterize_backward",
     "reparameterize_kl",
@@ -31,7 +32,8 @@ for _name in (
     "gaussian_kl_backward",
     "gaussian_log_prob",
     "gaussian_log_prob_backward",
-):
+)
+for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 
 

@@ -17,14 +17,16 @@ from fastvae.reference import iwae as reference
 
 __all__ = ["iwae_log_weights", "iwae_bound", "miwae_bound"]
 
-for _name in (
+#: The backend-dispatched ops of this family (forward and backward), as registered.
+OP_NAMES: tuple[str, ...] = (
     "iwae_log_weights",
     "iwae_log_weights_backward",
     "iwae_bound",
     "iwae_bound_backward",
     "miwae_bound",
     "miwae_bound_backward",
-):
+)
+for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 
 

@@ -18,7 +18,9 @@ from fastvae.reference import vq as reference
 
 __all__ = ["VQOutput", "vq_nearest", "vector_quantize", "vq_code_stats"]
 
-for _name in ("vq_nearest", "vector_quantize", "vector_quantize_backward", "vq_code_stats"):
+#: The backend-dispatched ops of this family (forward and backward), as registered.
+OP_NAMES: tuple[str, ...] = ("vq_nearest", "vector_quantize", "vector_quantize_backward", "vq_code_stats")
+for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 
 
