@@ -491,6 +491,9 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
             vq(_ddp_batch()[rank])
             results[variant] = {name: value.clone() for name, value in vq.state_dict().items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks reach teardown together: a rank that tears down while its peer still talks
+        # to the store was seen to abort in gloo ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
