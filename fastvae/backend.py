@@ -17,8 +17,11 @@ The backend is chosen, from strongest to weakest, by :func:`use_backend` (a cont
 otherwise. Forcing a backend that cannot run raises :class:`BackendUnavailableError` naming what is
 missing.
 
-Op modules register their implementations with :func:`register`; :func:`resolve` is called inside
-each custom op at run time, so the choice also applies to code compiled with ``torch.compile``.
+Op modules register the reference implementations with :func:`register` and the compiled ones with
+:func:`register_kernels`, which imports a kernel module only when a backend first needs it (so
+``import fastvae`` never imports Triton, and ``TRITON_INTERPRET`` may be set after it).
+:func:`resolve` is called inside each custom op at run time, so the choice also applies to code
+compiled with ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import importlib.util
 import os
 from typing import Callable, Iterator
@@ -54,6 +58,12 @@ _COMPILED: tuple[str, ...] = ("triton", "cuda")
 _MEASURED_PREFERENCE: dict[str, tuple[str, ...]] = {}
 
 _IMPLS: dict[str, dict[str, Callable[..., object]]] = {}
+
+#: Kernel modules not yet imported: backend -> [(module name, op names)].
+_PENDING: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+
+#: Why a backend's kernel modules failed to import, if one did.
+_IMPORT_ERRORS: dict[str, str] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -84,6 +94,38 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def kernel_name(op: str) -> str:
+    """The host function implementing ``op`` in a kernel module: ``<op>_fwd``, or ``<op>_bwd`` for
+    an op named ``<op>_backward``."""
+    return op.removesuffix("_backward") + ("_bwd" if op.endswith("_backward") else "_fwd")
+
+
+def register_kernels(backend: str, module: str, ops: tuple[str, ...]) -> None:
+    """Register ``module``'s host functions (see :func:`kernel_name`) as ``backend``'s ``ops``.
+
+    The module is imported on first use; if that fails the backend reports the import error.
+    """
+    if backend not in _COMPILED:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _COMPILED))}, got {backend!r}")
+    _PENDING.setdefault(backend, []).append((module, ops))
+
+
+def _load_kernels(backend: str) -> None:
+    for module_name, ops in _PENDING.pop(backend, []):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            _IMPORT_ERRORS[backend] = f"importing {module_name} failed: {error}"
+            continue
+        for op in ops:
+            register(op, backend, getattr(module, kernel_name(op)))
+
+
+def _has_kernels(backend: str) -> bool:
+    _load_kernels(backend)
+    return any(backend in impls for impls in _IMPLS.values())
+
+
 def _missing(backend: str, device: torch.device | None = None) -> str | None:
     """Why ``backend`` cannot run (on ``device`` when given), or None when it can."""
     if backend == "torch":
@@ -91,7 +133,9 @@ def _missing(backend: str, device: torch.device | None = None) -> str | None:
     if backend == "triton":
         if not _triton_installed():
             return "the triton package is not installed (pip install triton)"
-        if not any("triton" in impls for impls in _IMPLS.values()):
+        if not _has_kernels("triton"):
+            if "triton" in _IMPORT_ERRORS:
+                return _IMPORT_ERRORS["triton"]
             return "this version of fastvae has no Triton kernels yet"
         if device is not None and device.type != "cuda" and not _triton_interpreted():
             return (
@@ -107,7 +151,7 @@ def _missing(backend: str, device: torch.device | None = None) -> str | None:
         reason = _extension.unavailable_reason()
         if reason is not None:
             return reason
-        if not any("cuda" in impls for impls in _IMPLS.values()):
+        if not _has_kernels("cuda"):
             return "this version of fastvae has no CUDA kernels yet"
         if device is not None and device.type != "cuda":
             return f"the cuda backend needs CUDA tensors, got tensors on {device.type}"
@@ -192,7 +236,7 @@ def resolve(op: str, device: torch.device) -> Callable[..., object]:
     if name == "auto":
         if device.type == "cuda":
             for candidate in _MEASURED_PREFERENCE.get(op, _COMPILED):
-                if candidate in impls and _missing(candidate, device) is None:
+                if _missing(candidate, device) is None and candidate in impls:
                     return impls[candidate]
         return impls["torch"]
     reason = _missing(name, device)

@@ -1,9 +1,20 @@
-"""Shared pytest configuration: tests marked ``gpu`` are skipped when no CUDA device is visible."""
+"""Shared pytest configuration.
+
+On a machine without a CUDA device the Triton kernels run on CPU tensors through Triton's
+interpreter, so the op tests exercise the triton backend everywhere: TRITON_INTERPRET=1 is set here,
+before any test module imports fastvae's kernels (an explicit TRITON_INTERPRET in the environment
+wins). Tests marked ``gpu`` are skipped when no CUDA device is visible.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,166 @@
+"""Ahead-of-time compile check of every Triton kernel, for GPUs this machine need not have.
+
+Each kernel module lists the launch configurations its host functions use in ``AOT_CONFIGS``; this
+compiles each one with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))`` for every
+requested architecture, runs ``ptxas -v`` on the PTX to read registers, shared memory and spills,
+and reports them. It fails (exit status 1) on a compile error, on spills in any configuration, and
+when a module that promises tensor-core code (``WGMMA_KERNELS``) shows no ``wgmma`` on sm_90.
+
+Run: ``python -m fastvae.kernels.aot [--arch 80 90] [--json report.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+#: Kernel modules (under fastvae.kernels) that hold AOT_CONFIGS.
+MODULES: tuple[str, ...] = ("gaussian", "iwae", "vq")
+
+
+class AotConfig(NamedTuple):
+    """One launch configuration of a kernel, as its host function would launch it.
+
+    Attributes:
+        kernel: the ``@triton.jit`` function.
+        signature: argument name -> Triton type (``"*fp32"``, ``"i64"``, ``"fp32"``, ``"constexpr"``).
+        constexprs: values of the ``constexpr`` arguments.
+        num_warps: warps per program.
+        num_stages: software-pipelining stages.
+    """
+
+    kernel: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+class AotResult(NamedTuple):
+    """What compiling one configuration for one architecture gave."""
+
+    module: str
+    kernel: str
+    arch: int
+    config: str
+    registers: int
+    shared_bytes: int
+    spill_bytes: int
+    wgmma: bool
+
+
+def _ptxas() -> str:
+    """A ptxas to read resource usage with: the CUDA toolkit's, else the one Triton ships."""
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if bundled.is_file():
+        return str(bundled)
+    raise FileNotFoundError("no ptxas on PATH and none bundled with triton")
+
+
+def _resources(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) that ``ptxas -v`` reports for ``ptx`` compiled for ``arch``."""
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        result = subprocess.run(
+            [_ptxas(), "-v", f"--gpu-name={gpu}", str(source), "-o", str(Path(tmp) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    report = result.stdout + result.stderr
+    registers = max((int(n) for n in re.findall(r"Used (\d+) registers", report)), default=0)
+    stores = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", report))
+    loads = sum(int(n) for n in re.findall(r"(\d+) bytes spill loads", report))
+    return registers, stores + loads
+
+
+def _kernel_name(config: AotConfig) -> str:
+    return getattr(config.kernel, "__name__", None) or config.kernel.fn.__name__
+
+
+def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
+    """Compile ``config`` for sm_``arch`` and measure it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=config.constexprs)
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+    )
+    ptx = compiled.asm["ptx"]
+    registers, spills = _resources(ptx, arch)
+    pointers = "/".join(sorted({t[1:] for t in config.signature.values() if t.startswith("*")}))
+    constants = ", ".join(f"{k}={v}" for k, v in config.constexprs.items())
+    return AotResult(
+        module=module,
+        kernel=_kernel_name(config),
+        arch=arch,
+        config=f"{pointers}; {constants}; warps={config.num_warps}, stages={config.num_stages}",
+        registers=registers,
+        shared_bytes=int(compiled.metadata.shared),
+        spill_bytes=spills,
+        wgmma="wgmma" in ptx,
+    )
+
+
+def run(archs: Sequence[int], modules: Sequence[str] = MODULES) -> tuple[list[AotResult], list[str]]:
+    """Compile every configuration of ``modules`` for ``archs``; returns (results, failures)."""
+    results: list[AotResult] = []
+    failures: list[str] = []
+    for name in modules:
+        module = importlib.import_module(f"fastvae.kernels.{name}")
+        for config in module.AOT_CONFIGS:
+            for arch in archs:
+                try:
+                    result = compile_config(name, config, arch)
+                except Exception as error:  # noqa: BLE001 - every compile failure is reported
+                    failures.append(f"{name}.{_kernel_name(config)} sm_{arch}: {error}")
+                    continue
+                results.append(result)
+                if result.spill_bytes:
+                    failures.append(f"{name}.{result.kernel} sm_{arch} [{result.config}]: {result.spill_bytes} bytes spilled")
+        for kernel in getattr(module, "WGMMA_KERNELS", ()):
+            if 90 in archs and not any(r.wgmma for r in results if r.module == name and r.kernel == kernel and r.arch == 90):
+                failures.append(f"{name}.{kernel}: no wgmma instruction in its sm_90 code")
+    return results, failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: compile, print a table, optionally write JSON; exit 1 on any failure."""
+    parser = argparse.ArgumentParser(prog="python -m fastvae.kernels.aot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="SM architectures (default 80 90)")
+    parser.add_argument("--module", nargs="+", default=list(MODULES), choices=MODULES, help="kernel modules")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    results, failures = run(args.arch, args.module)
+    print(f"{'kernel':48} {'arch':>5} {'regs':>5} {'smem B':>7} {'spill B':>7} {'wgmma':>5}  config")
+    for r in results:
+        print(f"{r.module + '.' + r.kernel:48} {'sm_' + str(r.arch):>5} {r.registers:5d} {r.shared_bytes:7d} {r.spill_bytes:7d} {'yes' if r.wgmma else 'no':>5}  {r.config}")
+    if args.json:
+        args.json.write_text(json.dumps([r._asdict() for r in results], indent=2))
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print(f"{len(results)} compiled, {len(failures)} failed")
+    return 1 if failures or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
