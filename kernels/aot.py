@@ -2,8 +2,8 @@
 
 Each kernel module lists the launch configurations its host functions use in ``AOT_CONFIGS``; this
 compiles each one with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))`` for every
-requested architecture, runs ``ptxas -v`` on the PTX to read registers, shared memory and spills,
-and reports them. It fails (exit status 1) on a compile error, on spills in any configuration, and
+requested architecture, reads registers and local memory (spills) of the resulting cubin with
+``cuobjdump -res-usage`` and shared memory from Triton's metadata, and reports them. It fails (exit status 1) on a compile error, on spills in any configuration, and
 when a module that promises tensor-core code (``WGMMA_KERNELS``) shows no ``wgmma`` on sm_90.
 
 Run: ``python -m fastvae.kernels.aot [--arch 80 90] [--json report.json]``.
@@ -53,40 +53,40 @@ class AotResult(NamedTuple):
     config: str
     registers: int
     shared_bytes: int
+    stack_bytes: int
     spill_bytes: int
     wgmma: bool
 
 
-def _ptxas() -> str:
-    """A ptxas to read resource usage with: the CUDA toolkit's, else the one Triton ships."""
-    found = shutil.which("ptxas")
-    if found:
-        return found
+def _cuobjdump() -> str:
+    """cuobjdump to read resource usage with: the one Triton ships, else the CUDA toolkit's."""
     import triton
 
-    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if bundled.is_file():
         return str(bundled)
-    raise FileNotFoundError("no ptxas on PATH and none bundled with triton")
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    raise FileNotFoundError("no cuobjdump bundled with triton and none on PATH")
 
 
-def _resources(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes) that ``ptxas -v`` reports for ``ptx`` compiled for ``arch``."""
-    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+def _resources(cubin: bytes) -> tuple[int, int, int]:
+    """(registers, stack bytes, local-memory bytes) per thread of the kernel in ``cubin``.
+
+    Read with ``cuobjdump -res-usage`` from the cubin Triton's own ptxas produced, so the numbers
+    are what would run. Register spills land in local memory; the stack is the call frame of
+    subroutines such as 64-bit integer division, reported but not a spill.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "kernel.ptx"
-        source.write_text(ptx)
-        result = subprocess.run(
-            [_ptxas(), "-v", f"--gpu-name={gpu}", str(source), "-o", str(Path(tmp) / "kernel.cubin")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    report = result.stdout + result.stderr
-    registers = max((int(n) for n in re.findall(r"Used (\d+) registers", report)), default=0)
-    stores = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", report))
-    loads = sum(int(n) for n in re.findall(r"(\d+) bytes spill loads", report))
-    return registers, stores + loads
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        report = subprocess.run([_cuobjdump(), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", report)
+    if usage is None:
+        raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{report}")
+    registers, stack, local = (int(group) for group in usage.groups())
+    return registers, stack, local
 
 
 def _kernel_name(config: AotConfig) -> str:
@@ -106,7 +106,7 @@ def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
         options={"num_warps": config.num_warps, "num_stages": config.num_stages},
     )
     ptx = compiled.asm["ptx"]
-    registers, spills = _resources(ptx, arch)
+    registers, stack, spills = _resources(compiled.asm["cubin"])
     pointers = "/".join(sorted({t[1:] for t in config.signature.values() if t.startswith("*")}))
     constants = ", ".join(f"{k}={v}" for k, v in config.constexprs.items())
     return AotResult(
@@ -116,6 +116,7 @@ def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
         config=f"{pointers}; {constants}; warps={config.num_warps}, stages={config.num_stages}",
         registers=registers,
         shared_bytes=int(compiled.metadata.shared),
+        stack_bytes=stack,
         spill_bytes=spills,
         wgmma="wgmma" in ptx,
     )
@@ -151,9 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     results, failures = run(args.arch, args.module)
-    print(f"{'kernel':48} {'arch':>5} {'regs':>5} {'smem B':>7} {'spill B':>7} {'wgmma':>5}  config")
+    print(f"{'kernel':44} {'arch':>5} {'regs':>4} {'smem B':>6} {'stack B':>7} {'spill B':>7} {'wgmma':>5}  config")
     for r in results:
-        print(f"{r.module + '.' + r.kernel:48} {'sm_' + str(r.arch):>5} {r.registers:5d} {r.shared_bytes:7d} {r.spill_bytes:7d} {'yes' if r.wgmma else 'no':>5}  {r.config}")
+        print(
+            f"{r.module + '.' + r.kernel:44} {'sm_' + str(r.arch):>5} {r.registers:4d} {r.shared_bytes:6d} "
+            f"{r.stack_bytes:7d} {r.spill_bytes:7d} {'yes' if r.wgmma else 'no':>5}  {r.config}"
+        )
     if args.json:
         args.json.write_text(json.dumps([r._asdict() for r in results], indent=2))
     for failure in failures:

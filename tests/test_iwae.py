@@ -309,6 +309,84 @@ def test_miwae_bound_zero_size_batch(backend):
     assert fastvae.miwae_bound(torch.zeros(4, 0, 3, device=DEVICE), k_dim=0, m_dim=2).shape == (0,)
 
 
+# --- block edges of the compiled kernels ------------------------------------------------------------
+# Sizes around the blocks of kernels/iwae.py, run on every backend: iwae_log_weights steps 4 samples
+# (2 when D > 256) over BLOCK_B = 1024 / BLOCK_D rows, BLOCK_D a power of two from 16 to 256 (longer
+# D loops), and splits K over programs when B is short; the bounds step 32 samples over 64 columns,
+# or 512 samples over at most 4 columns.
+
+LOG_WEIGHT_EDGE_SHAPES = [
+    (1, 70, 16),  # one sample; B one past a 64-row block
+    (5, 3, 1),  # K one past a step; D = 1
+    (50, 2, 3),  # K split over programs, the last one partial
+    (3, 9, 300),  # D longer than one block: the loop over D, with a tail
+    (2, 5, 257),  # D one past the largest block
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", LOG_WEIGHT_EDGE_SHAPES, ids=str)
+def test_iwae_log_weights_block_edges(backend, dtype, shape):
+    log_px_z, z, mu, logvar = iwae_inputs(shape, dtype, seed=10)
+    check(fastvae.iwae_log_weights(log_px_z, z, mu, logvar), log_weights_f64(log_px_z, z, mu, logvar), dtype)
+
+
+@pytest.mark.parametrize("shape", LOG_WEIGHT_EDGE_SHAPES, ids=str)
+def test_iwae_log_weights_grad_block_edges(backend, shape):
+    # grad_mu and grad_logvar are sums over every sample, across steps and programs.
+    inputs = tuple(t.requires_grad_() for t in iwae_inputs(shape, torch.float64, seed=20))
+    log_w = fastvae.iwae_log_weights(*inputs)
+    grad = randn(*log_w.shape, dtype=torch.float64, seed=21)
+    log_w.backward(grad)
+    reference = tuple(f64(t).requires_grad_() for t in inputs)
+    log_weights_f64(*reference).backward(f64(grad))
+    for got, want in zip(inputs, reference):
+        check(got.grad, want.grad, torch.float64)
+
+
+BOUND_EDGE_SHAPES = [(1, 70), (5, 3), (33, 65), (70, 130), (1100, 3), (513, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", BOUND_EDGE_SHAPES, ids=str)
+def test_iwae_bound_block_edges(backend, dtype, shape):
+    log_w = randn(*shape, dtype=dtype, seed=30, scale=LOG_W_SCALE, shift=LOG_W_SHIFT).requires_grad_()
+    bound = fastvae.iwae_bound(log_w)
+    check(bound, iwae_bound_f64(log_w, 0), dtype)
+    grad = randn(*bound.shape, dtype=dtype, seed=31)
+    bound.backward(grad)
+    check(log_w.grad, torch.softmax(f64(log_w), 0) * f64(grad), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(33, 3, 70), (5, 2, 1), (513, 2, 2), (70, 1, 3)], ids=str)
+def test_miwae_bound_block_edges(backend, dtype, shape):
+    log_w = randn(*shape, dtype=dtype, seed=40, scale=LOG_W_SCALE, shift=LOG_W_SHIFT).requires_grad_()
+    bound = fastvae.miwae_bound(log_w)
+    check(bound, miwae_bound_f64(log_w, 0, 1), dtype)
+    grad = randn(*bound.shape, dtype=dtype, seed=41)
+    bound.backward(grad)
+    check(log_w.grad, miwae_grad_f64(log_w, grad, 0, 1), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("samples, batch", [(70, 6), (1100, 3)], ids=str)
+def test_iwae_bound_minus_inf_across_steps(backend, dtype, samples, batch):
+    # The log-sum-exp streams over K in steps; -inf weights must not poison the running max or sum,
+    # whichever step the first finite weight arrives in.
+    log_w = randn(samples, batch, dtype=dtype, seed=50, scale=2.0)
+    log_w[:, 0] = -math.inf  # every weight zero
+    log_w[: samples // 2 + 5, 1] = -math.inf  # finite weights only in later steps
+    log_w[:-1, 2] = -math.inf  # a single finite weight, in the last (partial) step
+    log_w.requires_grad_()
+    bound = fastvae.iwae_bound(log_w)
+    assert bound[0].item() == -math.inf
+    check(bound[1:], iwae_bound_f64(log_w, 0)[1:], dtype)
+    bound.sum().backward()
+    assert torch.all(log_w.grad[:, 0] == 0)
+    check(log_w.grad, torch.softmax(f64(log_w), 0).nan_to_num(0.0), dtype)
+
+
 # --- bad inputs -------------------------------------------------------------------------------------
 
 
