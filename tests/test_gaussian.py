@@ -376,6 +376,65 @@ def test_very_large_logvar_is_finite_and_correct(backend, dtype, extreme):
     check(logvar_l.grad, 0.5 * (f64(logvar).exp() - 1.0), dtype)
 
 
+# Shapes that cross the fused kernels' tiles: rows one past and more than twice the widest tile (256),
+# and more rows than one program takes (64 rows of D <= 16, 4 rows of D = 257 in float32; half as many
+# in float64), with the last block of rows partial.
+TILED_SHAPES = [(65, 5), (131, 16), (9, 257), (5, 600)]
+
+
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+def test_sampling_across_tiles_follows_the_stream(backend, shape):
+    n_rows, dim = shape
+    seed = 2**33 + 17
+    mu = randn(*shape, seed=1).requires_grad_()
+    logvar = randn(*shape, seed=2, scale=0.5).requires_grad_()
+    eps = normal_stream(n_rows, dim, seed).to(torch.float64)
+    expected = f64(mu) + (0.5 * f64(logvar)).exp() * eps
+    z = fastvae.reparameterize(mu, logvar, seed=seed)
+    check(z, expected, torch.float32)
+    # The gradient of a sum arrives expanded (stride 0); backward regenerates the same noise.
+    z.sum().backward()
+    check(logvar.grad, 0.5 * (f64(logvar) * 0.5).exp() * eps, torch.float32)
+    mu.grad, logvar.grad = None, None
+    z, kl = fastvae.reparameterize_kl(mu, logvar, seed=seed)
+    check(z, expected, torch.float32)
+    check(kl, kl_standard_f64(mu, logvar), torch.float32)
+    grad_z = randn(*shape, seed=3)
+    torch.autograd.backward((z, kl), (grad_z, torch.full((n_rows,), 0.5)))
+    check(mu.grad, f64(grad_z) + 0.5 * f64(mu), torch.float32)
+    half_std = 0.5 * (0.5 * f64(logvar)).exp()
+    check(logvar.grad, f64(grad_z) * half_std * eps + 0.25 * torch.expm1(f64(logvar)), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+def test_row_sums_and_gradients_across_tiles(backend, dtype, shape):
+    # The row sums are trees of partial sums (per tile, then along the row), whose float32 rounding
+    # stays near log2(D) * 2**-24 of the sum, far inside the table's tolerance for these D.
+    mu = randn(*shape, dtype=dtype, seed=1).requires_grad_()
+    logvar = randn(*shape, dtype=dtype, seed=2, scale=0.5).requires_grad_()
+    mu_p = randn(shape[1], dtype=dtype, seed=3).requires_grad_()
+    logvar_p = randn(shape[1], dtype=dtype, seed=4, scale=0.5).requires_grad_()
+    x = randn(*shape, dtype=dtype, seed=5).requires_grad_()
+    check(fastvae.gaussian_kl(mu, logvar), kl_standard_f64(mu, logvar), dtype)
+    kl = fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p)
+    check(kl, kl_f64(mu, logvar, mu_p, logvar_p), dtype)
+    log_prob = fastvae.gaussian_log_prob(x, mu, logvar)
+    check(log_prob, log_prob_f64(x, mu, logvar), dtype)
+    # Gradients of kl.sum() + log_prob.sum(), by hand in float64.
+    (kl.sum() + log_prob.sum()).backward()
+    m, lv, mp, lvp, xs = (f64(t) for t in (mu, logvar, mu_p, logvar_p, x))
+    kl_d_mu = (m - mp) * (-lvp).exp()
+    kl_d_logvar = 0.5 * torch.expm1(lv - lvp)
+    lp_d_mu = (xs - m) * (-lv).exp()
+    lp_d_logvar = 0.5 * ((xs - m) ** 2 * (-lv).exp() - 1.0)
+    check(x.grad, -lp_d_mu, dtype)
+    check(mu.grad, kl_d_mu + lp_d_mu, dtype)
+    check(logvar.grad, kl_d_logvar + lp_d_logvar, dtype)
+    check(mu_p.grad, -kl_d_mu.sum(0), dtype)
+    check(logvar_p.grad, (-kl_d_logvar - 0.5 * kl_d_mu * (m - mp)).sum(0), dtype)
+
+
 @pytest.mark.parametrize("leading", [(0,), (2, 0)])
 @pytest.mark.parametrize("dim", [1, 5])
 def test_zero_size_batches_give_empty_results(backend, leading, dim):
