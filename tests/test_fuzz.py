@@ -1,0 +1,156 @@
+"""Hypothesis fuzzing: every compiled backend agrees with the torch backend on drawn inputs.
+
+Hypothesis draws shapes (including 1, primes and sizes past a block), memory layouts (contiguous,
+transposed, sliced with a step), dtypes and value ranges. The torch backend runs on the same values
+upcast to float64, which makes it the float64 ground truth, and the compiled backend's result in the
+drawn dtype must match it within the dtype's tolerance from tests/tolerances.py. Sampled outputs use
+an explicit seed, so both backends draw the same Philox noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastvae
+from backends import DEVICE
+from tolerances import TOLERANCES
+
+COMPILED = [name for name in fastvae.available_backends() if name != "torch"]
+
+pytestmark = pytest.mark.skipif(not COMPILED, reason="no compiled backend runs here")
+
+FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+DTYPES = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64])
+SIZES = st.sampled_from([1, 2, 3, 4, 5, 7, 16, 31, 64, 65, 127, 130])
+
+
+@st.composite
+def matrices(draw: st.DrawFn) -> tuple[int, int, str, int]:
+    """(rows, cols, layout, seed) of a 2-D input."""
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
+    return draw(SIZES), draw(SIZES), layout, draw(st.integers(0, 2**31))
+
+
+def _make(rows: int, cols: int, layout: str, seed: int, dtype: torch.dtype, scale: float, shift: float) -> torch.Tensor:
+    """A (rows, cols) tensor of ``dtype`` with the drawn memory layout and values ``shift + scale * N(0, 1)``."""
+    generator = torch.Generator().manual_seed(seed)
+    side = 2 * max(rows, cols)
+    values = shift + scale * torch.randn(side, side, generator=generator, dtype=torch.float64)
+    if layout == "transposed":
+        tensor = values[:cols, :rows].to(dtype).T
+    elif layout == "strided":
+        tensor = values[::2, ::2][:rows, :cols].to(dtype)
+    else:
+        tensor = values[:rows, :cols].to(dtype).contiguous()
+    return tensor.to(DEVICE)
+
+
+def _compare(
+    backend: str,
+    fn,
+    inputs: list[torch.Tensor],
+    dtype: torch.dtype,
+    *,
+    scale: float = 1.0,
+    tolerance_dtypes: tuple[torch.dtype, ...] | None = None,
+) -> None:
+    """Run ``fn`` on ``backend`` with ``inputs`` and on torch with float64 copies; compare every output.
+
+    Each output is compared at the tolerance of ``dtype``, or of its entry in ``tolerance_dtypes``.
+    """
+    with fastvae.use_backend(backend):
+        actual = fn(*inputs)
+    with fastvae.use_backend("torch"):
+        expected = fn(*(t.double() for t in inputs))
+    actual = actual if isinstance(actual, tuple) else (actual,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        assert got.dtype == dtype
+        rtol, atol = TOLERANCES[tolerance_dtypes[index] if tolerance_dtypes else dtype]
+        torch.testing.assert_close(got.double(), want, rtol=rtol * scale, atol=atol * scale, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@FUZZ
+@given(shape=matrices(), dtype=DTYPES, logvar_scale=st.sampled_from([0.1, 1.0, 10.0]), seed=st.integers(0, 2**62))
+def test_reparameterize_kl_agrees(backend, shape, dtype, logvar_scale, seed):
+    rows, cols, layout, data_seed = shape
+    if dtype == torch.float16:
+        # Keep e^logvar summed over D inside float16's range (65504); other dtypes take |logvar| ~ 40.
+        logvar_scale = min(logvar_scale, 1.0)
+    mu = _make(rows, cols, layout, data_seed, dtype, 1.0, 0.0)
+    logvar = _make(rows, cols, layout, data_seed + 1, dtype, logvar_scale, 0.0)
+    # The noise is the float32 stream in every dtype, its log/sin/cos rounded by each backend's own
+    # float32 functions: z can only agree to float32's tolerance, even for float64 inputs.
+    z_tolerance = torch.float32 if dtype == torch.float64 else dtype
+    _compare(
+        backend, lambda m, v: fastvae.reparameterize_kl(m, v, seed=seed), [mu, logvar], dtype, tolerance_dtypes=(z_tolerance, dtype)
+    )
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@FUZZ
+@given(shape=matrices(), dtype=DTYPES, with_prior=st.booleans())
+def test_gaussian_kl_and_log_prob_agree(backend, shape, dtype, with_prior):
+    rows, cols, layout, data_seed = shape
+    mu, logvar, mu_p, logvar_p = (_make(rows, cols, layout, data_seed + i, dtype, 1.0, 0.0) for i in range(4))
+    if with_prior:
+        _compare(backend, fastvae.gaussian_kl, [mu, logvar, mu_p, logvar_p], dtype)
+    else:
+        _compare(backend, fastvae.gaussian_kl, [mu, logvar], dtype)
+    _compare(backend, fastvae.gaussian_log_prob, [mu_p, mu, logvar], dtype)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@FUZZ
+@given(shape=matrices(), dtype=DTYPES, samples=SIZES, shift=st.sampled_from([0.0, -100.0, 1e3]))
+def test_iwae_bounds_agree(backend, shape, dtype, samples, shift):
+    rows, cols, layout, data_seed = shape
+    cols = min(cols, 5)  # batch of rows x cols columns: keeps the interpreter's work bounded
+    log_w = _make(samples, rows * cols, "contiguous", data_seed, dtype, 3.0, shift).reshape(samples, rows, cols)
+    log_w = log_w if layout == "contiguous" else log_w.transpose(1, 2)
+    # Weights exp(log_w - lse) are recomputed from a float32 log-sum-exp whose rounding is
+    # |lse| * 2**-24: at |log_w| ~ 1e3 that is 6e-5 of each weight, the conditioning of the bound there.
+    _compare(backend, lambda w: fastvae.iwae_bound(w, dim=0), [log_w], dtype)
+    _compare(backend, lambda w: fastvae.miwae_bound(w, k_dim=0, m_dim=2), [log_w], dtype)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@FUZZ
+@given(shape=matrices(), dtype=DTYPES, samples=st.sampled_from([1, 3, 8]))
+def test_iwae_log_weights_agree(backend, shape, dtype, samples):
+    rows, cols, layout, data_seed = shape
+    mu = _make(rows, cols, layout, data_seed, dtype, 1.0, 0.0)
+    logvar = _make(rows, cols, layout, data_seed + 1, dtype, 0.5, 0.0)
+    z = torch.stack([_make(rows, cols, layout, data_seed + 2 + k, dtype, 1.0, 0.0) for k in range(samples)])
+    log_px_z = _make(samples, rows, "contiguous", data_seed + 99, dtype, 10.0, -50.0)
+    # The sum runs over D terms that can cancel, so it is compared relative to sqrt(D).
+    _compare(backend, fastvae.iwae_log_weights, [log_px_z, z, mu, logvar], dtype, scale=math.sqrt(cols))
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@FUZZ
+@given(rows=SIZES, codes=SIZES, dim=SIZES, dtype=DTYPES, seed=st.integers(0, 2**31), metric=st.sampled_from(["l2", "cosine"]))
+def test_vq_nearest_agrees(backend, rows, codes, dim, dtype, seed, metric):
+    x = _make(rows, dim, "transposed", seed, dtype, 1.0, 0.0)
+    codebook = _make(codes, dim, "contiguous", seed + 1, dtype, 1.0, 0.0)
+    with fastvae.use_backend(backend):
+        indices, distances = fastvae.vq_nearest(x, codebook, metric=metric)
+    with fastvae.use_backend("torch"):
+        exact = fastvae.vq_nearest(x.double(), codebook.double(), metric=metric)[1]
+    rtol, atol = TOLERANCES[dtype]
+    # A near-tie may pick either code: the chosen code's exact distance must equal the minimum to rounding.
+    x64 = x.double()
+    e64 = codebook.double()
+    if metric == "cosine":
+        x64 = torch.nn.functional.normalize(x64, dim=-1)
+        e64 = torch.nn.functional.normalize(e64, dim=-1)
+    chosen_distance = ((x64 - e64[indices]) ** 2).sum(-1)
+    torch.testing.assert_close(chosen_distance, exact, rtol=rtol, atol=atol)
+    torch.testing.assert_close(distances.double(), chosen_distance, rtol=rtol, atol=atol)
