@@ -44,8 +44,9 @@ def _cases() -> list[tuple[str, object, tuple]]:
         ("iwae_bound_backward", ops.iwae_bound_backward, (const(6), const(4, 6), const(6))),
         ("miwae_bound", ops.miwae_bound, (rand(4, 3, 6),)),
         ("miwae_bound_backward", ops.miwae_bound_backward, (const(6), const(4, 3, 6), const(3, 6))),
-        ("vq_nearest", ops.vq_nearest, (rand(9, 7), rand(4, 7))),
-        ("vector_quantize", ops.vector_quantize, (rand(9, 7), rand(4, 7))),
+        ("vq_nearest", ops.vq_nearest, (rand(9, 7), rand(4, 7), "ieee")),
+        ("vq_nearest_tf32", ops.vq_nearest, (rand(9, 7), rand(4, 7), "tf32")),
+        ("vector_quantize", ops.vector_quantize, (rand(9, 7), rand(4, 7), "ieee")),
         (
             "vector_quantize_backward",
             ops.vector_quantize_backward,
@@ -64,7 +65,10 @@ def test_opcheck(op, args):
 
 
 def test_every_fastvae_op_is_covered():
-    checked = {name.removesuffix("_eps").removesuffix("_prior").removesuffix("_std") for name, _, _ in CASES}
+    checked = {
+        name.removesuffix("_eps").removesuffix("_prior").removesuffix("_std").removesuffix("_tf32")
+        for name, _, _ in CASES
+    }
     registered = {name for name in dir(ops) if not name.startswith("_") and isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)}
     assert registered and registered <= checked, f"ops without an opcheck case: {sorted(registered - checked)}"
 

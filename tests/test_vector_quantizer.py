@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tolerances import assert_close
 from torch import nn
 
-from fastvae.nn import VectorQuantizer
-from fastvae.ops.vq import OP_NAMES
+from fastvae.nn import VectorQuantizer, vector_quantizer
+from fastvae.ops.vq import OP_NAMES, vector_quantize
 
 F64 = torch.float64
 
@@ -114,6 +114,9 @@ def _smoothed(count: torch.Tensor, eps: float) -> torch.Tensor:
         pytest.param({"metric": "Cosine"}, ValueError, "metric", id="metric-case"),
         pytest.param({"channel_dim": 1.0}, TypeError, "channel_dim", id="channel_dim-float"),
         pytest.param({"channel_dim": None}, TypeError, "channel_dim", id="channel_dim-none"),
+        pytest.param({"precision": "fp32"}, ValueError, "precision", id="precision-unknown"),
+        pytest.param({"precision": "TF32"}, ValueError, "precision", id="precision-case"),
+        pytest.param({"precision": None}, ValueError, "precision", id="precision-none"),
     ],
 )
 def test_construction_rejects_bad_arguments(kwargs, error, name) -> None:
@@ -125,8 +128,16 @@ def test_construction_rejects_bad_arguments(kwargs, error, name) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"decay": 0.0}, {"beta": 0.0}, {"dead_code_threshold": 0.0}, {"eps": 1e-12}, {"metric": "cosine"}],
-    ids=["defaults", "decay-0", "beta-0", "threshold-0", "tiny-eps", "cosine"],
+    [
+        {},
+        {"decay": 0.0},
+        {"beta": 0.0},
+        {"dead_code_threshold": 0.0},
+        {"eps": 1e-12},
+        {"metric": "cosine"},
+        {"precision": "tf32"},
+    ],
+    ids=["defaults", "decay-0", "beta-0", "threshold-0", "tiny-eps", "cosine", "tf32"],
 )
 @pytest.mark.parametrize("ema", (False, True))
 def test_construction_accepts_boundary_values(ema, kwargs) -> None:
@@ -178,6 +189,25 @@ def test_channel_first_input(device, ema, channel_dim) -> None:
     assert torch.equal(out.quantized, vq.codebook.detach()[out.indices].movedim(-1, 1))
     distances = ((rows.cpu() - vq.codebook.detach().cpu()[expected.reshape(-1)]) ** 2).sum(-1)
     assert_close(out.commitment_loss, distances.mean(), F64)
+
+
+@pytest.mark.parametrize("precision", (None, "ieee", "tf32"))
+def test_precision_is_stored_shown_and_passed_to_the_op(device, monkeypatch, precision) -> None:
+    kwargs = {} if precision is None else {"precision": precision}
+    expected = "ieee" if precision is None else precision  # documented default: exact float32 products
+    vq = _module(5, 4, device, **kwargs).eval()
+    assert vq.precision == expected and f"precision={expected!r}" in repr(vq)
+    seen: list[str] = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return vector_quantize(*args, **kwargs)
+
+    monkeypatch.setattr(vector_quantizer, "vector_quantize", spy)
+    x = _rand(3, 4, seed=4, device=device)
+    out = vq(x)
+    assert seen == [expected]
+    assert torch.equal(out.indices.cpu(), _nearest_l2(x, vq.codebook))
 
 
 def test_channel_last_default_with_leading_dims(device) -> None:

@@ -227,6 +227,216 @@ def test_search_never_holds_the_n_by_k_matrix(device, monkeypatch, op) -> None:
     assert largest < rows * num_codes // 10, f"an op saw a tensor of {largest} elements"
 
 
+# --- the triton search: small tiles, codebook splits, ties across them, every output written ----------
+
+#: How the small-tiles fixture splits the codebook's 16-code tiles across programs: never (one program
+#: walks every tile, so a tie crosses tiles inside the running arg-min), one split per tile (ties meet
+#: in the epilogue's combine), three tiles per split (both).
+SPLIT_RULES: dict[str, Callable[[int, int], tuple[int, int]]] = {
+    "one-split": lambda row_blocks, k_tiles: (1, k_tiles),
+    "split-per-tile": lambda row_blocks, k_tiles: (k_tiles, 1),
+    "three-tiles-per-split": lambda row_blocks, k_tiles: (math.ceil(k_tiles / 3), 3),
+}
+SMALL_TILE = 16
+
+
+class ForcedTiles:
+    """The split rule forced on the triton search, and the ``(splits, tiles per split)`` of each launch."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.launched: list[tuple[int, int]] = []
+
+    def splits(self, row_blocks: int, k_tiles: int) -> tuple[int, int]:
+        self.launched.append(SPLIT_RULES[self.rule](row_blocks, k_tiles))
+        return self.launched[-1]
+
+    def assert_used(self, num_codes: int, searches: int) -> None:
+        """On the triton backend, each of ``searches`` searches ran with the small tiles and the rule."""
+        if backend_module.get_backend() == "triton":
+            k_tiles = math.ceil(num_codes / SMALL_TILE)
+            assert self.launched == [SPLIT_RULES[self.rule](0, k_tiles)] * searches
+
+
+@pytest.fixture(params=list(SPLIT_RULES))
+def small_tiles(request: pytest.FixtureRequest, monkeypatch) -> ForcedTiles:
+    """On the triton backend, search in 16 x 16 x 16 tiles (rows x codes x D) with the codebook split as
+    the parameter says, so that small inputs cross row, code and D tiles and split boundaries."""
+    forced = ForcedTiles(request.param)
+    try:
+        import fastvae.kernels.vq as kernels
+    except ImportError:  # no triton here: the triton backend does not run either
+        return forced
+    config = kernels.SearchConfig(SMALL_TILE, SMALL_TILE, SMALL_TILE, num_warps=4, num_stages=2)
+    monkeypatch.setattr(kernels, "search_config", lambda dim, dtype, precision: config)
+    monkeypatch.setattr(kernels, "codebook_splits", forced.splits)
+    return forced
+
+
+@pytest.mark.parametrize(
+    ("rows", "num_codes", "dim"),
+    [(1, 1, 1), (9, 40, 1), (37, 100, 40), (5, 250, 3), (33, 17, 16), (20, 70, 32)],
+    ids=["K1", "D1", "no-multiples", "small-N-large-K", "one-D-tile", "two-full-D-tiles"],
+)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_small_tiles_and_codebook_splits_match_brute_force(device, small_tiles, dtype, rows, num_codes, dim) -> None:
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=161 + rows)
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=162 + num_codes)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices, indices)
+    assert torch.equal(out.quantized, codebook[indices])
+    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    assert_close(out.codebook_loss, chosen.mean(), dtype)
+    expected = torch.tensor(_entropy_perplexity(indices, num_codes), dtype=torch.float64)
+    assert_close(out.perplexity, expected, dtype)
+    small_tiles.assert_used(num_codes, searches=2)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_ties_across_tiles_and_splits_go_to_lowest_index(device, small_tiles, dtype) -> None:
+    # With 16-code tiles: 3, 19, 50 and 97 lie in tiles 0, 1, 3 and 6; 15 | 16, 31 | 32 and 63 | 64
+    # straddle tile edges; 40 and 41 share a tile. Each group holds copies of one vector.
+    groups = [[3, 19, 50, 97], [15, 16, 31, 32, 64], [40, 41, 63]]
+    codebook = _rand(100, 24, dtype=dtype, device=device, seed=171, scale=3.0)
+    for group in groups:
+        codebook[group] = codebook[group[0]].clone()
+    pick = torch.tensor([k for group in groups for k in reversed(group)] * 2)
+    noise = torch.zeros(pick.numel(), 24, dtype=torch.float64)
+    noise[: pick.numel() // 2] = 0.01 * _rand(pick.numel() // 2, 24, dtype=torch.float64, device="cpu", seed=172)
+    x = (codebook.cpu()[pick].double() + noise).to(device=device, dtype=dtype)  # half exact copies: distance 0
+    lowest = torch.tensor([group[0] for group in groups for _ in group] * 2)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert torch.equal(indices.cpu(), lowest)
+    assert_close(distances, _l2_matrix(x, codebook).gather(1, lowest[:, None]).squeeze(1), dtype)
+    assert torch.equal(fastvae.vector_quantize(x, codebook).indices.cpu(), lowest)
+    small_tiles.assert_used(100, searches=2)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_strided_inputs_with_small_tiles(device, small_tiles, dtype) -> None:
+    x = _rand(2 * 37, 40, dtype=dtype, device=device, seed=181)[::2]  # every other row
+    codebook = _rand(100, 2 * 40, dtype=dtype, device=device, seed=182)[:, 1::2]  # every other column
+    assert not x.is_contiguous() and not codebook.is_contiguous()
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+    small_tiles.assert_used(100, searches=1)
+
+
+@pytest.fixture
+def poisoned_allocations(monkeypatch) -> None:
+    """``torch.empty`` and ``torch.empty_like`` return NaN (floating) or -1 (integer) filled tensors while
+    the test runs, so an output element that no kernel writes shows up."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype.is_floating_point:
+            return tensor.fill_(float("nan"))
+        return tensor.fill_(-1) if tensor.dtype != torch.bool else tensor
+
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: poison(empty(*args, **kwargs)))
+    monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: poison(empty_like(*args, **kwargs)))
+
+
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), [(37, 100, 40), (5, 250, 3)], ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_every_output_element_is_written(
+    device, small_tiles, poisoned_allocations, dtype, rows, num_codes, dim
+) -> None:
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=191).requires_grad_()
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=192).requires_grad_()
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert bool((indices >= 0).all()) and not distances.isnan().any()
+    _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices, indices) and not out.quantized.isnan().any()
+    for value in (out.loss, out.commitment_loss, out.codebook_loss, out.perplexity):
+        assert not value.isnan()
+    upstream = _rand(rows, dim, dtype=dtype, device=device, seed=193)
+    ((out.quantized * upstream).sum() + out.loss).backward()
+    assert not x.grad.isnan().any() and not codebook.grad.isnan().any()
+    counts, sums = fastvae.vq_code_stats(x, indices, num_codes)
+    assert counts.sum().item() == rows and not sums.isnan().any()
+    small_tiles.assert_used(num_codes, searches=2)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_vq_nearest_vectors_wider_than_one_d_tile(device, dtype) -> None:
+    # D = 130 is past every single-tile width of the triton search (128 for fp16/bf16), so it loops over D.
+    x = _rand(33, 130, dtype=dtype, device=device, seed=201)
+    codebook = _rand(70, 130, dtype=dtype, device=device, seed=202)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+    assert torch.equal(fastvae.vector_quantize(x, codebook).indices, indices)
+
+
+@pytest.mark.parametrize(
+    ("row_blocks", "k_tiles"), [(1, 1), (1, 128), (3, 5), (100, 7), (200, 128), (263, 2), (264, 128), (8192, 128)]
+)
+def test_codebook_split_heuristic(row_blocks, k_tiles) -> None:
+    kernels = pytest.importorskip("fastvae.kernels.vq")
+    splits, per_split = kernels.codebook_splits(row_blocks, k_tiles)
+    assert (splits - 1) * per_split < k_tiles <= splits * per_split  # every tile covered, no split empty
+    if row_blocks >= kernels.TARGET_PROGRAMS:
+        assert splits == 1
+    else:
+        wanted = min(k_tiles, math.ceil(kernels.TARGET_PROGRAMS / row_blocks))
+        assert wanted / 2 < splits <= wanted
+
+
+def test_search_splits_only_batches_too_small_to_fill_the_gpu() -> None:
+    kernels = pytest.importorskip("fastvae.kernels.vq")
+    config = kernels.search_config(64, torch.bfloat16, "ieee")
+    k_tiles = math.ceil(16384 / config.block_k)
+    # The VQ-VAE benchmark shape, N = 2^20 rows: one split; 64 rows: the codebook spread over programs.
+    assert kernels.codebook_splits(math.ceil(2**20 / config.block_n), k_tiles) == (1, k_tiles)
+    assert kernels.codebook_splits(1, k_tiles)[0] == min(k_tiles, kernels.TARGET_PROGRAMS)
+
+
+# --- precision --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ("vq_nearest", "vector_quantize"))
+def test_tf32_search_picks_a_code_within_tf32_rounding_of_the_nearest(device, op) -> None:
+    x = _rand(129, 65, dtype=torch.float32, device=device, seed=211)
+    codebook = _rand(257, 65, dtype=torch.float32, device=device, seed=212)
+    result = getattr(fastvae, op)(x, codebook, precision="tf32")
+    indices = result[0] if op == "vq_nearest" else result.indices
+    matrix = _l2_matrix(x, codebook)
+    best, argbest = matrix.min(dim=1)
+    chosen = matrix.gather(1, indices.cpu()[:, None]).squeeze(1)
+    # TF32 keeps 10 of float32's 23 mantissa bits: each operand is off by less than 2^-10 (truncated),
+    # each product x_i e_i by less than 2^-9 |x_i e_i|, a score |e|^2/2 - x.e by u_k < 2^-9 sum_i |x_i e_ki|.
+    # The chosen code c beats the nearest b on rounded scores, so |x - e_c|^2 - |x - e_b|^2 <= 2 (u_c + u_b).
+    u = 2.0**-9 * (x.cpu().double().abs() @ codebook.cpu().double().abs().T)
+    tol = 4.0 * u.max(dim=1).values
+    rtol, atol = TOLERANCES[torch.float32]
+    assert bool((chosen - best <= tol + atol + rtol * best).all())
+    two = matrix.topk(2, dim=1, largest=False).values
+    clear = (two[:, 1] - two[:, 0]) > tol
+    assert clear.any() and torch.equal(indices.cpu()[clear], argbest[clear])
+    # Whatever code wins, its distance and losses are the exact |x - e|^2.
+    if op == "vq_nearest":
+        assert_close(result[1], chosen, torch.float32)
+    else:
+        assert_close(result.commitment_loss, chosen.mean(), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float64), ids=str)
+def test_precision_changes_nothing_outside_float32(device, dtype) -> None:
+    x = _rand(129, 40, dtype=dtype, device=device, seed=221)
+    codebook = _rand(70, 40, dtype=dtype, device=device, seed=222)
+    exact, tf32 = (fastvae.vq_nearest(x, codebook, precision=p) for p in ("ieee", "tf32"))
+    assert torch.equal(exact[0], tf32[0]) and torch.equal(exact[1], tf32[1])
+    exact, tf32 = (fastvae.vector_quantize(x, codebook, precision=p) for p in ("ieee", "tf32"))
+    for a, b in zip(exact, tf32):
+        assert torch.equal(a, b)
+
+
 # --- vq_nearest: gradients of the distances -----------------------------------------------------------
 
 
@@ -507,6 +717,15 @@ BAD_X_CODEBOOK = [
     pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": "dot"}, ValueError, r"^metric\b", id="unknown-metric"),
     pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": "L2"}, ValueError, r"^metric\b", id="metric-case"),
     pytest.param(lambda: (_cpu(4, 3), _cpu(5, 3)), {"metric": None}, ValueError, r"^metric\b", id="metric-none"),
+    pytest.param(
+        lambda: (_cpu(4, 3), _cpu(5, 3)), {"precision": "fp32"}, ValueError, r"^precision\b", id="unknown-precision"
+    ),
+    pytest.param(
+        lambda: (_cpu(4, 3), _cpu(5, 3)), {"precision": "TF32"}, ValueError, r"^precision\b", id="precision-case"
+    ),
+    pytest.param(
+        lambda: (_cpu(4, 3), _cpu(5, 3)), {"precision": None}, ValueError, r"^precision\b", id="precision-none"
+    ),
 ]
 
 BAD_BETA = [

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvae.ops import _checks
-from fastvae.ops.vq import VQOutput, vector_quantize, vq_code_stats
+from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize, vq_code_stats
 
 __all__ = ["VectorQuantizer"]
 
@@ -60,6 +60,9 @@ class VectorQuantizer(nn.Module):
         metric: ``"l2"`` or ``"cosine"`` (inputs and codes L2-normalised, see
             :func:`fastvae.vector_quantize`; EMA statistics then use the normalised inputs).
         channel_dim: the input dim that holds the ``D`` channels.
+        precision: ``"ieee"`` (default: exact float32 products) or ``"tf32"`` (TF32 tensor cores):
+            how the nearest-code search multiplies float32 inputs, passed to
+            :func:`fastvae.vector_quantize`. Other dtypes ignore it.
 
     Shapes:
         input ``x``: any shape with ``D`` along ``channel_dim``; float16, bfloat16, float32 or
@@ -82,6 +85,7 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 0.0,
         metric: str = "l2",
         channel_dim: int = -1,
+        precision: str = "ieee",
     ) -> None:
         super().__init__()
         self.num_codes = _positive_int(num_codes, "num_codes")
@@ -101,6 +105,7 @@ class VectorQuantizer(nn.Module):
         if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
             raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
         self.channel_dim = channel_dim
+        self.precision = _checks.choice(precision, "precision", PRECISIONS)
 
         initial = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if ema:
@@ -114,7 +119,7 @@ class VectorQuantizer(nn.Module):
         return (
             f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
             f"decay={self.decay}, eps={self.eps}, dead_code_threshold={self.dead_code_threshold}, "
-            f"metric={self.metric!r}, channel_dim={self.channel_dim}"
+            f"metric={self.metric!r}, channel_dim={self.channel_dim}, precision={self.precision!r}"
         )
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +141,7 @@ class VectorQuantizer(nn.Module):
         rewrites_codebook = self.training and (self.ema or self.dead_code_threshold > 0)
         # The update rewrites the codebook in place; the op must keep the codes it quantised with.
         codebook = self.codebook.clone() if rewrites_codebook else self.codebook
-        out = vector_quantize(moved, codebook, beta=self.beta, metric=self.metric)
+        out = vector_quantize(moved, codebook, beta=self.beta, metric=self.metric, precision=self.precision)
         if self.training:
             self._update(moved.detach(), out.indices)
         loss = self.beta * out.commitment_loss if self.ema else out.loss

@@ -1,9 +1,10 @@
 """Vector quantisation: nearest-code search, the fused VQ-VAE quantiser, and per-code statistics.
 
-The search never builds the ``N x K`` distance matrix beyond a fixed memory budget (see
-:mod:`fastvae.reference.vq`). The cosine metric L2-normalises ``x`` and the codebook (differentiably)
-and runs the Euclidean search on the results: for unit vectors ``|x - e|^2 = 2 - 2 cos(x, e)``, so
-the nearest code is the one of highest cosine similarity.
+The search never builds the ``N x K`` distance matrix: the torch backend scores it in chunks of a
+fixed memory budget (see :mod:`fastvae.reference.vq`), the triton backend tile by tile with a running
+arg-min (see ``fastvae.kernels.vq``). The cosine metric L2-normalises ``x`` and the codebook
+(differentiably) and runs the Euclidean search on the results: for unit vectors
+``|x - e|^2 = 2 - 2 cos(x, e)``, so the nearest code is the one of highest cosine similarity.
 """
 
 import math
@@ -22,6 +23,10 @@ __all__ = ["VQOutput", "vq_nearest", "vector_quantize", "vq_code_stats"]
 OP_NAMES: tuple[str, ...] = ("vq_nearest", "vector_quantize", "vector_quantize_backward", "vq_code_stats")
 for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
+backend.register_kernels("triton", "fastvae.kernels.vq", OP_NAMES)
+
+#: Values of ``precision``: how the float32 search multiplies (see :func:`vq_nearest`).
+PRECISIONS: tuple[str, ...] = ("ieee", "tf32")
 
 
 class VQOutput(NamedTuple):
@@ -50,13 +55,13 @@ class VQOutput(NamedTuple):
 # The custom op returns (distances, indices): floating output first, as opcheck's harness sums
 # the outputs in order and cannot add a float to an int64 running sum.
 @torch.library.custom_op("fastvae::vq_nearest", mutates_args=())
-def _vq_nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    indices, distances = backend.resolve("vq_nearest", x.device)(x, codebook)
+def _vq_nearest(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    indices, distances = backend.resolve("vq_nearest", x.device)(x, codebook, precision)
     return distances, indices
 
 
 @_vq_nearest.register_fake
-def _(x, codebook):
+def _(x, codebook, precision):
     return x.new_empty(x.shape[:1]), x.new_empty(x.shape[:1], dtype=torch.int64)
 
 
@@ -71,7 +76,7 @@ def _vq_nearest_grad(ctx, grad_distances, _grad_indices):
     x, codebook, indices = ctx.saved_tensors
     scaled = 2.0 * grad_distances.unsqueeze(-1) * (x - codebook[indices])
     grad_codebook = torch.zeros_like(codebook).index_add_(0, indices, scaled, alpha=-1.0)
-    return scaled, grad_codebook
+    return scaled, grad_codebook, None
 
 
 torch.library.register_autograd("fastvae::vq_nearest", _vq_nearest_grad, setup_context=_vq_nearest_setup)
@@ -82,13 +87,13 @@ torch.library.register_autograd("fastvae::vq_nearest", _vq_nearest_grad, setup_c
 
 @torch.library.custom_op("fastvae::vector_quantize", mutates_args=())
 def _vector_quantize(
-    x: torch.Tensor, codebook: torch.Tensor
+    x: torch.Tensor, codebook: torch.Tensor, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backend.resolve("vector_quantize", x.device)(x, codebook)
+    return backend.resolve("vector_quantize", x.device)(x, codebook, precision)
 
 
 @_vector_quantize.register_fake
-def _(x, codebook):
+def _(x, codebook, precision):
     return (
         torch.empty_like(x),
         x.new_empty(x.shape[:1], dtype=torch.int64),
@@ -133,7 +138,7 @@ def _vector_quantize_grad(ctx, grad_quantized, _grad_indices, grad_commitment, g
         codebook,
         indices,
     )
-    return grad_x, grad_codebook
+    return grad_x, grad_codebook, None
 
 
 torch.library.register_autograd(
@@ -191,7 +196,9 @@ def _prepared(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> tuple[tor
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).contiguous(), codebook.contiguous()
 
 
-def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
+def vq_nearest(
+    x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", precision: str = "ieee"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest codebook entry of every vector, without building the N x K distance matrix.
 
     Args:
@@ -199,6 +206,13 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2") -
         codebook: ``(K, D)`` codes, same dtype and device, ``K >= 1``.
         metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (Euclidean between L2-normalised
             vectors, i.e. highest cosine similarity).
+        precision: how float32 inputs are multiplied in the search: ``"ieee"`` (the default: exact
+            float32 products) or ``"tf32"`` (TF32 tensor cores on the triton backend, faster). The
+            torch backend ignores it and runs PyTorch's float32 matmul, exact unless TF32 was
+            enabled globally (see :mod:`fastvae.reference.vq`). float16 and bfloat16 always use
+            tensor cores with float32 accumulation, float64 is always exact. Only which code wins a
+            near-tie can change: the returned distance is always recomputed exactly as
+            ``|x - e|^2``.
 
     Returns:
         ``(indices, distances)``, both of shape ``x.shape[:-1]``: int64 indices (ties go to the lowest
@@ -209,17 +223,18 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2") -
     Raises:
         TypeError: non-floating or mixed dtypes.
         ValueError: a codebook that is not ``(K, D)`` with ``K >= 1`` and ``x``'s ``D``, mixed
-            devices, an unknown metric.
+            devices, an unknown metric or precision.
     """
     x, codebook = _check_x_codebook(x, codebook)
     metric = _checks.choice(metric, "metric", _checks.METRICS)
+    precision = _checks.choice(precision, "precision", PRECISIONS)
     rows, codes = _prepared(x, codebook, metric)
-    distances, indices = _vq_nearest(rows, codes)
+    distances, indices = _vq_nearest(rows, codes, precision)
     return indices.reshape(x.shape[:-1]), distances.reshape(x.shape[:-1])
 
 
 def vector_quantize(
-    x: torch.Tensor, codebook: torch.Tensor, *, beta: float = 0.25, metric: str = "l2"
+    x: torch.Tensor, codebook: torch.Tensor, *, beta: float = 0.25, metric: str = "l2", precision: str = "ieee"
 ) -> VQOutput:
     """Quantise ``x`` to its nearest codes with the VQ-VAE losses (van den Oord et al. 2017), fused.
 
@@ -229,6 +244,9 @@ def vector_quantize(
         beta: weight of the commitment loss, ``>= 0`` (the paper's default 0.25).
         metric: ``"l2"`` or ``"cosine"``; with ``"cosine"``, ``x`` and the codebook are L2-normalised
             first and quantized, losses and gradients are those of the normalised vectors.
+        precision: ``"ieee"`` (default) or ``"tf32"``: how float32 inputs are multiplied in the
+            nearest-code search, as for :func:`vq_nearest`. The losses always use the exact
+            ``|x - e|^2`` of the chosen codes.
 
     Returns:
         :class:`VQOutput` ``(quantized, indices, loss, commitment_loss, codebook_loss, perplexity)``:
@@ -246,8 +264,9 @@ def vector_quantize(
     x, codebook = _check_x_codebook(x, codebook)
     beta = _checks.number(beta, "beta", low=0.0)
     metric = _checks.choice(metric, "metric", _checks.METRICS)
+    precision = _checks.choice(precision, "precision", PRECISIONS)
     rows, codes = _prepared(x, codebook, metric)
-    quantized, indices, commitment, codebook_loss, perplexity = _vector_quantize(rows, codes)
+    quantized, indices, commitment, codebook_loss, perplexity = _vector_quantize(rows, codes, precision)
     return VQOutput(
         quantized=quantized.reshape(x.shape),
         indices=indices.reshape(x.shape[:-1]),

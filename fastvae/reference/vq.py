@@ -9,6 +9,12 @@ The search never holds more than :data:`CHUNK_BYTES` of distances at once: it sc
 as ``|e|^2 - 2 x.e`` (the ``|x|^2`` term is the same for every code), keeps the first minimum (ties go
 to the lowest index), then recomputes the chosen distance directly as ``|x - e|^2``, which is exact
 to rounding and never negative.
+
+The search functions take the op's ``precision`` (``"ieee"`` or ``"tf32"``) and ignore it: the
+reference is the ground truth and changes no global setting, so its float32 search runs PyTorch's
+float32 matmul as the process has configured it -- exact IEEE products unless TF32 was enabled with
+``torch.backends.cuda.matmul`` or ``torch.set_float32_matmul_precision`` (off by default).
+``"tf32"`` is a speed option of the compiled backends.
 """
 
 from __future__ import annotations
@@ -38,16 +44,19 @@ def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, tor
     return indices, (diff * diff).sum(-1), nearest
 
 
-def vq_nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest code of each row (lowest on ties) and its squared distance. Returns ((N,) int64, (N,))."""
+def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest code of each row (lowest on ties) and its squared distance. Returns ((N,) int64, (N,)).
+
+    ``precision`` is ignored (see the module docstring).
+    """
     indices, distances, _ = _nearest(x, codebook)
     return indices, distances.to(x.dtype)
 
 
 def vector_quantize(
-    x: torch.Tensor, codebook: torch.Tensor
+    x: torch.Tensor, codebook: torch.Tensor, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest codes and the VQ statistics of a batch.
+    """Nearest codes and the VQ statistics of a batch; ``precision`` is ignored (see the module docstring).
 
     Returns:
         ``(quantized (N, D), indices (N,) int64, commitment_loss, codebook_loss, perplexity)``, the last

@@ -1,0 +1,657 @@
+"""Triton kernels for vector quantisation: nearest-code search, the fused VQ-VAE quantiser, code statistics.
+
+Canonical layouts, as :mod:`fastvae.ops.vq` passes them: contiguous ``x (N, D)`` and ``codebook (K, D)``
+of one dtype (float16, bfloat16, float32 or float64), int64 ``indices (N,)``. Accumulation is in float32
+(float64 for float64 inputs).
+
+The search (:func:`_vq_nearest_fwd_kernel`) scores a ``BLOCK_N x BLOCK_K`` tile of rows against codes as
+``|e|^2 / 2 - x.e`` (half the squared distance minus the ``|x|^2 / 2`` every code shares), the product
+by ``tl.dot`` on tensor cores (fp16/bf16 with fp32 accumulation; fp32 as TF32 or exact IEEE products,
+as ``precision`` says; float64 exactly, on DMMA where the GPU has it). Each tile is reduced at
+once to its per-row minimum and first arg-min, and a running minimum is kept across the codebook with a
+strict ``<``, so ties go to the lowest index and the ``N x K`` matrix is never written. When there are
+too few row blocks to fill the GPU the codebook is split across programs, each writing one
+``(score, index)`` per row; the epilogue (:func:`_vq_nearest_epilogue_kernel`) keeps the first of the
+equal minima in split order (the lowest index), gathers the chosen code, and recomputes its distance
+exactly as ``|x - e|^2`` -- so ``precision`` only decides which code wins a near-tie. For
+``vector_quantize`` the same pass writes the quantized rows, per-block sums of squared errors and the
+per-code usage counts (int32 atomics), and one small program turns them into the losses and the
+perplexity. Backward and the code statistics are segment sums by atomics: no one-hot matrix.
+
+No host function synchronises with the device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from fastvae.kernels.aot import AotConfig
+
+__all__ = ["vector_quantize_bwd", "vector_quantize_fwd", "vq_code_stats_fwd", "vq_nearest_fwd"]
+
+
+# --- kernels --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_mask(row_mask, cols, dim, EVEN_D: tl.constexpr):
+    """Mask of a (rows, BLOCK_D) tile; with EVEN_D the column test is dropped so loads vectorise."""
+    if EVEN_D:
+        mask = row_mask[:, None]
+    else:
+        mask = row_mask[:, None] & (cols[None, :] < dim)
+    return mask
+
+
+@triton.jit
+def _code_tile_mask(code_mask, cols, dim, EVEN_D: tl.constexpr):
+    """Mask of a transposed (BLOCK_D, codes) codebook tile, as :func:`_tile_mask`."""
+    if EVEN_D:
+        mask = code_mask[None, :]
+    else:
+        mask = code_mask[None, :] & (cols[:, None] < dim)
+    return mask
+
+
+@triton.jit
+def _dot_acc(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` with the products PRECISION names (fp32 inputs; fp16/bf16 always use tensor cores,
+    fp64 is exact), on operands upcast to float32 first if UPCAST."""
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc=acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def _vq_code_norms_kernel(codebook_ptr, half_sq_ptr, num_codes, dim, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``half_sq[k] = |e_k|^2 / 2`` in the accumulation dtype (that of ``half_sq_ptr``)."""
+    acc_type = half_sq_ptr.dtype.element_ty
+    code_start = tl.program_id(0).to(tl.int64) * BLOCK_K
+    local_codes = tl.arange(0, BLOCK_K)
+    code_mask = local_codes < num_codes - code_start
+    cols = tl.arange(0, BLOCK_D)
+    e_block = codebook_ptr + code_start * dim
+    e_offsets = local_codes[:, None] * dim + cols[None, :]
+    total = tl.zeros((BLOCK_K,), acc_type)
+    for d_start in range(0, dim, BLOCK_D):
+        mask = _tile_mask(code_mask, cols, dim - d_start, False)
+        e = tl.load(e_block + d_start + e_offsets, mask=mask, other=0.0).to(acc_type)
+        total += tl.sum(e * e, axis=1)
+    tl.store(half_sq_ptr + code_start + local_codes, 0.5 * total, mask=code_mask)
+
+
+@triton.jit
+def _vq_nearest_fwd_kernel(
+    x_ptr,
+    codebook_ptr,
+    half_sq_ptr,
+    part_score_ptr,
+    part_index_ptr,
+    num_rows,
+    num_codes,
+    dim,
+    tiles_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Per row of a BLOCK_N block, the lowest score ``|e|^2/2 - x.e`` over this program's codebook split
+    and its first index, written to ``part_score/part_index[split, row]``.
+
+    Grid: (row blocks, splits); split ``s`` covers codes ``[s, s + 1) * tiles_per_split * BLOCK_K``.
+    SINGLE_D: D fits one BLOCK_D tile, so the x tile is loaded once; otherwise D is looped in chunks.
+    """
+    acc_type = half_sq_ptr.dtype.element_ty
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
+    split = tl.program_id(1)
+    # Scalar 64-bit bases plus loop-invariant 32-bit offsets within a tile keep the registers for addresses low.
+    local_rows = tl.arange(0, BLOCK_N)
+    local_codes = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, BLOCK_D)
+    row_mask = local_rows < num_rows - row_start
+    x_block = x_ptr + row_start * dim
+    x_offsets = local_rows[:, None] * dim + cols[None, :]
+    # Codebook tiles are read transposed, (BLOCK_D, BLOCK_K): contiguous along D, the dot's inner dim.
+    e_offsets = local_codes[None, :] * dim + cols[:, None]
+    if SINGLE_D:
+        x_tile = tl.load(x_block + x_offsets, mask=_tile_mask(row_mask, cols, dim, EVEN_D), other=0.0)
+
+    best = tl.full((BLOCK_N,), float("inf"), acc_type)
+    best_index = tl.zeros((BLOCK_N,), tl.int32)
+    k_begin = split * tiles_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + tiles_per_split * BLOCK_K, num_codes)
+    e_block = codebook_ptr + k_begin.to(tl.int64) * dim
+    for k_start in range(k_begin, k_end, BLOCK_K):
+        code_mask = local_codes < num_codes - k_start
+        dots = tl.zeros((BLOCK_N, BLOCK_K), acc_type)
+        if SINGLE_D:
+            e_tile = tl.load(e_block + e_offsets, mask=_code_tile_mask(code_mask, cols, dim, EVEN_D), other=0.0)
+            dots = _dot_acc(x_tile, e_tile, dots, PRECISION, UPCAST)
+        else:
+            for d_start in range(0, dim, BLOCK_D):
+                x_mask = _tile_mask(row_mask, cols, dim - d_start, EVEN_D)
+                e_mask = _code_tile_mask(code_mask, cols, dim - d_start, EVEN_D)
+                x_chunk = tl.load(x_block + d_start + x_offsets, mask=x_mask, other=0.0)
+                e_chunk = tl.load(e_block + d_start + e_offsets, mask=e_mask, other=0.0)
+                dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, UPCAST)
+        # Codes past K score +inf (their dots are 0), so they never win.
+        half_sq = tl.load(half_sq_ptr + k_start + local_codes, mask=code_mask, other=float("inf"))
+        scores = half_sq[None, :] - dots
+        tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best < best  # strict: an equal score in a later tile keeps the lower index
+        best = tl.where(better, tile_best, best)
+        best_index = tl.where(better, tile_index + k_start, best_index)
+        e_block += BLOCK_K * dim
+
+    out = split.to(tl.int64) * num_rows + row_start + local_rows
+    tl.store(part_score_ptr + out, best, mask=row_mask)
+    tl.store(part_index_ptr + out, best_index, mask=row_mask)
+
+
+@triton.jit
+def _vq_nearest_epilogue_kernel(
+    x_ptr,
+    codebook_ptr,
+    part_score_ptr,
+    part_index_ptr,
+    index_ptr,
+    distance_ptr,
+    quantized_ptr,
+    block_sum_ptr,
+    usage_ptr,
+    num_rows,
+    dim,
+    num_splits,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    QUANTIZE: tl.constexpr,
+):
+    """Combine the splits (first minimum in split order = lowest index), store the int64 index, and
+    recompute the chosen distance exactly as ``|x - e|^2``.
+
+    QUANTIZE=False: store the distance in x's dtype. QUANTIZE=True (vector_quantize): store the
+    gathered code as the quantized row, this block's sum of squared distances to
+    ``block_sum[block]``, and count the codes' usage into int32 ``usage`` by atomics.
+    """
+    acc_type = part_score_ptr.dtype.element_ty
+    row_block = tl.program_id(0).to(tl.int64)
+    row_start = row_block * BLOCK_N
+    local_rows = tl.arange(0, BLOCK_N)
+    row_mask = local_rows < num_rows - row_start
+    score_ptrs = part_score_ptr + row_start + local_rows
+    index_ptrs = part_index_ptr + row_start + local_rows
+    best = tl.load(score_ptrs, mask=row_mask, other=float("inf"))
+    best_index = tl.load(index_ptrs, mask=row_mask, other=0)
+    for _ in range(1, num_splits):
+        score_ptrs += num_rows
+        index_ptrs += num_rows
+        score = tl.load(score_ptrs, mask=row_mask, other=float("inf"))
+        index = tl.load(index_ptrs, mask=row_mask, other=0)
+        better = score < best
+        best = tl.where(better, score, best)
+        best_index = tl.where(better, index, best_index)
+    tl.store(index_ptr + row_start + local_rows, best_index.to(tl.int64), mask=row_mask)
+
+    cols = tl.arange(0, BLOCK_D)
+    x_offsets = local_rows[:, None] * dim + cols[None, :]
+    code_offsets = best_index.to(tl.int64)[:, None] * dim + cols[None, :]
+    distance = tl.zeros((BLOCK_N,), acc_type)
+    for d_start in range(0, dim, BLOCK_D):
+        mask = _tile_mask(row_mask, cols, dim - d_start, False)
+        x = tl.load(x_ptr + (row_start * dim + d_start) + x_offsets, mask=mask, other=0.0)
+        e = tl.load(codebook_ptr + d_start + code_offsets, mask=mask, other=0.0)
+        diff = x.to(acc_type) - e.to(acc_type)
+        distance += tl.sum(diff * diff, axis=1)
+        if QUANTIZE:
+            tl.store(quantized_ptr + (row_start * dim + d_start) + x_offsets, e, mask=mask)
+    if QUANTIZE:
+        tl.store(block_sum_ptr + row_block, tl.sum(tl.where(row_mask, distance, 0.0), axis=0))
+        tl.atomic_add(usage_ptr + best_index, 1, mask=row_mask)
+    else:
+        tl.store(distance_ptr + row_start + local_rows, distance, mask=row_mask)
+
+
+@triton.jit
+def _vector_quantize_stats_kernel(
+    block_sum_ptr,
+    usage_ptr,
+    commitment_ptr,
+    codebook_loss_ptr,
+    perplexity_ptr,
+    num_blocks,
+    num_codes,
+    num_rows,
+    BLOCK: tl.constexpr,
+):
+    """One program: both losses ``sum(block_sum) / N`` and the perplexity ``exp(-sum_k p_k log p_k)``
+    with ``p_k = usage_k / N`` and ``0 log 0 = 0``; stored in the dtype of the output pointers."""
+    acc_type = block_sum_ptr.dtype.element_ty
+    offsets = tl.arange(0, BLOCK)
+    total = tl.zeros((BLOCK,), acc_type)
+    for start in range(0, num_blocks, BLOCK):
+        total += tl.load(block_sum_ptr + start + offsets, mask=start + offsets < num_blocks, other=0.0)
+    mean = tl.sum(total, axis=0) / num_rows
+    entropy = tl.zeros((BLOCK,), acc_type)
+    for start in range(0, num_codes, BLOCK):
+        count = tl.load(usage_ptr + start + offsets, mask=start + offsets < num_codes, other=0).to(acc_type)
+        p = count / num_rows
+        entropy -= tl.where(count > 0, p * tl.log(tl.where(count > 0, p, 1.0)), 0.0)
+    tl.store(commitment_ptr, mean)
+    tl.store(codebook_loss_ptr, mean)
+    tl.store(perplexity_ptr, tl.exp(tl.sum(entropy, axis=0)))
+
+
+@triton.jit
+def _vector_quantize_bwd_kernel(
+    grad_quantized_ptr,
+    grad_commitment_ptr,
+    grad_codebook_loss_ptr,
+    x_ptr,
+    codebook_ptr,
+    index_ptr,
+    grad_x_ptr,
+    grad_codebook_ptr,
+    num_rows,
+    dim,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``grad_x = grad_q + grad_commitment * 2 (x - e) / N``, and ``-grad_codebook_loss * 2 (x - e) / N``
+    added to ``grad_codebook[k(n)]`` (accumulation dtype) by atomics. The 0-dim upstream gradients are
+    read here, not on the host."""
+    acc_type = grad_codebook_ptr.dtype.element_ty
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
+    local_rows = tl.arange(0, BLOCK_N)
+    row_mask = local_rows < num_rows - row_start
+    two_over_n = tl.full((), 2.0, acc_type) / num_rows
+    commitment_scale = tl.load(grad_commitment_ptr).to(acc_type) * two_over_n
+    codebook_scale = -tl.load(grad_codebook_loss_ptr).to(acc_type) * two_over_n
+    codes = tl.load(index_ptr + row_start + local_rows, mask=row_mask, other=0)
+    cols = tl.arange(0, BLOCK_D)
+    offsets = local_rows[:, None] * dim + cols[None, :]
+    code_offsets = codes[:, None] * dim + cols[None, :]
+    for d_start in range(0, dim, BLOCK_D):
+        mask = _tile_mask(row_mask, cols, dim - d_start, False)
+        start = row_start * dim + d_start
+        x = tl.load(x_ptr + start + offsets, mask=mask, other=0.0).to(acc_type)
+        e = tl.load(codebook_ptr + d_start + code_offsets, mask=mask, other=0.0).to(acc_type)
+        grad_q = tl.load(grad_quantized_ptr + start + offsets, mask=mask, other=0.0).to(acc_type)
+        diff = x - e
+        tl.store(grad_x_ptr + start + offsets, grad_q + commitment_scale * diff, mask=mask)
+        tl.atomic_add(grad_codebook_ptr + d_start + code_offsets, codebook_scale * diff, mask=mask)
+
+
+@triton.jit
+def _vq_code_stats_fwd_kernel(
+    x_ptr, index_ptr, counts_ptr, sums_ptr, num_rows, dim, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """``counts[k] += 1`` and ``sums[k] += x_n`` for every row ``n`` with ``k = indices[n]``, by atomics."""
+    acc_type = sums_ptr.dtype.element_ty
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
+    local_rows = tl.arange(0, BLOCK_N)
+    row_mask = local_rows < num_rows - row_start
+    codes = tl.load(index_ptr + row_start + local_rows, mask=row_mask, other=0)
+    tl.atomic_add(counts_ptr + codes, tl.full((BLOCK_N,), 1.0, acc_type), mask=row_mask)
+    cols = tl.arange(0, BLOCK_D)
+    offsets = local_rows[:, None] * dim + cols[None, :]
+    code_offsets = codes[:, None] * dim + cols[None, :]
+    for d_start in range(0, dim, BLOCK_D):
+        mask = _tile_mask(row_mask, cols, dim - d_start, False)
+        x = tl.load(x_ptr + (row_start * dim + d_start) + offsets, mask=mask, other=0.0).to(acc_type)
+        tl.atomic_add(sums_ptr + d_start + code_offsets, x, mask=mask)
+
+
+# --- launch heuristics ----------------------------------------------------------------------------------
+
+#: Programs that keep every SM busy: about two per SM of an H100/H200 (132 SMs). Fewer row blocks
+#: than this and the search splits the codebook across programs.
+TARGET_PROGRAMS = 264
+
+#: Rows and columns per program of the row-wise kernels (epilogue, backward, code statistics).
+ROW_BLOCK_N, ROW_BLOCK_D = 32, 64
+#: Codes per program of the |e|^2 kernel; entries per iteration of the one-program statistics kernel.
+NORM_BLOCK_K, STATS_BLOCK = 32, 256
+
+
+class SearchConfig(NamedTuple):
+    """Tile sizes and launch parameters of the nearest-code search."""
+
+    block_n: int
+    block_k: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+
+
+def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
+    """Tiles of the search for ``D = dim``, ``dtype`` and the float32 ``precision``.
+
+    Tensor cores (fp16/bf16; fp32 with ``"tf32"``) take 128-row tiles on 8 warps (two warpgroups of
+    wgmma on sm_90) with codebook tiles streaming through shared memory: fp16/bf16 128 x 128 tiles
+    with D <= 64 in one tile and 4 stages (the VQ-VAE case), 128 x 64 tiles beyond (D <= 128 in one
+    tile, then 32-wide chunks); tf32 128 x 64 tiles, D <= 64 in one tile, then 16-wide chunks. Exact
+    products (fp32 ``"ieee"`` on FMA units, fp64 on DMMA) take 64 x 64 tiles, D <= 32 in one tile on
+    8 warps, then 16-wide chunks on 4. Every choice compiles without register spills for sm_80 and
+    sm_90 even when nothing is known of the alignment of D (see AOT_CONFIGS).
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        if dim <= 64:
+            return SearchConfig(128, 128, 64, 8, 4)
+        return SearchConfig(128, 64, 128 if dim <= 128 else 32, 8, 3)
+    if dtype == torch.float32 and precision == "tf32":
+        return SearchConfig(128, 64, 64 if dim <= 64 else 16, 8, 3)
+    if dim <= 32:
+        return SearchConfig(64, 64, 32, 8, 3)
+    return SearchConfig(64, 64, 16, 4, 3)
+
+
+def codebook_splits(row_blocks: int, k_tiles: int) -> tuple[int, int]:
+    """``(splits, tiles_per_split)``: split the codebook's ``k_tiles`` tiles only when ``row_blocks`` are
+    too few to fill the GPU, into at most ``TARGET_PROGRAMS / row_blocks`` non-empty splits."""
+    if row_blocks >= TARGET_PROGRAMS:
+        return 1, k_tiles
+    tiles_per_split = triton.cdiv(k_tiles, min(k_tiles, triton.cdiv(TARGET_PROGRAMS, row_blocks)))
+    return triton.cdiv(k_tiles, tiles_per_split), tiles_per_split
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Launch the search; returns the per-split ``(scores (S, N), int32 indices (S, N), S)``."""
+    num_rows, dim = x.shape
+    num_codes = codebook.shape[0]
+    acc = _accumulation(x.dtype)
+    half_sq = torch.empty(num_codes, dtype=acc, device=x.device)
+    _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
+        codebook, half_sq, num_codes, dim, BLOCK_K=NORM_BLOCK_K, BLOCK_D=ROW_BLOCK_D
+    )
+    config = search_config(dim, x.dtype, precision)
+    row_blocks = triton.cdiv(num_rows, config.block_n)
+    splits, tiles_per_split = codebook_splits(row_blocks, triton.cdiv(num_codes, config.block_k))
+    part_score = torch.empty((splits, num_rows), dtype=acc, device=x.device)
+    part_index = torch.empty((splits, num_rows), dtype=torch.int32, device=x.device)
+    _vq_nearest_fwd_kernel[(row_blocks, splits)](
+        x,
+        codebook,
+        half_sq,
+        part_score,
+        part_index,
+        num_rows,
+        num_codes,
+        dim,
+        tiles_per_split,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        BLOCK_D=config.block_d,
+        SINGLE_D=dim <= config.block_d,
+        EVEN_D=dim % config.block_d == 0,
+        PRECISION=precision if x.dtype == torch.float32 else "ieee",
+        # The interpreter multiplies bfloat16 tiles as raw uint16: give it float32 (the same exact products).
+        UPCAST=x.dtype == torch.bfloat16 and _interpreted(),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return part_score, part_index, splits
+
+
+def _check(x: torch.Tensor, codebook: torch.Tensor) -> None:
+    """Code indices and per-code usage counts are int32 in the kernels."""
+    if x.shape[0] >= 2**31 or codebook.shape[0] >= 2**31:
+        raise ValueError(
+            f"N and K must be below 2**31 on the triton backend, got N = {x.shape[0]}, K = {codebook.shape[0]}"
+        )
+
+
+# --- host functions -------------------------------------------------------------------------------------
+
+
+def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code of every row of ``x (N, D)`` in ``codebook (K, D)``, lowest index on ties.
+
+    ``precision`` (``"ieee"`` or ``"tf32"``) chooses the float32 products of the search; other dtypes
+    ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance recomputed
+    exactly as ``|x - e|^2`` in the accumulation dtype.
+    """
+    _check(x, codebook)
+    x, codebook = x.contiguous(), codebook.contiguous()
+    num_rows, dim = x.shape
+    indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
+    distances = torch.empty(num_rows, dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return indices, distances
+    part_score, part_index, splits = _search(x, codebook, precision)
+    _vq_nearest_epilogue_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
+        x,
+        codebook,
+        part_score,
+        part_index,
+        indices,
+        distances,
+        distances,  # quantized, block sums and usage are not written without QUANTIZE
+        part_score,
+        part_index,
+        num_rows,
+        dim,
+        splits,
+        BLOCK_N=ROW_BLOCK_N,
+        BLOCK_D=ROW_BLOCK_D,
+        QUANTIZE=False,
+    )
+    return indices, distances
+
+
+def vector_quantize_fwd(
+    x: torch.Tensor, codebook: torch.Tensor, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest codes and the VQ statistics, as :func:`fastvae.reference.vq.vector_quantize`.
+
+    Returns ``(quantized (N, D), indices (N,) int64, commitment_loss, codebook_loss, perplexity)``,
+    the last three 0-dim, all floating outputs in x's dtype; NaN statistics for ``N = 0``.
+    """
+    _check(x, codebook)
+    x, codebook = x.contiguous(), codebook.contiguous()
+    num_rows, dim = x.shape
+    num_codes = codebook.shape[0]
+    quantized = torch.empty_like(x)
+    indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
+    if num_rows == 0:
+        return quantized, indices, *(x.new_full((), float("nan")) for _ in range(3))
+    statistics = [torch.empty((), dtype=x.dtype, device=x.device) for _ in range(3)]
+    part_score, part_index, splits = _search(x, codebook, precision)
+    row_blocks = triton.cdiv(num_rows, ROW_BLOCK_N)
+    block_sums = torch.empty(row_blocks, dtype=part_score.dtype, device=x.device)
+    usage = torch.zeros(num_codes, dtype=torch.int32, device=x.device)
+    _vq_nearest_epilogue_kernel[(row_blocks,)](
+        x,
+        codebook,
+        part_score,
+        part_index,
+        indices,
+        block_sums,  # no distances are stored with QUANTIZE
+        quantized,
+        block_sums,
+        usage,
+        num_rows,
+        dim,
+        splits,
+        BLOCK_N=ROW_BLOCK_N,
+        BLOCK_D=ROW_BLOCK_D,
+        QUANTIZE=True,
+    )
+    _vector_quantize_stats_kernel[(1,)](
+        block_sums, usage, *statistics, row_blocks, num_codes, num_rows, BLOCK=STATS_BLOCK
+    )
+    return quantized, indices, *statistics
+
+
+def vector_quantize_bwd(
+    grad_quantized: torch.Tensor,
+    grad_commitment: torch.Tensor,
+    grad_codebook_loss: torch.Tensor,
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    indices: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Gradients ``[d x, d codebook]`` of :func:`vector_quantize_fwd`, as the reference's backward:
+    one pass over the rows, the codebook gradient a segment sum by atomics in the accumulation dtype."""
+    x, codebook = x.contiguous(), codebook.contiguous()
+    num_rows, dim = x.shape
+    grad_x = torch.empty_like(x)
+    grad_codebook = torch.zeros(codebook.shape, dtype=_accumulation(codebook.dtype), device=x.device)
+    if num_rows > 0:
+        _vector_quantize_bwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
+            grad_quantized.contiguous(),
+            grad_commitment,
+            grad_codebook_loss,
+            x,
+            codebook,
+            indices.contiguous(),
+            grad_x,
+            grad_codebook,
+            num_rows,
+            dim,
+            BLOCK_N=ROW_BLOCK_N,
+            BLOCK_D=ROW_BLOCK_D,
+        )
+    return [grad_x, grad_codebook.to(codebook.dtype)]
+
+
+def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-code row counts ``(K,)`` and row sums ``(K, D)`` in the accumulation dtype, by atomics."""
+    x = x.contiguous()
+    num_rows, dim = x.shape
+    acc = _accumulation(x.dtype)
+    counts = torch.zeros(num_codes, dtype=acc, device=x.device)
+    sums = torch.zeros((num_codes, dim), dtype=acc, device=x.device)
+    if num_rows > 0:
+        _vq_code_stats_fwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
+            x, indices.contiguous(), counts, sums, num_rows, dim, BLOCK_N=ROW_BLOCK_N, BLOCK_D=ROW_BLOCK_D
+        )
+    return counts, sums
+
+
+# --- ahead-of-time compile check ------------------------------------------------------------------------
+
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+#: Per dtype and precision, one D for each tile choice of :func:`search_config`, with a full and a
+#: partial last D-tile.
+_AOT_SEARCH_CASES = (
+    (torch.float16, "ieee", (64, 63, 128, 127, 160, 161)),
+    (torch.bfloat16, "ieee", (64, 63, 128, 127, 160, 161)),
+    (torch.float32, "tf32", (64, 63, 80, 81)),
+    (torch.float32, "ieee", (32, 31, 64, 63)),
+    (torch.float64, "ieee", (32, 31, 64, 63)),
+)
+
+
+def _pointers(**names: str) -> dict[str, str]:
+    return {name: f"*{t}" for name, t in names.items()}
+
+
+def _aot(kernel, pointers: dict[str, str], scalars: tuple[str, ...], constexprs: dict, warps=4, stages=3) -> AotConfig:
+    signature = {**pointers, **{name: "i32" for name in scalars}, **{name: "constexpr" for name in constexprs}}
+    return AotConfig(kernel, signature, constexprs, warps, stages)
+
+
+def _aot_configs() -> list[AotConfig]:
+    """Every launch the host functions can pick on a GPU (UPCAST is interpreter-only)."""
+    configs = []
+    for dtype, precision, dims in _AOT_SEARCH_CASES:
+        t, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_accumulation(dtype)]
+        for dim in dims:
+            config = search_config(dim, dtype, precision)
+            constexprs = {
+                "BLOCK_N": config.block_n,
+                "BLOCK_K": config.block_k,
+                "BLOCK_D": config.block_d,
+                "SINGLE_D": dim <= config.block_d,
+                "EVEN_D": dim % config.block_d == 0,
+                "PRECISION": precision,
+                "UPCAST": False,
+            }
+            pointers = _pointers(x_ptr=t, codebook_ptr=t, half_sq_ptr=acc, part_score_ptr=acc, part_index_ptr="i32")
+            scalars = ("num_rows", "num_codes", "dim", "tiles_per_split")
+            configs.append(
+                _aot(_vq_nearest_fwd_kernel, pointers, scalars, constexprs, config.num_warps, config.num_stages)
+            )
+    rows = {"BLOCK_N": ROW_BLOCK_N, "BLOCK_D": ROW_BLOCK_D}
+    for dtype, t in _TRITON_TYPES.items():
+        acc = _TRITON_TYPES[_accumulation(dtype)]
+        configs.append(
+            _aot(
+                _vq_code_norms_kernel,
+                _pointers(codebook_ptr=t, half_sq_ptr=acc),
+                ("num_codes", "dim"),
+                {"BLOCK_K": NORM_BLOCK_K, "BLOCK_D": ROW_BLOCK_D},
+            )
+        )
+        for quantize in (False, True):
+            pointers = _pointers(
+                x_ptr=t,
+                codebook_ptr=t,
+                part_score_ptr=acc,
+                part_index_ptr="i32",
+                index_ptr="i64",
+                distance_ptr=acc if quantize else t,
+                quantized_ptr=t,
+                block_sum_ptr=acc,
+                usage_ptr="i32",
+            )
+            configs.append(
+                _aot(
+                    _vq_nearest_epilogue_kernel,
+                    pointers,
+                    ("num_rows", "dim", "num_splits"),
+                    {**rows, "QUANTIZE": quantize},
+                )
+            )
+        pointers = _pointers(
+            block_sum_ptr=acc, usage_ptr="i32", commitment_ptr=t, codebook_loss_ptr=t, perplexity_ptr=t
+        )
+        configs.append(
+            _aot(
+                _vector_quantize_stats_kernel,
+                pointers,
+                ("num_blocks", "num_codes", "num_rows"),
+                {"BLOCK": STATS_BLOCK},
+            )
+        )
+        pointers = _pointers(
+            grad_quantized_ptr=t,
+            grad_commitment_ptr=t,
+            grad_codebook_loss_ptr=t,
+            x_ptr=t,
+            codebook_ptr=t,
+            index_ptr="i64",
+            grad_x_ptr=t,
+            grad_codebook_ptr=acc,
+        )
+        configs.append(_aot(_vector_quantize_bwd_kernel, pointers, ("num_rows", "dim"), rows))
+        pointers = _pointers(x_ptr=t, index_ptr="i64", counts_ptr=acc, sums_ptr=acc)
+        configs.append(_aot(_vq_code_stats_fwd_kernel, pointers, ("num_rows", "dim"), rows))
+    return configs
+
+
+#: Every launch configuration the host functions can pick on a GPU, for ``python -m fastvae.kernels.aot``.
+AOT_CONFIGS: list[AotConfig] = _aot_configs()
+
+#: Kernels whose fp16/bf16/tf32 configurations must use wgmma on sm_90.
+WGMMA_KERNELS = ("_vq_nearest_fwd_kernel",)
