@@ -27,7 +27,6 @@ compiled with ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import importlib
 import importlib.util
@@ -82,7 +81,9 @@ def _from_environment() -> str:
 
 
 _default: str = _from_environment()
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastvae_backend", default=None)
+# A process-wide override rather than a context variable: autograd runs backward ops on its own
+# threads (one per CUDA device), which do not see the caller's context variables.
+_override: str | None = None
 
 
 @functools.cache
@@ -194,13 +195,15 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend name in force: the innermost :func:`use_backend`, else :func:`set_backend`'s."""
-    override = _override.get()
-    return _default if override is None else override
+    return _default if _override is None else _override
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Context manager that runs the ops inside it on backend ``name``, then restores the previous one.
+
+    The choice is process-wide while the block runs (so autograd's backward threads see it too),
+    not per thread.
 
     Args:
         name: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
@@ -209,13 +212,14 @@ def use_backend(name: str) -> Iterator[None]:
         ValueError: ``name`` is not a backend name.
         BackendUnavailableError: the backend cannot run here; the message says what is missing.
     """
+    global _override
     name = _check_name(name, "name")
     _ensure_available(name)
-    token = _override.set(name)
+    previous, _override = _override, name
     try:
         yield
     finally:
-        _override.reset(token)
+        _override = previous
 
 
 def register(op: str, backend: str, impl: Callable[..., object]) -> None:
