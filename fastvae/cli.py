@@ -4,6 +4,10 @@
 data set (random horizontal and vertical bars on an 8 x 8 grid) through the fastvae ops, and reports
 the ELBO, the importance-weighted bound and the codebook perplexity. It needs no download and runs in
 seconds on a CPU.
+
+``fastvae bench`` measures the ops on this machine's GPU (or, without one, the torch paths on the
+CPU) against eager PyTorch, ``torch.compile`` and the hardware ceilings, prints the tables and writes
+``bench.json`` and ``bench.md`` (see :mod:`fastvae.bench` and ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -18,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastvae
+from fastvae import bench
+from fastvae.bench import shapes as bench_shapes
 
 __all__ = ["main", "bars"]
 
@@ -114,6 +121,76 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    config = bench.BenchConfig(
+        ops=tuple(args.ops),
+        shapes=None if args.shapes is None else tuple(args.shapes),
+        dtypes=tuple(args.dtypes),
+        backends=None if args.backends is None else tuple(args.backends),
+        modes=tuple(args.modes),
+        quick=args.quick,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        peer=args.peer,
+        memory_scaling=args.memory_scaling,
+        scaling_dtype=args.scaling_dtype,
+        cpu_memory_gb=args.cpu_memory_gb,
+        plot=args.plot,
+    )
+    try:
+        config = bench.validate(config)
+    except ValueError as error:
+        print(f"fastvae bench: {error}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    report = bench.run(config)
+    paths = bench.write_report(report, Path(args.out), plot_chart=args.plot)
+    print()
+    print(bench.markdown(report), end="")
+    print()
+    print(f"done in {time.perf_counter() - start:.1f} s; wrote {', '.join(str(path) for path in paths)}")
+    return 0
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "bench",
+        help="measure the ops against eager PyTorch, torch.compile and the hardware ceilings",
+        description="Time every op per shape, dtype, mode and backend on this machine's GPU (without one, the "
+        "torch paths on the CPU); print the tables and write bench.json and bench.md.",
+    )
+    command.add_argument("--ops", nargs="+", default=list(bench_shapes.OPS), choices=bench_shapes.OPS,
+                         metavar="OP", help=f"ops to run (default all: {', '.join(bench_shapes.OPS)})")
+    command.add_argument("--shapes", nargs="+", metavar="NAME",
+                         help="shape names from the table, e.g. N65536xK1024xD64 (default: all on CUDA, the CPU-sized "
+                         "ones on the CPU, the quick ones with --quick)")
+    command.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=tuple(bench_shapes.DTYPES),
+                         metavar="DTYPE", help="dtypes: fp32, bf16, fp16 (default fp32 bf16)")
+    command.add_argument("--backends", nargs="+", choices=bench_shapes.BACKENDS, metavar="BACKEND",
+                         help="eager, compile, torch, triton, cuda (default: eager compile torch, and triton and cuda "
+                         "where they are available on a CUDA device)")
+    command.add_argument("--modes", nargs="+", default=list(bench_shapes.MODES), choices=bench_shapes.MODES,
+                         metavar="MODE", help="fwd, fwd+bwd (default both)")
+    command.add_argument("--quick", action="store_true", help="the quick shapes and fewer repeats")
+    command.add_argument("--out", default="fastvae-bench", help="output directory (default ./fastvae-bench)")
+    command.add_argument("--plot", action="store_true", help="also write bench.png (needs matplotlib)")
+    command.add_argument("--peer", action="store_true",
+                         help="compare with vector-quantize-pytorch's VectorQuantize (EMA) on the VQ shapes")
+    command.add_argument("--memory-scaling", action="store_true",
+                         help="find the largest N that fits for vector_quantize fwd+bwd at K=16384, D=64 (CUDA only)")
+    command.add_argument("--scaling-dtype", default="bf16", choices=tuple(bench_shapes.DTYPES),
+                         help="dtype of --memory-scaling (default bf16)")
+    command.add_argument("--repeats", type=int,
+                         help="timed calls per case (default 50 on CUDA, 10 on the CPU, 5 with --quick)")
+    command.add_argument("--warmup", type=int,
+                         help="warm-up calls per case (default 10 on CUDA, 2 on the CPU, 1 with --quick)")
+    command.add_argument("--device", choices=("cuda", "cpu"), help="cuda or cpu (default cuda when a GPU is visible)")
+    command.add_argument("--cpu-memory-gb", type=float,
+                         help="on the CPU, skip cases estimated to need more memory (default half the RAM)")
+    command.set_defaults(run=_bench)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvae", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--backend", default="auto", choices=fastvae.backend.BACKENDS, help="op backend (default auto)")
     demo.set_defaults(run=_demo)
+    _add_bench_parser(commands)
     return parser
 
 

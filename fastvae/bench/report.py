@@ -1,0 +1,184 @@
+"""Writing a benchmark report: ``bench.json``, ``bench.md`` and, on request, ``bench.png``.
+
+The report is the dictionary :func:`fastvae.bench.run` returns; its layout is documented in
+``benchmarks/README.md``. The markdown has a header (date, commit, device, versions, ceilings,
+settings) and one table per op, then the peer comparison and the memory scaling when they ran. The
+chart (matplotlib, imported only when asked for) has one panel per op: median time per backend for
+each shape, dtype and mode, on a log scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JSON_NAME", "MARKDOWN_NAME", "PLOT_NAME", "markdown", "plot", "write_report"]
+
+JSON_NAME = "bench.json"
+MARKDOWN_NAME = "bench.md"
+PLOT_NAME = "bench.png"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits (no exponent for ordinary sizes), ``-`` for None."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def _speedup(value: float | None) -> str:
+    return "-" if value is None else f"{_number(value)}x"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+        *("| " + " | ".join(line) + " |" for line in lines),
+    ]
+
+
+def _device_line(device: dict[str, Any]) -> str:
+    if device["kind"] == "cuda":
+        return f"{device['name']} (driver {device['driver'] or 'unknown'}, CUDA {device['cuda']})"
+    return f"CPU: {device['name']} ({device.get('threads', '?')} threads)"
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items() if version)
+    commit = report["commit"] + (" (with uncommitted changes)" if report.get("commit_dirty") else "")
+    settings = report["settings"]
+    rotation = settings["rotation_bytes"]
+    lines = [
+        "# fastvae benchmark",
+        "",
+        f"- date: {report['date']}",
+        f"- commit: {commit}",
+        f"- device: {_device_line(report['device'])}",
+        f"- versions: {versions}",
+        f"- timing: median of {settings['repeats']} timed calls, after {settings['warmup']} warm-up"
+        + (f"; inputs rotated through more than {rotation / 2**20:.0f} MiB" if rotation else "")
+        + ("; quick mode" if settings["quick"] else ""),
+    ]
+    copy = report["ceilings"]["copy"]
+    if copy is not None:
+        lines.append(
+            f"- copy ceiling: {_number(copy['gbps'])} GB/s "
+            f"({copy['bytes_moved'] / 2**20:.0f} MiB read + written per copy; {copy['status']})"
+        )
+    for matmul in report["ceilings"]["matmul"]:
+        lines.append(
+            f"- matmul ceiling {matmul['shape']['name']} {matmul['dtype']}: {_number(matmul['tflops'])} TFLOP/s "
+            f"(x[:{matmul['rows']}] @ E.T; {matmul['status']})"
+        )
+    lines += [f"- note: {note}" for note in report["notes"]]
+    return lines
+
+
+def _op_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["shape", "dtype", "mode", "backend", "median ms", "throughput", "of ceiling", "vs eager", "vs compile",
+              "peak MiB", "status"]
+    lines = []
+    for row in rows:
+        if row["gbps"] is not None:
+            throughput = f"{_number(row['gbps'])} GB/s"
+        elif row["tflops"] is not None:
+            throughput = f"{_number(row['tflops'])} TFLOP/s"
+        else:
+            throughput = "-"
+        lines.append([
+            row["shape"]["name"], row["dtype"], row["mode"], row["backend"], _number(row["median_ms"]), throughput,
+            _percent(row["fraction_of_ceiling"]), _speedup(row["speedup_vs_eager"]),
+            _speedup(row["speedup_vs_compile"]), _number(row["peak_memory_mb"]), row["status"],
+        ])
+    return _table(header, lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: the header, one table per op, the peer comparison and memory scaling."""
+    lines = _header(report)
+    for op in dict.fromkeys(row["op"] for row in report["rows"]):
+        lines += ["", f"## {op}", "", *_op_table([row for row in report["rows"] if row["op"] == op])]
+    if report["peer"]:
+        lines += ["", "## peer: VectorQuantize with EMA, forward + backward", ""]
+        lines += _table(
+            ["shape", "dtype", "impl", "backend", "median ms", "peak MiB", "vs peer", "status"],
+            [[row["shape"]["name"], row["dtype"], row["impl"], row["backend"] or "-", _number(row["median_ms"]),
+              _number(row["peak_memory_mb"]), _speedup(row["speedup_vs_peer"]), row["status"]]
+             for row in report["peer"]],
+        )
+    if report["memory_scaling"]:
+        lines += ["", "## memory scaling: largest N for vector_quantize forward + backward", ""]
+        lines += _table(
+            ["impl", "backend", "dtype", "K", "D", "largest N", "first N out of memory", "resolution", "status"],
+            [[row["impl"], row["backend"] or "-", row["dtype"], str(row["K"]), str(row["D"]),
+              "-" if row["max_n"] is None else f"{row['max_n']:,}",
+              "-" if row["first_oom_n"] is None else f"{row['first_oom_n']:,}", f"{row['resolution']:,}", row["status"]]
+             for row in report["memory_scaling"]],
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot_group(row: dict[str, Any]) -> str:
+    return f"{row['shape']['name']}\n{row['dtype']} {row['mode']}"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Write a PNG chart of the median times: one panel per op, bars per backend, log scale.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install 'fastvae[plot]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("plotting needs matplotlib: pip install 'fastvae[plot]'") from error
+    ops = list(dict.fromkeys(row["op"] for row in report["rows"]))
+    figure, axes = plt.subplots(len(ops) or 1, 1, figsize=(12, 3.2 * max(len(ops), 1)), squeeze=False)
+    for axis, op in zip(axes[:, 0], ops, strict=False):
+        rows = [row for row in report["rows"] if row["op"] == op and row["status"] == "ok"]
+        groups = list(dict.fromkeys(_plot_group(row) for row in rows))
+        backends = list(dict.fromkeys(row["backend"] for row in rows))
+        width = 0.8 / max(len(backends), 1)
+        for index, backend in enumerate(backends):
+            times = {_plot_group(row): row["median_ms"] for row in rows if row["backend"] == backend}
+            positions = [group_index + index * width for group_index, group in enumerate(groups) if group in times]
+            axis.bar(positions, [times[group] for group in groups if group in times], width, label=backend)
+        axis.set_xticks([group_index + 0.4 - width / 2 for group_index in range(len(groups))], groups, fontsize=7)
+        axis.set_yscale("log")
+        axis.set_ylabel("median ms")
+        axis.set_title(op)
+        axis.legend(fontsize=7)
+    title = f"fastvae bench: {_device_line(report['device'])}, {report['date']}, {report['commit'][:12]}"
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(report: dict[str, Any], out: Path, *, plot_chart: bool = False) -> list[Path]:
+    """Write ``bench.json`` and ``bench.md`` (and ``bench.png`` with ``plot_chart``) into ``out``, created if needed.
+
+    Returns:
+        The paths written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / JSON_NAME, out / MARKDOWN_NAME]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    paths[1].write_text(markdown(report))
+    if plot_chart:
+        paths.append(out / PLOT_NAME)
+        plot(report, paths[-1])
+    return paths

@@ -1,0 +1,657 @@
+"""The benchmark run behind ``fastvae bench``: which cases, the ceilings, the rows of the report.
+
+:func:`run` measures every selected case (op x shape x dtype x mode x backend of
+:mod:`fastvae.bench.cases`), the hardware ceilings of the same run (a device-to-device copy for the
+memory-bound ops, ``torch.matmul`` of the same shape for the VQ search), optionally the peer
+comparison against vector-quantize-pytorch and the memory scaling of ``vector_quantize``, and returns
+the report (the JSON document described in ``benchmarks/README.md``). A case that runs out of memory
+is recorded as ``"OOM"`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import importlib.util
+import platform
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+import fastvae
+from fastvae.bench import cases, timing
+from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SHAPES, Shape, shapes_for
+
+__all__ = ["BenchConfig", "SCHEMA", "largest_fitting", "run", "validate"]
+
+#: Version of the JSON report's layout.
+SCHEMA = 1
+
+#: Bytes of the buffer the copy ceiling copies (twice this is moved per copy).
+COPY_BYTES = 512 * 2**20
+
+#: Memory scaling: the codebook (K codes of D), the resolution in rows (also the first N tried),
+#: and the largest N tried.
+SCALING_K, SCALING_D = 16384, 64
+SCALING_RESOLUTION = 65536
+SCALING_LIMIT = 2**31
+
+_PEER = "vector-quantize-pytorch"
+_CPU_NOTICE = "no CUDA device: measuring the torch paths on the CPU"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``fastvae bench`` measures; each field is the command-line option of the same name.
+
+    Attributes:
+        ops: ops to run (:data:`~fastvae.bench.shapes.OPS`).
+        shapes: shape names to run (others are dropped); None: every shape of the table on CUDA,
+            the ``cpu`` shapes on the CPU, the ``quick`` shapes with ``quick``.
+        dtypes: ``"fp32"``, ``"bf16"`` (``"fp16"`` too).
+        backends: ``"eager"``, ``"compile"``, ``"torch"``, ``"triton"``, ``"cuda"``; None: the first
+            three, plus ``triton`` and ``cuda`` where they are available and the device is CUDA.
+        modes: ``"fwd"``, ``"fwd+bwd"``.
+        quick: the quick shapes and fewer repeats.
+        device: ``"cuda"`` or ``"cpu"``; None: CUDA when a device is visible.
+        warmup: untimed calls before timing, ``>= 1``; None: 10 on CUDA, 2 on the CPU, 1 with ``quick``.
+        repeats: timed calls, ``>= 1``; None: 50 on CUDA, 10 on the CPU, 5 with ``quick``.
+        peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on).
+        memory_scaling: also find the largest N that fits for ``vector_quantize`` fwd+bwd (CUDA only).
+        scaling_dtype: the dtype of the memory scaling.
+        cpu_memory_gb: on the CPU, cases estimated to need more are skipped; None: half the RAM.
+        plot: the caller will plot the report (checked here so that a missing matplotlib fails
+            before the run, not after).
+    """
+
+    ops: tuple[str, ...] = OPS
+    shapes: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    backends: tuple[str, ...] | None = None
+    modes: tuple[str, ...] = MODES
+    quick: bool = False
+    device: str | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    peer: bool = False
+    memory_scaling: bool = False
+    scaling_dtype: str = "bf16"
+    cpu_memory_gb: float | None = None
+    plot: bool = False
+
+
+def _choices(values: tuple[str, ...], allowed: tuple[str, ...], option: str) -> None:
+    if not values:
+        raise ValueError(f"{option}: give at least one of {', '.join(allowed)}")
+    unknown = [value for value in values if value not in allowed]
+    if unknown:
+        raise ValueError(f"{option}: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(allowed)})")
+
+
+def validate(config: BenchConfig) -> BenchConfig:
+    """Check ``config`` and fill in its defaults (device, warm-up, repeats, CPU memory budget).
+
+    Raises:
+        ValueError: the message names the offending option (``--ops``, ``--shapes``, ...).
+    """
+    _choices(config.ops, OPS, "--ops")
+    _choices(config.dtypes, tuple(DTYPES), "--dtypes")
+    if config.backends is not None:
+        _choices(config.backends, BACKENDS, "--backends")
+    _choices(config.modes, MODES, "--modes")
+    _choices((config.scaling_dtype,), tuple(DTYPES), "--scaling-dtype")
+    if config.shapes is not None:
+        known = {shape.name for op in config.ops for shape in SHAPES[op]}
+        unknown = [name for name in config.shapes if name not in known]
+        if unknown or not config.shapes:
+            raise ValueError(
+                f"--shapes: unknown {', '.join(map(repr, unknown)) or 'empty list'} for ops {', '.join(config.ops)} "
+                f"(choose from {', '.join(sorted(known))})"
+            )
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"--device: must be 'cuda' or 'cpu', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: 'cuda' was asked for but torch sees no CUDA device")
+    for option, value in (("--warmup", config.warmup), ("--repeats", config.repeats)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option}: must be >= 1, got {value}")
+    if config.cpu_memory_gb is not None and config.cpu_memory_gb <= 0:
+        raise ValueError(f"--cpu-memory-gb: must be > 0, got {config.cpu_memory_gb}")
+    if config.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot: needs matplotlib, which is not installed (pip install 'fastvae[plot]')")
+    on_cuda = device == "cuda"
+    compiled = tuple(name for name in ("triton", "cuda") if on_cuda and name in fastvae.available_backends())
+    return dataclasses.replace(
+        config,
+        device=device,
+        backends=("eager", "compile", "torch", *compiled) if config.backends is None else config.backends,
+        warmup=config.warmup or timing.default_warmup(torch.device(device), quick=config.quick),
+        repeats=config.repeats or timing.default_repeats(torch.device(device), quick=config.quick),
+        cpu_memory_gb=config.cpu_memory_gb or cases.default_cpu_budget_bytes() / 1e9,
+    )
+
+
+# --- the run's environment ---------------------------------------------------------------------------
+
+
+def _run_text(command: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _commit() -> tuple[str, bool | None]:
+    """``git rev-parse HEAD`` of the checkout fastvae is imported from, and whether it has uncommitted changes."""
+    root = Path(fastvae.__file__).resolve().parent.parent
+    top = _run_text(["git", "rev-parse", "--show-toplevel"], cwd=root)
+    commit = _run_text(["git", "rev-parse", "HEAD"], cwd=root)
+    if top is None or commit is None or Path(top).resolve() != root:
+        return "unknown", None
+    status = _run_text(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
+    return commit, None if status is None else bool(status)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        props = torch.cuda.get_device_properties(index)
+        driver = _run_text(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={index}"])
+        return {
+            "kind": "cuda",
+            "name": props.name,
+            "driver": driver,
+            "cuda": torch.version.cuda,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 1e9, 1),
+            "l2_cache_mb": round(props.L2_cache_size / 2**20, 1),
+        }
+    return {"kind": "cpu", "name": _cpu_name(), "driver": None, "cuda": None, "threads": torch.get_num_threads()}
+
+
+def _unavailable(backend: str) -> str | None:
+    """Why fastvae ``backend`` cannot run here (the error :func:`fastvae.use_backend` raises), or None."""
+    try:
+        with fastvae.use_backend(backend):
+            return None
+    except fastvae.BackendUnavailableError as error:
+        return str(error)
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# --- measuring -----------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress on ``stream`` (stderr): a tqdm bar on a terminal, one line per case otherwise."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self._stream = stream
+        self._total = total
+        self._done = 0
+        self._bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=stream, unit="case", dynamic_ncols=True, leave=False)
+
+    def start(self, label: str) -> None:
+        """Announce the case about to run."""
+        if self._bar is not None:
+            self._bar.set_description_str(label)
+        else:
+            print(f"[{self._done + 1}/{self._total}] {label}", file=self._stream, flush=True)
+
+    def advance(self) -> None:
+        """Count one case done."""
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _release(device: torch.device) -> None:
+    """Return a finished case's memory to the device (on the CPU, dropping the last reference did)."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _failure(error: BaseException) -> str:
+    """The row status of a failed case: ``"OOM"`` when an out-of-memory caused it (also one that
+    ``torch.compile`` wrapped in its own error), else ``"skipped: failed with ..."``."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, torch.OutOfMemoryError):
+            return "OOM"
+        cause = cause.__cause__ or cause.__context__
+    message = str(error).strip().splitlines()
+    return f"skipped: failed with {type(error).__name__}: {message[0] if message else ''}".rstrip(": ")
+
+
+@dataclass
+class _Measured:
+    status: str
+    median_ms: float | None = None
+    peak_bytes: int | None = None
+
+
+def _measure(make: Callable[[], cases.Step], device: torch.device, warmup: int, repeats: int) -> _Measured:
+    """Build a step and time it, catching an out-of-memory (``"OOM"``) or any other failure."""
+    step = None
+    try:
+        step = make()
+        with step.active():
+            median = timing.median_ms(step, device, warmup=warmup, repeats=repeats)
+            peak = timing.peak_memory_bytes(step, device)
+        return _Measured("ok", median, peak)
+    except Exception as error:  # one failing case must not end a long GPU run
+        return _Measured(_failure(error))
+    finally:
+        del step
+        _release(device)
+
+
+def _shape_json(shape: Shape) -> dict[str, Any]:
+    return {"name": shape.name, "dims": dict(shape.dims)}
+
+
+def _row(case: cases.Case, status: str) -> dict[str, Any]:
+    return {
+        "op": case.op,
+        "shape": _shape_json(case.shape),
+        "dtype": case.dtype,
+        "mode": case.mode,
+        "backend": case.backend,
+        "status": status,
+        "median_ms": None,
+        "gbps": None,
+        "tflops": None,
+        "fraction_of_ceiling": None,
+        "speedup_vs_eager": None,
+        "speedup_vs_compile": None,
+        "peak_memory_mb": None,
+    }
+
+
+class _Ceilings:
+    """The run's hardware ceilings, measured once each: copy bandwidth and matmul per VQ shape and dtype."""
+
+    def __init__(self, device: torch.device, config: BenchConfig) -> None:
+        self._device = device
+        self._config = config
+        self.copy: dict[str, Any] | None = None
+        self.matmul: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def copy_gbps(self) -> float | None:
+        """Copy bandwidth in GB/s (bytes read + written), measured on first use; None if it failed."""
+        if self.copy is None:
+            measured = _measure(lambda: cases.copy_step(COPY_BYTES, self._device), self._device,
+                                self._config.warmup, self._config.repeats)
+            gbps = 2 * COPY_BYTES / (measured.median_ms * 1e6) if measured.median_ms else None
+            self.copy = {"bytes_moved": 2 * COPY_BYTES, "status": measured.status, "median_ms": measured.median_ms,
+                         "gbps": gbps}
+        return self.copy["gbps"]
+
+    def matmul_tflops(self, shape: Shape, dtype: str) -> float | None:
+        """``torch.matmul`` throughput in TFLOP/s at a VQ shape and dtype, measured on first use; None if it failed."""
+        key = (shape.name, dtype)
+        if key not in self.matmul:
+            if self._device.type == "cuda":
+                max_output = torch.cuda.mem_get_info(self._device)[0] // 4
+            else:
+                max_output = int(self._config.cpu_memory_gb * 1e9) // 4
+            dims = {**shape.dims, "N": cases.matmul_rows(shape.dims, dtype, max_output_bytes=max_output)}
+            measured = _measure(
+                lambda: cases.matmul_step(dims, dtype, self._device,
+                                          rotation_bytes=timing.rotation_bytes(self._device)),
+                self._device, self._config.warmup, self._config.repeats,
+            )
+            self.matmul[key] = {
+                "shape": _shape_json(shape),
+                "dtype": dtype,
+                "rows": dims["N"],
+                "status": measured.status,
+                "median_ms": measured.median_ms,
+                "tflops": cases.OP_SPECS["vq_nearest"].flops(dims) / (measured.median_ms * 1e9)
+                if measured.median_ms else None,
+            }
+        return self.matmul[key]["tflops"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``ceilings`` entry of the report."""
+        return {"copy": self.copy, "matmul": list(self.matmul.values())}
+
+
+def _fill_throughput(row: dict[str, Any], case: cases.Case, ceilings: _Ceilings) -> None:
+    spec = cases.OP_SPECS[case.op]
+    seconds = row["median_ms"] / 1e3
+    if spec.elements_moved is not None:
+        row["gbps"] = spec.elements_moved(case.shape.dims, case.mode) * DTYPES[case.dtype].itemsize / seconds / 1e9
+        ceiling = ceilings.copy_gbps()
+        row["fraction_of_ceiling"] = row["gbps"] / ceiling if ceiling else None
+    else:
+        row["tflops"] = spec.flops(case.shape.dims) / seconds / 1e12
+        ceiling = ceilings.matmul_tflops(case.shape, case.dtype)
+        row["fraction_of_ceiling"] = row["tflops"] / ceiling if ceiling else None
+
+
+def _fill_speedups(rows: list[dict[str, Any]]) -> None:
+    """``speedup_vs_eager``/``_vs_compile``: that backend's median over this row's, same op, shape, dtype, mode."""
+    baselines: dict[tuple[Any, ...], float] = {}
+    for row in rows:
+        if row["status"] == "ok" and row["backend"] in ("eager", "compile"):
+            baselines[(row["op"], row["shape"]["name"], row["dtype"], row["mode"], row["backend"])] = row["median_ms"]
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        for baseline in ("eager", "compile"):
+            reference = baselines.get((row["op"], row["shape"]["name"], row["dtype"], row["mode"], baseline))
+            row[f"speedup_vs_{baseline}"] = reference / row["median_ms"] if reference else None
+
+
+def _selected_shapes(config: BenchConfig, op: str, device: torch.device) -> list[Shape]:
+    return shapes_for(op, names=config.shapes, quick=config.quick, cpu=device.type == "cpu")
+
+
+def _cases(config: BenchConfig, device: torch.device) -> Iterator[cases.Case]:
+    for op in config.ops:
+        for shape in _selected_shapes(config, op, device):
+            for dtype in config.dtypes:
+                for mode in config.modes:
+                    for backend in config.backends:
+                        yield cases.Case(op, shape, dtype, mode, backend)
+
+
+def _peer_available() -> bool:
+    return importlib.util.find_spec("vector_quantize_pytorch") is not None
+
+
+def _peer_module(shape: Shape) -> torch.nn.Module:
+    from vector_quantize_pytorch import VectorQuantize
+
+    return VectorQuantize(dim=shape.dims["D"], codebook_size=shape.dims["K"], decay=0.99, commitment_weight=0.25)
+
+
+def _fastvae_module(shape: Shape) -> torch.nn.Module:
+    return fastvae.nn.VectorQuantizer(shape.dims["K"], shape.dims["D"], ema=True, decay=0.99, beta=0.25)
+
+
+def _peer_row(shape: Shape, dtype: str, impl: str, backend: str | None, status: str) -> dict[str, Any]:
+    return {
+        "op": "vector_quantize_ema",
+        "shape": _shape_json(shape),
+        "dtype": dtype,
+        "mode": "fwd+bwd",
+        "impl": impl,
+        "backend": backend,
+        "status": status,
+        "median_ms": None,
+        "peak_memory_mb": None,
+        "speedup_vs_peer": None,
+    }
+
+
+def _memory_scaling_impls(config: BenchConfig) -> list[tuple[str, str | None]]:
+    compiled = [name for name in ("triton", "cuda") if name in config.backends and name in fastvae.available_backends()]
+    return [("fastvae", name) for name in compiled or ["auto"]] + [("eager", None), (_PEER, None)]
+
+
+def largest_fitting(
+    fits: Callable[[int], bool], *, start: int, resolution: int, limit: int
+) -> tuple[int | None, int | None]:
+    """The largest ``n`` for which ``fits(n)``, assuming that fitting is monotone in ``n``.
+
+    Doubles from ``start`` until ``fits`` fails or ``2 n`` would pass ``limit``, then bisects between
+    the last size that fitted and the first that did not, in steps of ``resolution``.
+
+    Returns:
+        ``(largest fitting, smallest failing)``: the first None when even ``start`` fails, the second
+        None when ``limit`` was reached without a failure. Both are multiples of ``resolution`` when
+        ``start`` is.
+    """
+    if not fits(start):
+        return None, start
+    low, high = start, None
+    while high is None:
+        if 2 * low > limit:
+            return low, None
+        if fits(2 * low):
+            low *= 2
+        else:
+            high = 2 * low
+    while high - low > resolution:
+        middle = low + (high - low) // 2 // resolution * resolution
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low, high
+
+
+class _Runner:
+    def __init__(self, config: BenchConfig, out: TextIO, err: TextIO) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.out = out
+        self.err = err
+        self.notes: list[str] = []
+        self.ceilings = _Ceilings(self.device, config)
+        self.rotation = timing.rotation_bytes(self.device)
+        self.cpu_budget = int(config.cpu_memory_gb * 1e9)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        print(message, file=self.out, flush=True)
+
+    def _timed_row(self, case: cases.Case) -> dict[str, Any]:
+        reason = cases.skip_reason(case, self.device, cpu_budget_bytes=self.cpu_budget)
+        if reason is not None:
+            return _row(case, f"skipped: {reason}")
+        measured = _measure(
+            lambda: cases.build(case, self.device, rotation_bytes=self.rotation),
+            self.device, self.config.warmup, self.config.repeats,
+        )
+        row = _row(case, measured.status)
+        if measured.status == "ok":
+            row["median_ms"] = measured.median_ms
+            row["peak_memory_mb"] = measured.peak_bytes / 2**20
+            _fill_throughput(row, case, self.ceilings)
+        return row
+
+    def _peer_rows(self, shapes: list[Shape], progress: _Progress) -> list[dict[str, Any]]:
+        """vector-quantize-pytorch's layer and fastvae's, EMA on, fwd+bwd per VQ shape and dtype."""
+        rows = []
+        fastvae_backends = [name for name in self.config.backends if name in cases.FASTVAE_BACKENDS]
+        for shape in shapes:
+            for dtype in self.config.dtypes:
+                peer = self._module_row(shape, dtype, None, progress)
+                rows.append(peer)
+                for name in fastvae_backends:
+                    row = self._module_row(shape, dtype, name, progress)
+                    if row["median_ms"] and peer["median_ms"]:
+                        row["speedup_vs_peer"] = peer["median_ms"] / row["median_ms"]
+                    rows.append(row)
+        return rows
+
+    def _module_row(self, shape: Shape, dtype: str, backend: str | None, progress: _Progress) -> dict[str, Any]:
+        """One peer-comparison row: the peer's layer (``backend`` None) or fastvae's on ``backend``."""
+        impl = _PEER if backend is None else "fastvae.nn.VectorQuantizer"
+        row = _peer_row(shape, dtype, impl, backend, "ok")
+        progress.start(f"peer {shape.name} {dtype} {impl}" + (f" [{backend}]" if backend else ""))
+        # The memory guard and availability of the equivalent case: the peer builds the naive
+        # distance matrix as eager code does; fastvae's layer runs the op on its backend.
+        case = cases.Case("vector_quantize", shape, dtype, "fwd+bwd", backend or "eager")
+        reason = cases.skip_reason(case, self.device, cpu_budget_bytes=self.cpu_budget)
+        if reason is not None:
+            row["status"] = f"skipped: {reason}"
+        else:
+            module = _peer_module if backend is None else _fastvae_module
+            measured = _measure(
+                lambda: cases.module_step(module(shape), shape.dims, dtype, self.device,
+                                          rotation_bytes=self.rotation, backend=backend),
+                self.device, self.config.warmup, self.config.repeats,
+            )
+            peak_mb = None if measured.peak_bytes is None else measured.peak_bytes / 2**20
+            row.update(status=measured.status, median_ms=measured.median_ms, peak_memory_mb=peak_mb)
+        progress.advance()
+        return row
+
+    def _fits(self, impl: str, backend: str | None, n: int) -> bool:
+        """Whether one ``vector_quantize`` fwd+bwd of ``impl`` at ``N = n`` runs without running out of memory.
+
+        Raises:
+            RuntimeError: it failed otherwise (the message is the row status).
+        """
+        shape = Shape(f"N{n}xK{SCALING_K}xD{SCALING_D}", {"N": n, "K": SCALING_K, "D": SCALING_D})
+        dtype = self.config.scaling_dtype
+
+        def make() -> cases.Step:
+            if impl == _PEER:
+                return cases.module_step(_peer_module(shape), shape.dims, dtype, self.device)
+            case = cases.Case("vector_quantize", shape, dtype, "fwd+bwd", "eager" if impl == "eager" else backend)
+            return cases.build(case, self.device)
+
+        status = _measure(make, self.device, warmup=0, repeats=1).status
+        if status not in ("ok", "OOM"):
+            raise RuntimeError(status)
+        return status == "ok"
+
+    def _memory_scaling(self) -> list[dict[str, Any]]:
+        impls = _memory_scaling_impls(self.config)
+        dtype = self.config.scaling_dtype
+        base = {"dtype": dtype, "K": SCALING_K, "D": SCALING_D, "resolution": SCALING_RESOLUTION}
+        if self.device.type != "cuda":
+            self.note("memory scaling: not measured on the CPU (it would exhaust host memory)")
+            return [{"impl": impl, "backend": name, **base, "status": "skipped: not measured on the CPU",
+                     "max_n": None, "first_oom_n": None} for impl, name in impls]
+        rows = []
+        for impl, name in impls:
+            row = {"impl": impl, "backend": name, **base, "status": "ok", "max_n": None, "first_oom_n": None}
+            rows.append(row)
+            if impl == _PEER and not _peer_available():
+                row["status"] = f"skipped: {_PEER} not installed"
+                continue
+            print(f"memory scaling: {impl}{f' [{name}]' if name else ''} ...", file=self.err, flush=True)
+
+            try:
+                row["max_n"], row["first_oom_n"] = largest_fitting(
+                    lambda n, impl=impl, name=name: self._fits(impl, name, n),
+                    start=SCALING_RESOLUTION, resolution=SCALING_RESOLUTION, limit=SCALING_LIMIT,
+                )
+            except RuntimeError as error:
+                row["status"] = str(error)
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        config, device = self.config, self.device
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        if device.type == "cpu":
+            self.note(_CPU_NOTICE if not torch.cuda.is_available() else "measuring on the CPU (--device cpu)")
+            self.note(
+                "the triton and cuda backends are not benchmarked on the CPU "
+                "(Triton's interpreter is not a performance path)"
+            )
+            if config.shapes is None and not config.quick:
+                self.note("on the CPU only the CPU-sized shapes run by default; name others with --shapes")
+        else:
+            self.note(f"measuring on {torch.cuda.get_device_name(device)}")
+            for name in ("triton", "cuda"):
+                reason = _unavailable(name)
+                if name not in config.backends and reason is not None:
+                    self.note(f"left out: {reason}")
+        all_cases = list(_cases(config, device))
+        peer_shapes = _selected_shapes(config, "vector_quantize", device) if config.peer else []
+        layers = 1 + sum(name in cases.FASTVAE_BACKENDS for name in config.backends)
+        peer_count = len(peer_shapes) * len(config.dtypes) * layers
+        progress = _Progress(len(all_cases) + (peer_count if _peer_available() else 0), self.err)
+        rows = []
+        try:
+            self.ceilings.copy_gbps()
+            for case in all_cases:
+                progress.start(f"{case.op} {case.shape.name} {case.dtype} {case.mode} {case.backend}")
+                rows.append(self._timed_row(case))
+                progress.advance()
+            _fill_speedups(rows)
+            peer_rows: list[dict[str, Any]] = []
+            if config.peer and _peer_available():
+                peer_rows = self._peer_rows(peer_shapes, progress)
+            elif config.peer:
+                self.note(f"{_PEER} is not installed: the peer comparison is skipped (pip install 'fastvae[peer]')")
+                peer_rows = [
+                    _peer_row(shape, dtype, _PEER, None, f"skipped: {_PEER} not installed")
+                    for shape in peer_shapes for dtype in config.dtypes
+                ]
+        finally:
+            progress.close()
+        memory_scaling = self._memory_scaling() if config.memory_scaling else []
+        commit, dirty = _commit()
+        return {
+            "schema": SCHEMA,
+            "date": date,
+            "commit": commit,
+            "commit_dirty": dirty,
+            "device": _device_info(device),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "triton": _version("triton"),
+                "fastvae": fastvae.__version__,
+                "vector_quantize_pytorch": _version(_PEER),
+            },
+            "settings": {
+                "quick": config.quick,
+                "warmup": config.warmup,
+                "repeats": config.repeats,
+                "rotation_bytes": self.rotation,
+                "cpu_memory_budget_gb": round(config.cpu_memory_gb, 1) if device.type == "cpu" else None,
+            },
+            "notes": self.notes,
+            "ceilings": self.ceilings.to_json(),
+            "rows": rows,
+            "peer": peer_rows,
+            "memory_scaling": memory_scaling,
+        }
+
+
+def run(config: BenchConfig, *, out: TextIO | None = None, err: TextIO | None = None) -> dict[str, Any]:
+    """Run the benchmarks ``config`` selects and return the report (see ``benchmarks/README.md``).
+
+    Args:
+        config: what to run; validated here (see :func:`validate`).
+        out: where notices go (default ``sys.stdout``).
+        err: where progress goes (default ``sys.stderr``).
+
+    Raises:
+        ValueError: an invalid ``config``, naming the option.
+    """
+    return _Runner(validate(config), sys.stdout if out is None else out, sys.stderr if err is None else err).run()

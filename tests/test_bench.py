@@ -1,0 +1,487 @@
+"""``fastvae bench``: the quick run writes the documented JSON and markdown, peak memory is measured
+correctly, the naive VQ search holds more memory than the chunked one, options are validated, and the
+benchmark's eager code computes what fastvae's ops compute.
+
+No assertion here is about speed (performance is shown by benchmarks, never by timed tests); the
+memory assertions are about allocations, which are deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import fastvae
+from fastvae import cli
+from fastvae.bench import cases, report, runner, shapes, timing
+
+ROW_FIELDS = {
+    "op", "shape", "dtype", "mode", "backend", "status", "median_ms", "gbps", "tflops", "fraction_of_ceiling",
+    "speedup_vs_eager", "speedup_vs_compile", "peak_memory_mb",
+}
+ON_CPU = not torch.cuda.is_available()
+
+
+def _bench(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``fastvae bench argv``; returns (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(["bench", *argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def _small(out: Path, *extra: str) -> list[str]:
+    """A seconds-long run: gaussian_kl at its quick shape, fp32, eager and torch."""
+    return ["--quick", "--ops", "gaussian_kl", "--dtypes", "fp32", "--backends", "eager", "torch",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``fastvae bench --quick`` run shared by the tests that read its output."""
+    out = tmp_path_factory.mktemp("bench")
+    status, stdout, stderr = _bench(["--quick", "--out", str(out)])
+    return {"status": status, "stdout": stdout, "stderr": stderr, "out": out}
+
+
+# --- the quick run -----------------------------------------------------------------------------------
+
+
+def test_quick_run_exits_zero_and_writes_json_and_markdown(quick):
+    assert quick["status"] == 0, quick["stderr"]
+    assert (quick["out"] / "bench.json").is_file()
+    assert (quick["out"] / "bench.md").is_file()
+    assert f"wrote {quick['out'] / 'bench.json'}" in quick["stdout"]
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the notice is for machines without a GPU")
+def test_quick_run_says_there_is_no_gpu(quick):
+    first_line = quick["stdout"].splitlines()[0]
+    assert first_line == "no CUDA device: measuring the torch paths on the CPU"
+    assert "not benchmarked on the CPU" in quick["stdout"]
+
+
+def test_quick_run_reports_progress_on_stderr(quick):
+    # Not a terminal here: one line per case, "[i/n] op shape dtype mode backend".
+    lines = [line for line in quick["stderr"].splitlines() if line.startswith("[")]
+    rows = json.loads((quick["out"] / "bench.json").read_text())["rows"]
+    assert len(lines) == len(rows)
+    assert lines[-1].startswith(f"[{len(rows)}/{len(rows)}] ")
+
+
+def test_json_has_the_documented_schema(quick):
+    data = json.loads((quick["out"] / "bench.json").read_text())
+    assert data["schema"] == 1
+    date = datetime.datetime.fromisoformat(data["date"])
+    assert date.tzinfo is not None and date.utcoffset() == datetime.timedelta(0)
+    assert data["commit"] == "unknown" or len(data["commit"]) == 40
+    assert set(data["device"]) >= {"kind", "name", "driver", "cuda"}
+    assert data["device"]["kind"] == ("cpu" if ON_CPU else "cuda")
+    assert set(data["versions"]) >= {"python", "torch", "triton", "fastvae"}
+    assert data["versions"]["torch"] == torch.__version__ and data["versions"]["fastvae"] == fastvae.__version__
+    assert data["ceilings"]["copy"]["status"] == "ok" and data["ceilings"]["copy"]["gbps"] > 0
+    (vq_shape,) = shapes.shapes_for("vq_nearest", quick=True)
+    matmuls = {(m["shape"]["name"], m["dtype"]): m for m in data["ceilings"]["matmul"]}
+    assert set(matmuls) == {(vq_shape.name, "fp32"), (vq_shape.name, "bf16")}  # one per VQ shape and dtype
+    assert all(m["status"] == "ok" and m["rows"] == vq_shape.dims["N"] and m["tflops"] > 0 for m in matmuls.values())
+    assert data["peer"] == [] and data["memory_scaling"] == []
+    rows = data["rows"]
+    for row in rows:
+        assert set(row) >= ROW_FIELDS, row
+        assert set(row["shape"]) == {"name", "dims"}
+    expected = {
+        (op, shape.name, dtype, mode, backend)
+        for op in shapes.OPS
+        for shape in shapes.shapes_for(op, quick=True)
+        for dtype in ("fp32", "bf16")
+        for mode in shapes.MODES
+        for backend in ("eager", "compile", "torch")
+    }
+    assert expected <= {(r["op"], r["shape"]["name"], r["dtype"], r["mode"], r["backend"]) for r in rows}
+
+
+@pytest.mark.skipif(not ON_CPU, reason="CPU run: every eager/compile/torch case fits and runs")
+def test_every_cpu_row_ran_and_has_its_numbers(quick):
+    rows = json.loads((quick["out"] / "bench.json").read_text())["rows"]
+    assert {row["backend"] for row in rows} == {"eager", "compile", "torch"}  # no triton/cuda on the CPU
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["median_ms"] > 0 and row["peak_memory_mb"] >= 0 and row["fraction_of_ceiling"] > 0
+        compute_bound = cases.OP_SPECS[row["op"]].flops is not None
+        assert (row["tflops"] is not None, row["gbps"] is None) == (compute_bound, compute_bound)
+        assert row["speedup_vs_eager"] > 0 and row["speedup_vs_compile"] > 0
+        if row["backend"] == "eager":
+            assert row["speedup_vs_eager"] == 1.0
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the profiler-measured CPU peak of the naive and chunked searches")
+@pytest.mark.parametrize("op", ("vq_nearest", "vector_quantize"))
+@pytest.mark.parametrize("mode", shapes.MODES)
+def test_naive_vq_holds_more_memory_than_the_chunked_search(quick, op, mode):
+    rows = json.loads((quick["out"] / "bench.json").read_text())["rows"]
+    (shape,) = shapes.shapes_for(op, quick=True)
+    n, k, d = shape.dims["N"], shape.dims["K"], shape.dims["D"]
+    assert n * k >= 16 * n * d  # the distance matrix is large relative to x
+    peak = {
+        row["backend"]: row["peak_memory_mb"] * 2**20
+        for row in rows
+        if row["op"] == op and row["shape"]["name"] == shape.name and row["dtype"] == "fp32" and row["mode"] == mode
+    }
+    matrix = n * k * 4
+    assert peak["eager"] >= matrix  # the naive search materialises N x K distances ...
+    assert peak["torch"] < peak["eager"]  # ... which fastvae's chunked search does not hold twice
+
+
+def test_markdown_has_the_header_and_one_table_per_op(quick):
+    data = json.loads((quick["out"] / "bench.json").read_text())
+    text = (quick["out"] / "bench.md").read_text()
+    assert text.startswith("# fastvae benchmark\n")
+    for field in (f"- date: {data['date']}", f"- commit: {data['commit']}", "- device: ", "- versions: ",
+                  "copy ceiling"):
+        assert field in text
+    for op in shapes.OPS:
+        assert f"\n## {op}\n" in text
+    assert text.count("| shape | dtype | mode | backend | median ms |") == len(shapes.OPS)
+    table_rows = [
+        line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| shape", "| ---"))
+    ]
+    assert len(table_rows) == len(data["rows"])
+    assert text in quick["stdout"]  # the tables are printed too
+
+
+# --- peer comparison and memory scaling --------------------------------------------------------------
+
+
+def test_peer_rows_are_skipped_without_vector_quantize_pytorch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vector_quantize_pytorch", None)  # find_spec() now says: absent
+    status, stdout, _ = _bench(
+        ["--quick", "--ops", "vq_nearest", "--dtypes", "fp32", "--modes", "fwd", "--backends", "torch", "--peer",
+         "--out", str(tmp_path)]
+    )
+    assert status == 0
+    assert "vector-quantize-pytorch is not installed" in stdout
+    peer = json.loads((tmp_path / "bench.json").read_text())["peer"]
+    assert peer and all(row["status"] == "skipped: vector-quantize-pytorch not installed" for row in peer)
+
+
+def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path):
+    pytest.importorskip("vector_quantize_pytorch")
+    status, _, _ = _bench(
+        ["--quick", "--ops", "vq_nearest", "--dtypes", "fp32", "--modes", "fwd", "--backends", "torch", "--peer",
+         "--out", str(tmp_path)]
+    )
+    assert status == 0
+    peer = json.loads((tmp_path / "bench.json").read_text())["peer"]
+    impls = {row["impl"]: row for row in peer}
+    assert set(impls) == {"vector-quantize-pytorch", "fastvae.nn.VectorQuantizer"}
+    for row in peer:
+        assert row["status"] == "ok" and row["mode"] == "fwd+bwd" and row["median_ms"] > 0 and row["peak_memory_mb"] > 0
+    ours = impls["fastvae.nn.VectorQuantizer"]
+    assert ours["backend"] == "torch"
+    assert ours["speedup_vs_peer"] == pytest.approx(impls["vector-quantize-pytorch"]["median_ms"] / ours["median_ms"])
+
+
+@pytest.mark.skipif(not ON_CPU, reason="on the CPU memory scaling is recorded as not measured")
+def test_memory_scaling_is_not_measured_on_the_cpu(tmp_path):
+    status, stdout, _ = _bench(_small(tmp_path, "--memory-scaling"))
+    assert status == 0
+    assert "memory scaling: not measured on the CPU" in stdout
+    rows = json.loads((tmp_path / "bench.json").read_text())["memory_scaling"]
+    assert {row["impl"] for row in rows} == {"fastvae", "eager", "vector-quantize-pytorch"}
+    assert all(row["status"].startswith("skipped: ") and row["max_n"] is None for row in rows)
+
+
+def test_largest_fitting_doubles_then_bisects_to_the_resolution():
+    tried = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= 1_000_000
+
+    assert runner.largest_fitting(fits, start=65536, resolution=65536, limit=2**31) == (983040, 1048576)
+    assert tried[:5] == [65536, 131072, 262144, 524288, 1048576]
+    assert all(n % 65536 == 0 for n in tried)
+    assert runner.largest_fitting(lambda n: False, start=65536, resolution=65536, limit=2**31) == (None, 65536)
+    assert runner.largest_fitting(lambda n: True, start=65536, resolution=65536, limit=2**20) == (2**20, None)
+
+
+# --- out of memory, CPU memory guard, backends that do not run here, plot ----------------------------
+
+
+def test_out_of_memory_is_recorded_as_oom_and_the_run_goes_on(tmp_path, monkeypatch):
+    build = cases.build
+
+    def eager_runs_out_of_memory(case: cases.Case, device: torch.device, **kwargs: Any) -> cases.Step:
+        if case.backend != "eager":
+            return build(case, device, **kwargs)
+        if case.mode == "fwd":
+            raise torch.OutOfMemoryError("out of memory")
+        try:  # as torch.compile reports it: its own error, caused by the out-of-memory
+            raise torch.OutOfMemoryError("out of memory")
+        except torch.OutOfMemoryError as error:
+            raise RuntimeError("compilation failed") from error
+
+    monkeypatch.setattr(cases, "build", eager_runs_out_of_memory)
+    status, _, _ = _bench(_small(tmp_path))
+    assert status == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {row["mode"]: row["status"] for row in rows if row["backend"] == "eager"} == {"fwd": "OOM", "fwd+bwd": "OOM"}
+    for row in rows:
+        if row["backend"] == "torch":
+            assert row["status"] == "ok" and row["median_ms"] > 0 and row["speedup_vs_eager"] is None
+
+
+
+
+def test_cases_over_the_cpu_memory_budget_are_skipped_not_run(tmp_path):
+    status, _, _ = _bench(
+        ["--quick", "--ops", "vq_nearest", "--dtypes", "fp32", "--modes", "fwd", "--backends", "eager", "torch",
+         "--device", "cpu", "--cpu-memory-gb", "0.001", "--out", str(tmp_path)]
+    )
+    assert status == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows and all(row["status"].startswith("skipped: needs ") and row["median_ms"] is None for row in rows)
+
+
+@pytest.mark.skipif(not ON_CPU, reason="triton is benchmarked on the GPU")
+def test_triton_asked_for_on_the_cpu_is_recorded_as_skipped(tmp_path):
+    status, _, _ = _bench(_small(tmp_path, "--backends", "triton"))
+    assert status == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    reason = "skipped: the triton backend is benchmarked on CUDA devices only"
+    assert rows and all(row["status"] == reason for row in rows)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    status, stdout, _ = _bench(_small(tmp_path, "--plot"))
+    assert status == 0
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(tmp_path / "bench.png") in stdout
+
+
+def test_plot_without_matplotlib_fails_before_running(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, _, stderr = _bench(_small(tmp_path, "--plot"))
+    assert status == 2
+    assert "--plot" in stderr and "matplotlib" in stderr
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_python_dash_m_fastvae_bench_works(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fastvae", "bench", *_small(tmp_path, "--modes", "fwd")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"]
+
+
+# --- option validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--repeats", "0"], "--repeats"),
+        (["--warmup", "0"], "--warmup"),
+        (["--shapes", "N1x1"], "--shapes"),
+        (["--ops", "gaussian_kl", "--shapes", "N4096xK1024xD64"], "--shapes"),
+        (["--cpu-memory-gb", "-1"], "--cpu-memory-gb"),
+    ],
+)
+def test_invalid_values_exit_2_naming_the_option(tmp_path, argv, option):
+    status, _, stderr = _bench([*argv, "--out", str(tmp_path)])
+    assert status == 2
+    assert stderr.startswith(f"fastvae bench: {option}")
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.skipif(not ON_CPU, reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_an_error(tmp_path):
+    status, _, stderr = _bench(["--device", "cuda", "--out", str(tmp_path)])
+    assert status == 2 and "--device" in stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [(["--ops", "conv2d"], "--ops"), (["--dtypes", "fp8"], "--dtypes"), (["--backends", "tpu"], "--backends"),
+     (["--modes", "bwd"], "--modes"), (["--device", "mps"], "--device")],
+)
+def test_unknown_choices_are_rejected_by_the_parser(capsys, argv, option):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: invalid choice" in capsys.readouterr().err
+
+
+def test_validate_fills_defaults():
+    config = runner.validate(runner.BenchConfig(quick=True, device="cpu"))
+    assert config.backends == ("eager", "compile", "torch")  # triton and cuda only on a CUDA device
+    assert (config.warmup, config.repeats) == (1, 5)
+    assert config.cpu_memory_gb > 0
+
+
+# --- timing and peak memory --------------------------------------------------------------------------
+
+
+def test_peak_memory_of_a_known_allocation():
+    mib = 2**20
+
+    def allocate_64_mib() -> None:
+        torch.ones(16 * mib, dtype=torch.float32)  # 64 MiB, freed at once
+
+    def two_in_sequence() -> None:
+        allocate_64_mib()
+        allocate_64_mib()  # the first is gone: still 64 MiB at peak
+
+    def two_at_once() -> None:
+        first = torch.ones(16 * mib)
+        second = torch.ones(16 * mib)
+        del first, second
+
+    device = torch.device("cpu")
+    for fn, expected in ((allocate_64_mib, 64), (two_in_sequence, 64), (two_at_once, 128)):
+        peak = timing.peak_memory_bytes(fn, device)
+        assert expected * mib <= peak < (expected + 1) * mib, (fn.__name__, peak / mib)
+
+
+def test_peak_memory_does_not_count_what_was_live_before():
+    held = torch.ones(16 * 2**20)
+    assert timing.peak_memory_bytes(lambda: held.sum(), torch.device("cpu")) < 2**20
+
+
+def test_median_ms_calls_warmup_then_repeats_and_times_each():
+    calls = []
+
+    def sleep_2_ms() -> None:
+        calls.append(None)
+        time.sleep(0.002)
+
+    median = timing.median_ms(sleep_2_ms, torch.device("cpu"), warmup=2, repeats=3)
+    assert len(calls) == 5
+    assert median >= 2.0
+
+
+def test_step_rotates_through_a_pool_larger_than_the_rotation_bytes():
+    seen = []
+    x = torch.zeros(256)  # 1 KiB
+    step = cases.Step(lambda t: (seen.append(t.data_ptr()) or t,), (x,), mode="fwd", rotation_bytes=3 * 1024)
+    assert step.pool_size == 4  # 4 KiB > 3 KiB
+    for _ in range(8):
+        step()
+    assert len(set(seen)) == 4 and seen[:4] == seen[4:]
+    assert cases.Step(lambda t: (t,), (x,), mode="fwd").pool_size == 1
+
+
+def test_fwd_bwd_step_runs_one_backward_per_call_seeded_with_ones():
+    seeds = []
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return 2 * t
+
+        @staticmethod
+        def backward(ctx, grad):
+            seeds.append(grad)
+            return 2 * grad
+
+    def fn(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        assert t.requires_grad
+        return Double.apply(t), t.argmax()  # the integer output takes no gradient seed
+
+    step = cases.Step(fn, (torch.zeros(3),), mode="fwd+bwd")
+    assert seeds == []  # building the step runs a forward only
+    step()
+    step()
+    assert len(seeds) == 2 and all(torch.equal(seed, torch.ones(3)) for seed in seeds)
+
+
+# --- the table and the cases -------------------------------------------------------------------------
+
+
+def test_shape_table_holds_the_named_shapes():
+    vq = {shape.name for shape in shapes.SHAPES["vq_nearest"]}
+    assert {"N65536xK1024xD64", "N1048576xK16384xD64", "N4194304xK16384xD64"} <= vq
+    assert shapes.SHAPES["vector_quantize"] == shapes.SHAPES["vq_nearest"]
+    assert "B65536xD512" in {shape.name for shape in shapes.SHAPES["reparameterize_kl"]}
+    assert "K64xB4096xD128" in {shape.name for shape in shapes.SHAPES["iwae"]}
+    for op in shapes.OPS:
+        names = [shape.name for shape in shapes.SHAPES[op]]
+        assert len(names) == len(set(names))
+        assert len(shapes.shapes_for(op, quick=True)) == 1
+        assert all(shape.cpu for shape in shapes.shapes_for(op, quick=True))
+
+
+def _inputs(op: str, dims: dict[str, int]) -> tuple[torch.Tensor, ...]:
+    return cases.OP_SPECS[op].make_inputs(dims, torch.float64, torch.device("cpu"), torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(
+    ("op", "dims"),
+    [("gaussian_kl", {"B": 5, "D": 7}), ("iwae", {"K": 4, "B": 3, "D": 5}), ("vq_nearest", {"N": 33, "K": 9, "D": 4})],
+)
+def test_eager_code_computes_what_the_fastvae_op_computes(op, dims):
+    spec = cases.OP_SPECS[op]
+    inputs = _inputs(op, dims)
+    with fastvae.use_backend("torch"):
+        for eager, ours in zip(spec.eager(*inputs), spec.fastvae(*inputs), strict=True):
+            torch.testing.assert_close(eager, ours, rtol=1e-10, atol=1e-10)
+
+
+def test_eager_vector_quantize_matches_fastvae_up_to_the_loss_scale():
+    dims = {"N": 33, "K": 9, "D": 4}
+    x, codebook = _inputs("vector_quantize", dims)
+    quantized, loss, indices = cases.eager_vector_quantize(x, codebook)
+    with fastvae.use_backend("torch"):
+        ours = fastvae.vector_quantize(x, codebook, beta=cases.BETA)
+    assert torch.equal(indices, ours.indices)
+    torch.testing.assert_close(quantized, ours.quantized)
+    # F.mse_loss averages over N * D elements, fastvae over N vectors of squared norms.
+    torch.testing.assert_close(loss * dims["D"], ours.loss)
+
+
+def test_reparameterize_cases_sample_with_the_right_moments():
+    mu, logvar = _inputs("reparameterize_kl", {"B": 4000, "D": 8})
+    z_eager, kl_eager = cases.eager_reparameterize_kl(mu, logvar)
+    with fastvae.use_backend("torch"):
+        z_ours, kl_ours = cases.OP_SPECS["reparameterize_kl"].fastvae(mu, logvar)
+    torch.testing.assert_close(kl_eager, kl_ours, rtol=1e-10, atol=1e-10)
+    for z in (z_eager, z_ours):
+        standardised = (z - mu) / torch.exp(0.5 * logvar)
+        assert abs(standardised.mean().item()) < 0.05 and abs(standardised.std().item() - 1) < 0.05
+
+
+def test_bytes_moved_count_each_interface_tensor_once_per_pass():
+    d = {"B": 10, "D": 3}
+    moved = cases.OP_SPECS["reparameterize_kl"].elements_moved
+    assert moved(d, "fwd") == 3 * 30 + 10  # mu, logvar -> z, kl
+    assert moved(d, "fwd+bwd") - moved(d, "fwd") == 5 * 30 + 10  # d z, d kl, mu, logvar -> d mu, d logvar
+    assert cases.OP_SPECS["vq_nearest"].flops({"N": 2, "K": 3, "D": 5}) == 2 * 2 * 3 * 5
+
+
+def test_markdown_formats_missing_values_as_dashes():
+    data = {
+        "date": "2026-01-01T00:00:00+00:00", "commit": "unknown", "commit_dirty": None,
+        "device": {"kind": "cpu", "name": "test", "driver": None, "cuda": None, "threads": 1},
+        "versions": {"python": "3", "torch": "2", "triton": None, "fastvae": "0"},
+        "settings": {"quick": True, "warmup": 1, "repeats": 1, "rotation_bytes": 0},
+        "notes": [], "ceilings": {"copy": None, "matmul": []},
+        "rows": [{**dict.fromkeys(ROW_FIELDS), "op": "gaussian_kl", "shape": {"name": "B1xD1", "dims": {}},
+                  "dtype": "fp32", "mode": "fwd", "backend": "eager", "status": "OOM"}],
+        "peer": [], "memory_scaling": [],
+    }
+    text = report.markdown(data)
+    assert "| B1xD1 | fp32 | fwd | eager | - | - | - | - | - | - | OOM |" in text
+    assert "triton" not in text  # versions that are None are left out
