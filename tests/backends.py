@@ -19,19 +19,21 @@ from fastvae import backend
 #: TRITON_INTERPRET=1).
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-#: One pytest parameter per backend that runs on this machine.
-PARAMS = [pytest.param(name, id=name) for name in fastvae.available_backends()]
+#: One pytest parameter per backend (torch, triton, cuda); one that cannot run here is skipped by
+#: :func:`forced` with the reason (e.g. the cuda backend without a GPU), never silently dropped.
+PARAMS = [pytest.param(name, id=name) for name in backend.BACKENDS if name != "auto"]
 
 
 @contextlib.contextmanager
 def forced(name: str, ops: Sequence[str]) -> Iterator[str]:
     """Force backend ``name`` for the test; skip it if that backend cannot run one of ``ops`` on DEVICE."""
-    with fastvae.use_backend(name):
-        for op in ops:
-            try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(fastvae.use_backend(name))
+            for op in ops:
                 backend.resolve(op, DEVICE)
-            except fastvae.BackendUnavailableError as error:
-                pytest.skip(str(error))
+        except fastvae.BackendUnavailableError as error:
+            pytest.skip(str(error))
         yield name
 
 
