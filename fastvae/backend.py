@@ -31,7 +31,7 @@ import functools
 import importlib
 import importlib.util
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 

@@ -20,8 +20,9 @@ import json
 import math
 import pprint
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["COVERS", "rank", "write_module"]
 

@@ -6,7 +6,13 @@ latent_dim=..., **hparams)`` builds one. Every model module registers itself; se
 """
 
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel
-from fastvae.models.registry import available, create, hyperparameters, model_class, register
+from fastvae.models.registry import (
+    available,
+    create,
+    hyperparameters,
+    model_class,
+    register,
+)
 
 __all__ = [
     "GaussianVAE",

@@ -17,7 +17,8 @@ Observation models (the ``likelihood`` hyper-parameter):
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F

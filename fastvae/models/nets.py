@@ -12,17 +12,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
+    "MLP",
     "ConvDecoder",
     "ConvEncoder",
     "FeatureDecoder",
     "FeatureEncoder",
-    "MLP",
     "ResidualStack",
     "build_decoder",
     "build_encoder",
