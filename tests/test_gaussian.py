@@ -17,13 +17,14 @@ import backends
 import pytest
 import torch
 from backends import DEVICE, dtype_id, randn
+from kernel_edges import check_op, misaligned, poison_allocations
 from tolerances import FLOAT_DTYPES, assert_close
 from torch.distributions import Normal, kl_divergence
 
 import fastvae
 from fastvae import backend as fastvae_backend
 from fastvae.ops.gaussian import OP_NAMES
-from fastvae.reference.philox import normal_stream
+from fastvae.reference.philox import normal_stream, philox4x32
 
 LEADING = [(7,), (3, 5, 4), (2, 1, 3, 9)]
 # Weird latent sizes: 1, primes, a multiple of the Philox group of 4, one past it, one past 128.
@@ -454,6 +455,152 @@ def test_zero_size_batches_give_empty_results(backend, leading, dim):
     assert math.isnan(fastvae.reparameterize_kl(mu, logvar, reduction="mean")[1].item())
     (z.sum() + kl.sum()).backward()
     assert mu.grad.shape == mu.shape and logvar.grad.shape == logvar.shape
+
+
+# --- what compiled kernels special-case -------------------------------------------------------------
+# The compiled kernels move 16-byte vectors (4 float32, 8 float16 elements) where every pointer is
+# 16-byte aligned and D is a multiple of the vector width, and fall back to scalar access otherwise;
+# they give a row several lanes of a warp, a warp or a block depending on D, and the last block of rows
+# is partial; incoming gradients are read through their strides. These tests run on every backend.
+
+# Row lengths that are not multiples of any vector width (one past 8, 32 and 256 among them).
+EDGE_DIMS = [1, 3, 7, 9, 33, 257]
+# One past a power of two: the last block of rows is partial whatever the rows per block.
+EDGE_ROWS = 67
+
+
+def _kl_standard(mu, logvar):
+    return 0.5 * (mu * mu + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def _kl_prior(mu, logvar, mu_p, logvar_p):
+    log_ratio = logvar - logvar_p
+    return 0.5 * (log_ratio.exp() - 1.0 - log_ratio + (mu - mu_p) ** 2 * (-logvar_p).exp()).sum(-1)
+
+
+def _log_prob(x, mu, logvar):
+    return -0.5 * (math.log(2.0 * math.pi) + logvar + (x - mu) ** 2 * (-logvar).exp()).sum(-1)
+
+
+def check_gaussian_ops(mu, logvar, x, mu_p, logvar_p, grad_z, grad_rows, seed: int) -> None:
+    """Every Gaussian op, forward and backward, on these ``(R, D)`` inputs and incoming gradients
+    (``grad_z`` ``(R, D)``, ``grad_rows`` ``(R,)``), against the float64 formulas."""
+    eps = normal_stream(*mu.shape, seed).to(torch.float64)
+
+    def sample(m, lv):
+        return m + (0.5 * lv).exp() * eps
+
+    check_op(lambda m, lv: fastvae.reparameterize(m, lv, seed=seed), sample, (mu, logvar), (grad_z,))
+    check_op(
+        lambda m, lv: fastvae.reparameterize_kl(m, lv, seed=seed),
+        lambda m, lv: (sample(m, lv), _kl_standard(m, lv)),
+        (mu, logvar),
+        (grad_z, grad_rows),
+    )
+    check_op(fastvae.gaussian_kl, _kl_standard, (mu, logvar), (grad_rows,))
+    check_op(fastvae.gaussian_kl, _kl_prior, (mu, logvar, mu_p, logvar_p), (grad_rows,))
+    check_op(fastvae.gaussian_log_prob, _log_prob, (x, mu, logvar), (grad_rows,))
+    check_op(
+        lambda a: fastvae.gaussian_log_prob(a), lambda a: -0.5 * (math.log(2.0 * math.pi) + a * a).sum(-1), (x,), (grad_rows,)
+    )
+
+
+def gaussian_inputs(n_rows: int, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``(mu, logvar, x, mu_p, logvar_p, grad_z, grad_rows)`` of ``n_rows`` rows of ``dim``."""
+    scales = (1.0, 0.5, 1.0, 1.0, 0.5, 1.0)
+    tensors = [randn(n_rows, dim, dtype=dtype, seed=seed, scale=s) for seed, s in enumerate(scales, 1)]
+    return (*tensors, randn(n_rows, dtype=dtype, seed=7))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("dim", EDGE_DIMS)
+def test_odd_row_lengths(backend, dtype, dim):
+    check_gaussian_ops(*gaussian_inputs(EDGE_ROWS, dim, dtype), seed=2**35 + 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("dim", [8, 16, 64, 256])
+def test_misaligned_inputs(backend, dtype, dim):
+    # Row lengths that suit 16-byte vectors, but every input and incoming gradient starts one element
+    # into its buffer, so no row is 16-byte aligned.
+    check_gaussian_ops(*(misaligned(t) for t in gaussian_inputs(EDGE_ROWS, dim, dtype)), seed=2**35 + 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 9), (EDGE_ROWS, 33), (3, 257), (EDGE_ROWS, 16)], ids=str)
+def test_outputs_are_written_everywhere(backend, dtype, shape, monkeypatch):
+    # Outputs are allocated NaN-filled: an element a kernel skips stays NaN and fails the check.
+    poison_allocations(monkeypatch)
+    check_gaussian_ops(*gaussian_inputs(*shape, dtype), seed=31)
+
+
+def strided_layouts(n_rows: int, dim: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Incoming gradients ``(grad_z (R, D), grad_rows (R,))`` in layouts autograd or a caller may hand over."""
+    grad_z, grad_rows = randn(n_rows, dim, seed=8), randn(n_rows, seed=9)
+    return {
+        "transposed": (randn(dim, n_rows, seed=8).t(), randn(n_rows, 3, seed=9)[:, 1]),
+        "every_other": (randn(n_rows, 2 * dim, seed=8)[:, ::2], randn(2 * n_rows, seed=9)[::2]),
+        # Unit column stride but a row stride of D + 1: rows not 16-byte aligned.
+        "padded_rows": (randn(n_rows, dim + 1, seed=8)[:, :dim], randn(n_rows, 2, seed=9)[:, 0]),
+        "expanded_rows": (grad_z[:1].expand(n_rows, dim), grad_rows[:1].expand(n_rows)),
+        "expanded_scalar": (grad_z[0, 0].expand(n_rows, dim), grad_rows[0].expand(n_rows)),
+    }
+
+
+@pytest.mark.parametrize("layout", ["transposed", "every_other", "padded_rows", "expanded_rows", "expanded_scalar"])
+@pytest.mark.parametrize("dim", [9, 32])
+def test_strided_incoming_gradients(backend, layout, dim):
+    grad_z, grad_rows = strided_layouts(EDGE_ROWS, dim)[layout]
+    assert not grad_z.is_contiguous() and not grad_rows.is_contiguous()
+    mu, logvar, x, mu_p, logvar_p, _, _ = gaussian_inputs(EDGE_ROWS, dim, torch.float32)
+    check_gaussian_ops(mu, logvar, x, mu_p, logvar_p, grad_z, grad_rows, seed=77)
+
+
+def stream_at(rows: torch.Tensor, cols: torch.Tensor, seed: int) -> torch.Tensor:
+    """The stream's float32 normals at positions ``(rows[i], cols[i])`` (int64 tensors), built from the
+    Philox words as fastvae.reference.philox documents it: rows past what normal_stream enumerates."""
+    mask = 2**32 - 1
+    words = philox4x32((cols // 4, rows & mask, rows >> 32, torch.zeros_like(rows)), (seed & mask, seed >> 32))
+    u0, u1, u2, u3 = (((w >> 9).to(torch.float32) + 0.5) * 2.0**-23 for w in words)
+    lane = cols % 4
+    radius = torch.where(lane < 2, torch.sqrt(-2.0 * torch.log(u0)), torch.sqrt(-2.0 * torch.log(u2)))
+    angle = (2.0 * math.pi) * torch.where(lane < 2, u1, u3)
+    return torch.where(lane % 2 == 0, radius * torch.cos(angle), radius * torch.sin(angle))
+
+
+# (rows, D) with more than 2**31 elements: 16-byte vector rows, scalar rows, and rows past 2**32 (the
+# Philox counter's high row word).
+HUGE_SHAPES = [(2**31 // 1024 + 2, 1024), (2**31 // 1023 + 2, 1023), (2**32 + 2, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", HUGE_SHAPES, ids=["vector_rows", "scalar_rows", "rows_past_2_32"])
+def test_sampling_past_2_31_elements(backend, shape):
+    # Element offsets past 2**31 (and row indices past 2**32) must not wrap: a few positions on both
+    # sides of those boundaries, and the very last, are checked against the formula.
+    if backend == "torch":
+        pytest.skip("the reference materialises int64 Philox counters for every element (tens of GB here)")
+    n_rows, dim = shape
+    numel = n_rows * dim
+    # mu, logvar (and its float16 randn draw), z, kl and a second z, in float16.
+    if torch.cuda.get_device_properties(0).total_memory < 6 * 2 * numel + 2 * 2 * n_rows:
+        pytest.skip(f"needs about {(12 * numel + 4 * n_rows) / 2**30:.0f} GiB of GPU memory")
+    seed = 2**40 + 5
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    mu = torch.randn(n_rows, dim, device="cuda", dtype=torch.float16, generator=generator)
+    logvar = 0.5 * torch.randn(n_rows, dim, device="cuda", dtype=torch.float16, generator=generator)
+    z, kl = fastvae.reparameterize_kl(mu, logvar, seed=seed)
+    edges = [0, dim + 3, 2**31 - 1, 2**31, 2**31 + dim, 2**32 * dim - 1, 2**32 * dim, numel - 1]
+    positions = torch.tensor(sorted({p for p in edges if p < numel}), device="cuda")
+    rows, cols = positions // dim, positions % dim
+    eps = stream_at(rows.cpu(), cols.cpu(), seed).to(torch.float64)
+    mu_at, logvar_at = f64(mu.view(-1)[positions]), f64(logvar.view(-1)[positions])
+    check(z.view(-1)[positions], mu_at + (0.5 * logvar_at).exp() * eps, torch.float16)
+    check(kl[rows], _kl_standard(f64(mu[rows]), f64(logvar[rows])), torch.float16)
+    del kl
+    without_kl = fastvae.reparameterize(mu, logvar, seed=seed).view(-1)[positions]
+    check(without_kl, f64(z.view(-1)[positions]), torch.float16)
 
 
 # --- backend dispatch -------------------------------------------------------------------------------

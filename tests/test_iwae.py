@@ -18,6 +18,7 @@ import backends
 import pytest
 import torch
 from backends import DEVICE, dtype_id, randn
+from kernel_edges import check_op, misaligned, poison_allocations
 from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
 from torch.distributions import Normal
 
@@ -385,6 +386,87 @@ def test_iwae_bound_minus_inf_across_steps(backend, dtype, samples, batch):
     bound.sum().backward()
     assert torch.all(log_w.grad[:, 0] == 0)
     check(log_w.grad, torch.softmax(f64(log_w), 0).nan_to_num(0.0), dtype)
+
+
+# --- what compiled kernels special-case -------------------------------------------------------------
+# The compiled kernels move z, mu and logvar as 16-byte vectors where every pointer is 16-byte aligned
+# and D is a multiple of the vector width (scalar access otherwise), give a latent row several lanes of
+# a warp, split the K samples into slices with partial last steps, and read incoming gradients through
+# their strides. These tests run on every backend.
+
+# Latent sizes that are not multiples of any vector width (one past 8, 32 and 256 among them).
+EDGE_DIMS = [1, 3, 7, 9, 33, 257]
+# Samples and columns one past powers of two, so every split of K and every tile of B has a tail.
+EDGE_SAMPLES, EDGE_BATCH, EDGE_GROUPS = 33, 13, 3
+
+
+def _iwae_bound(log_w):
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+def _miwae_bound(log_w):
+    return _iwae_bound(log_w).mean(0)
+
+
+def check_iwae_ops(log_px_z, z, mu, logvar, grad_log_w, log_w, log_w_groups, grad_bound) -> None:
+    """Every importance-weighted op, forward and backward, against the float64 formulas: the
+    log-weights of ``z (K, B, D)`` with incoming ``grad_log_w (K, B)``, and the bounds of
+    ``log_w (K', B)`` and ``log_w_groups (K', M, B)`` with incoming ``grad_bound (B,)``."""
+    check_op(fastvae.iwae_log_weights, log_weights_f64, (log_px_z, z, mu, logvar), (grad_log_w,))
+    check_op(fastvae.iwae_bound, _iwae_bound, (log_w,), (grad_bound,))
+    check_op(fastvae.miwae_bound, _miwae_bound, (log_w_groups,), (grad_bound,))
+
+
+def edge_inputs(samples: int, batch: int, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Arguments of :func:`check_iwae_ops`: ``K = samples`` for the log-weights, EDGE_SAMPLES for the
+    bounds, EDGE_GROUPS groups for MIWAE."""
+    log_px_z, z, mu, logvar = iwae_inputs((samples, batch, dim), dtype, seed=60)
+    grad_log_w = randn(samples, batch, dtype=dtype, seed=61)
+    log_w = randn(EDGE_SAMPLES, batch, dtype=dtype, seed=62, scale=3.0)
+    log_w_groups = randn(EDGE_SAMPLES, EDGE_GROUPS, batch, dtype=dtype, seed=63, scale=3.0)
+    return log_px_z, z, mu, logvar, grad_log_w, log_w, log_w_groups, randn(batch, dtype=dtype, seed=64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("dim", EDGE_DIMS)
+def test_odd_latent_sizes(backend, dtype, dim):
+    check_iwae_ops(*edge_inputs(5, EDGE_BATCH, dim, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("dim", [8, 16, 64, 256])
+def test_misaligned_inputs(backend, dtype, dim):
+    # Latent sizes that suit 16-byte vectors, but every input and incoming gradient starts one element
+    # into its buffer, so no row is 16-byte aligned.
+    check_iwae_ops(*(misaligned(t) for t in edge_inputs(5, EDGE_BATCH, dim, dtype)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, EDGE_BATCH, 9), (2, 70, 16), (EDGE_SAMPLES, 3, 33)], ids=str)
+def test_outputs_are_written_everywhere(backend, dtype, shape, monkeypatch):
+    # Outputs (the saved log-sum-exps too) are allocated NaN-filled: an element a kernel skips stays
+    # NaN and fails the check.
+    poison_allocations(monkeypatch)
+    check_iwae_ops(*edge_inputs(*shape, dtype))
+
+
+def strided_layouts(samples: int, batch: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Incoming gradients ``(grad_log_w (K, B), grad_bound (B,))`` in layouts autograd or a caller may hand over."""
+    grad_log_w, grad_bound = randn(samples, batch, seed=65), randn(batch, seed=66)
+    return {
+        "transposed": (randn(batch, samples, seed=65).t(), randn(batch, 3, seed=66)[:, 1]),
+        "every_other": (randn(samples, 2 * batch, seed=65)[:, ::2], randn(2 * batch, seed=66)[::2]),
+        "expanded_rows": (grad_log_w[:1].expand(samples, batch), grad_bound[:1].expand(batch)),
+        "expanded_scalar": (grad_log_w[0, 0].expand(samples, batch), grad_bound[0].expand(batch)),
+    }
+
+
+@pytest.mark.parametrize("layout", ["transposed", "every_other", "expanded_rows", "expanded_scalar"])
+def test_strided_incoming_gradients(backend, layout):
+    log_px_z, z, mu, logvar, _, log_w, log_w_groups, _ = edge_inputs(7, EDGE_BATCH, 9, torch.float32)
+    grad_log_w, grad_bound = strided_layouts(7, EDGE_BATCH)[layout]
+    assert not grad_log_w.is_contiguous() and not grad_bound.is_contiguous()
+    check_iwae_ops(log_px_z, z, mu, logvar, grad_log_w, log_w, log_w_groups, grad_bound)
 
 
 # --- bad inputs -------------------------------------------------------------------------------------

@@ -397,6 +397,185 @@ def test_search_splits_only_batches_too_small_to_fill_the_gpu() -> None:
     assert kernels.codebook_splits(1, k_tiles)[0] == min(k_tiles, kernels.TARGET_PROGRAMS)
 
 
+# --- the edges of the compiled kernels: odd sizes, unaligned pointers, ties, codebook splits --------------
+#
+# The compiled searches tile rows and codes by 64, 128 or 256, stage D in chunks of 8 to 64 elements,
+# copy 16 bytes at a time where pointers and rows allow, and split the codebook across programs when
+# there are few rows (csrc/vq.cu, fastvae/kernels/vq.py). These inputs sit on and just past those edges;
+# the expected values are the float64 brute force, so every backend must pass them.
+
+#: (rows, codes, D). Rows and codes: ones, small primes, and one past 64-, 128- and 256-wide tiles;
+#: D: one, primes around the staging chunks, one short of and one past 64, and past 256. Every size
+#: of each kind appears at least once (the full product is too slow for the Triton interpreter).
+EDGE_SHAPES = [
+    (1, 1, 1),
+    (2, 3, 3),
+    (13, 131, 17),
+    (257, 65, 63),
+    (129, 3, 65),
+    (1, 129, 257),
+    (257, 1, 3),
+    (13, 65, 1),
+]
+
+
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), EDGE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_odd_dims_and_tile_edges_match_brute_force(device, dtype, rows, num_codes, dim) -> None:
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=301 + dim)
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=302 + num_codes)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices, indices)
+    assert torch.equal(out.quantized, codebook[indices])
+    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    expected = torch.tensor(_entropy_perplexity(indices, num_codes), dtype=torch.float64)
+    assert_close(out.perplexity, expected, dtype)
+
+
+@pytest.mark.parametrize("dim", (3, 8, 64))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_unaligned_base_pointers(device, dtype, dim) -> None:
+    # Contiguous views that start one element into their buffers: their data pointers are 2, 4 or 8
+    # bytes past an aligned address, so a kernel that takes 16-byte alignment for granted fails here
+    # (D = 8 and 64 have rows of whole 16-byte vectors, D = 3 does not).
+    rows, num_codes, beta = 37, 70, 0.5
+    x = _rand(rows * dim + 1, dtype=dtype, device=device, seed=311)[1:].view(rows, dim)
+    codebook = _rand(num_codes * dim + 1, dtype=dtype, device=device, seed=312)[1:].view(num_codes, dim)
+    assert x.is_contiguous() and codebook.is_contiguous()
+    assert x.data_ptr() % 16 != 0 and codebook.data_ptr() % 16 != 0
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+
+    x.requires_grad_()
+    codebook.requires_grad_()
+    out = fastvae.vector_quantize(x, codebook, beta=beta)
+    assert torch.equal(out.indices, indices)
+    assert torch.equal(out.quantized, codebook[indices])
+    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    out.loss.backward()
+    expected_x, expected_codebook = _float64_vq_grads(x, codebook, indices, "loss", beta)
+    assert_close(x.grad.cpu(), expected_x, dtype)
+    assert_close(codebook.grad.cpu(), expected_codebook, dtype)
+
+    counts, sums = fastvae.vq_code_stats(x, indices, num_codes)
+    one_hot = F.one_hot(indices.cpu(), num_codes).double()
+    assert torch.equal(counts.cpu().double(), one_hot.sum(0))
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    # As in test_vq_code_stats_match_one_hot: each sum adds up to N rounded terms, hence sqrt(N).
+    assert_close(sums.cpu(), one_hot.T @ x.detach().cpu().double(), compute, scale=math.sqrt(rows))
+
+
+@pytest.mark.parametrize("rows_per_copy", (1, 20), ids=["few-rows", "many-rows"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_duplicate_codes_at_tile_and_split_edges_go_to_lowest_index(device, dtype, rows_per_copy) -> None:
+    # Each group holds copies of one vector, on both sides of the 64-, 128- and 256-code tile edges and
+    # far apart. With few rows the compiled backends split the codebook across programs, so the copies
+    # also meet in the merge of the splits; with 260 rows there are several row blocks.
+    groups = [[63, 64, 127, 128, 255, 256], [1, 65, 200, 299], [100, 101, 129]]
+    codebook = _rand(300, 20, dtype=dtype, device=device, seed=321, scale=3.0)
+    for group in groups:
+        codebook[group] = codebook[group[0]].clone()
+    pick = torch.tensor([k for group in groups for k in reversed(group)] * rows_per_copy)
+    noise = torch.zeros(pick.numel(), 20, dtype=torch.float64)
+    noise[::2] = 0.01 * _rand((pick.numel() + 1) // 2, 20, dtype=torch.float64, device="cpu", seed=322)
+    x = (codebook.cpu()[pick].double() + noise).to(device=device, dtype=dtype)  # every other row an exact copy
+    lowest = torch.tensor([group[0] for group in groups for _ in group] * rows_per_copy)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert torch.equal(indices.cpu(), lowest)
+    assert_close(distances, _l2_matrix(x, codebook).gather(1, lowest[:, None]).squeeze(1), dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices.cpu(), lowest)
+    assert torch.equal(out.quantized, codebook[lowest.to(device)])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_few_rows_against_many_codes(device, dtype) -> None:
+    # 3 rows and 1031 codes (a prime): the compiled searches spread the codebook over many programs,
+    # whose per-split minima the epilogue merges.
+    x = _rand(3, 16, dtype=dtype, device=device, seed=331)
+    codebook = _rand(1031, 16, dtype=dtype, device=device, seed=332)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    chosen = _assert_nearest(indices, _l2_matrix(x, codebook), dtype)
+    assert_close(distances, chosen, dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices, indices)
+    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    expected = torch.tensor(_entropy_perplexity(indices, 1031), dtype=torch.float64)
+    assert_close(out.perplexity, expected, dtype)
+
+
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), [(257, 5, 17), (64, 129, 3)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_gradients_match_one_hot_formula_with_strided_upstream(device, dtype, rows, num_codes, dim) -> None:
+    # The codebook gradient is a segment sum over the rows on each code; here it is checked against the
+    # one-hot matrix product it replaces, in float64, with a transposed (non-contiguous) gradient of
+    # the quantized rows flowing in.
+    beta = 0.3
+    x = _rand(rows, dim, dtype=dtype, device=device, seed=341 + dim).requires_grad_()
+    codebook = _rand(num_codes, dim, dtype=dtype, device=device, seed=342 + num_codes).requires_grad_()
+    out = fastvae.vector_quantize(x, codebook, beta=beta)
+    upstream = _rand(dim, rows, dtype=dtype, device=device, seed=343).T
+    assert not upstream.is_contiguous()
+    torch.autograd.backward([out.quantized, out.loss], [upstream, torch.ones_like(out.loss)])
+
+    one_hot = F.one_hot(out.indices.cpu(), num_codes).double()  # (N, K)
+    x64, codebook64 = x.detach().cpu().double(), codebook.detach().cpu().double()
+    diff = x64 - one_hot @ codebook64  # x_n - e_{k(n)}
+    expected_x = upstream.cpu().double() + beta * 2.0 * diff / rows
+    expected_codebook = -2.0 / rows * (one_hot.T @ diff)
+    assert x.grad.dtype == dtype and codebook.grad.dtype == dtype
+    assert_close(x.grad.cpu(), expected_x, dtype)
+    assert_close(codebook.grad.cpu(), expected_codebook, dtype)
+    unused = one_hot.sum(0) == 0
+    assert not codebook.grad.cpu()[unused].any()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_vq_vae_scale_batch_matches_the_reference_search(device, monkeypatch, dtype) -> None:
+    # The VQ-VAE benchmark shape: N = 2^20 rows, K = 16384 codes, D = 64. The N x K scores are never
+    # held at once here either: the torch reference and the best / second-best gaps go chunk by chunk.
+    if device.type != "cuda":
+        pytest.skip("the large batch runs on CUDA tensors")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # exact float32 reference
+    rows, num_codes, dim, chunk = 2**20, 16384, 64, 8192
+    generator = torch.Generator(device=device).manual_seed(351)
+    x = torch.randn(rows, dim, generator=generator, device=device).to(dtype)
+    codebook = torch.randn(num_codes, dim, generator=generator, device=device).to(dtype)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.shape == (rows,) and indices.dtype == torch.int64
+    assert distances.shape == (rows,) and distances.dtype == dtype
+    reference, _ = reference_vq.vq_nearest(x, codebook, "ieee")
+
+    rtol, atol = TOLERANCES[dtype]
+    codes32 = codebook.float()
+    codes64 = codebook.double()
+    code_sq = (codes32 * codes32).sum(-1)
+    clear_rows = 0
+    for start in range(0, rows, chunk):
+        rows32 = x[start : start + chunk].float()
+        rows64 = rows32.double()
+        chosen = indices[start : start + chunk]
+        expected = reference[start : start + chunk]
+        chosen_sq = ((rows64 - codes64[chosen]) ** 2).sum(-1)
+        reference_sq = ((rows64 - codes64[expected]) ** 2).sum(-1)
+        tol = atol + rtol * reference_sq
+        # As _assert_nearest: a code within the dtype's rounding of the nearest, and the nearest itself
+        # wherever the two best codes are further apart than that (|x|^2 is common to both scores).
+        assert bool((chosen_sq - reference_sq <= tol).all())
+        two = torch.addmm(code_sq, rows32, codes32.T, alpha=-2.0).topk(2, dim=1, largest=False).values
+        clear = (two[:, 1] - two[:, 0]) > tol
+        assert torch.equal(chosen[clear], expected[clear])
+        assert_close(distances[start : start + chunk], chosen_sq, dtype)
+        clear_rows += int(clear.sum())
+    assert clear_rows > rows // 2
+
+
 # --- precision --------------------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ OP_NAMES: tuple[str, ...] = (
 for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 backend.register_kernels("triton", "fastvae.kernels.gaussian", OP_NAMES)
+backend.register_kernels("cuda", "fastvae.cuda.gaussian", OP_NAMES)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

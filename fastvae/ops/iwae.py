@@ -29,6 +29,7 @@ OP_NAMES: tuple[str, ...] = (
 for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 backend.register_kernels("triton", "fastvae.kernels.iwae", OP_NAMES)
+backend.register_kernels("cuda", "fastvae.cuda.iwae", OP_NAMES)
 
 
 # --- iwae_log_weights -----------------------------------------------------------------------------

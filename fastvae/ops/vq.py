@@ -1,8 +1,8 @@
 """Vector quantisation: nearest-code search, the fused VQ-VAE quantiser, and per-code statistics.
 
 The search never builds the ``N x K`` distance matrix: the torch backend scores it in chunks of a
-fixed memory budget (see :mod:`fastvae.reference.vq`), the triton backend tile by tile with a running
-arg-min (see ``fastvae.kernels.vq``). The cosine metric L2-normalises ``x`` and the codebook
+fixed memory budget (see :mod:`fastvae.reference.vq`), the triton and cuda backends tile by tile with
+a running arg-min (see ``fastvae.kernels.vq`` and ``fastvae.cuda.vq``). The cosine metric L2-normalises ``x`` and the codebook
 (differentiably) and runs the Euclidean search on the results: for unit vectors
 ``|x - e|^2 = 2 - 2 cos(x, e)``, so the nearest code is the one of highest cosine similarity.
 """
@@ -24,6 +24,7 @@ OP_NAMES: tuple[str, ...] = ("vq_nearest", "vector_quantize", "vector_quantize_b
 for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 backend.register_kernels("triton", "fastvae.kernels.vq", OP_NAMES)
+backend.register_kernels("cuda", "fastvae.cuda.vq", OP_NAMES)
 
 #: Values of ``precision``: how the float32 search multiplies (see :func:`vq_nearest`).
 PRECISIONS: tuple[str, ...] = ("ieee", "tf32")
@@ -207,7 +208,7 @@ def vq_nearest(
         metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (Euclidean between L2-normalised
             vectors, i.e. highest cosine similarity).
         precision: how float32 inputs are multiplied in the search: ``"ieee"`` (the default: exact
-            float32 products) or ``"tf32"`` (TF32 tensor cores on the triton backend, faster). The
+            float32 products) or ``"tf32"`` (TF32 tensor cores on the triton and cuda backends, faster). The
             torch backend ignores it and runs PyTorch's float32 matmul, exact unless TF32 was
             enabled globally (see :mod:`fastvae.reference.vq`). float16 and bfloat16 always use
             tensor cores with float32 accumulation, float64 is always exact. Only which code wins a

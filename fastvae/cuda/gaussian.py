@@ -1,0 +1,250 @@
+"""Host side of the ``cuda`` backend's Gaussian ops: launchers of the kernels in csrc/gaussian.cu.
+
+The functions and signatures are those of :mod:`fastvae.kernels.gaussian` (the Triton backend), so
+:mod:`fastvae.ops.gaussian` registers either module the same way. Tensors come in the op's canonical
+layout: ``(R, D)`` rows of a ``D``-dimensional latent, all of one dtype (float32, float16, bfloat16 or
+float64) on one CUDA device. ``mu``, ``logvar``, ``eps``, the prior and ``x`` are made contiguous here
+(a no-op for what the op passes); incoming gradients (``grad_z``, ``grad_kl``, ``grad``) are read in
+place through their strides, since autograd hands over expanded (stride-0) gradients of sums, after a
+cast to the inputs' dtype if theirs differs.
+
+Outputs are allocated with PyTorch on the input's device; the kernels run on its current stream.
+Empty inputs launch nothing: row outputs over ``D = 0`` are sums of nothing, zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvae.cuda import dtype_code, extension, stream
+
+__all__ = [
+    "gaussian_kl_bwd",
+    "gaussian_kl_fwd",
+    "gaussian_log_prob_bwd",
+    "gaussian_log_prob_fwd",
+    "reparameterize_bwd",
+    "reparameterize_fwd",
+    "reparameterize_kl_bwd",
+    "reparameterize_kl_fwd",
+]
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    """Device address of ``t``, 0 for an absent tensor."""
+    return 0 if t is None else t.data_ptr()
+
+
+def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _row_sums(t: torch.Tensor) -> torch.Tensor:
+    """The ``(R,)`` output of a sum over the rows of ``t`` ``(R, D)``: zeros (sums of nothing) when D = 0."""
+    rows, dim = t.shape
+    return (torch.empty if dim else torch.zeros)(rows, dtype=t.dtype, device=t.device)
+
+
+def _sample(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int, kl: torch.Tensor | None
+) -> torch.Tensor:
+    """Shared by both samplers: ``z``, and the row KL into ``kl`` when it is given."""
+    mu, logvar, eps = mu.contiguous(), logvar.contiguous(), _dense(eps)
+    rows, dim = mu.shape
+    z = torch.empty_like(mu)
+    if z.numel() == 0:
+        return z
+    with torch.cuda.device(mu.device):
+        extension().reparameterize_fwd(
+            dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
+            rows, dim, seed, stream(mu),
+        )  # fmt: skip
+    return z
+
+
+def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """``z = mu + exp(logvar / 2) * eps``, eps from the Philox stream of ``seed`` when None.
+
+    Args:
+        mu, logvar: ``(R, D)``. eps: ``(R, D)`` or None. seed: int in ``[0, 2**63)``.
+
+    Returns:
+        ``z`` ``(R, D)`` in the input dtype.
+    """
+    return _sample(mu, logvar, eps, seed, None)
+
+
+def reparameterize_kl_fwd(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reparameterize_fwd` and the per-row ``KL(N(mu, e^logvar) || N(0, I))`` in one pass.
+
+    Args:
+        mu, logvar: ``(R, D)``. eps: ``(R, D)`` or None. seed: int in ``[0, 2**63)``.
+
+    Returns:
+        ``(z (R, D), kl (R,))`` in the input dtype.
+    """
+    kl = _row_sums(mu)
+    return _sample(mu, logvar, eps, seed, kl), kl
+
+
+def _reparameterize_grads(
+    grad_z: torch.Tensor,
+    grad_kl: torch.Tensor | None,
+    mu: torch.Tensor | None,
+    grad_mu: torch.Tensor | None,
+    logvar: torch.Tensor,
+    seed: int,
+) -> torch.Tensor:
+    """Shared by both samplers' backward: ``grad_logvar``, and with ``grad_kl`` ``grad_mu`` into ``grad_mu``."""
+    logvar, mu = logvar.contiguous(), _dense(mu)
+    grad_z = grad_z.to(logvar.dtype)
+    grad_kl = None if grad_kl is None else grad_kl.to(logvar.dtype)
+    rows, dim = logvar.shape
+    grad_logvar = torch.empty_like(logvar)
+    if grad_logvar.numel() == 0:
+        return grad_logvar
+    with torch.cuda.device(logvar.device):
+        extension().reparameterize_bwd(
+            dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
+            0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
+            grad_logvar.data_ptr(), rows, dim, seed, stream(logvar),
+        )  # fmt: skip
+    return grad_logvar
+
+
+def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gradient of :func:`reparameterize_fwd` (stream noise, regenerated) for logvar.
+
+    Args:
+        grad_z: ``(R, D)``, any strides. logvar: ``(R, D)``. seed: the forward pass's seed.
+
+    Returns:
+        ``grad_logvar = grad_z * exp(logvar / 2) * eps / 2``, ``(R, D)`` in the input dtype.
+    """
+    return _reparameterize_grads(grad_z, None, None, None, logvar, seed)
+
+
+def reparameterize_kl_bwd(
+    grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, seed: int
+) -> list[torch.Tensor]:
+    """Gradients of :func:`reparameterize_kl_fwd` (stream noise, regenerated) for mu and logvar.
+
+    Args:
+        grad_z: ``(R, D)``, any strides. grad_kl: ``(R,)``, any stride. mu, logvar: ``(R, D)``.
+        seed: the forward pass's seed.
+
+    Returns:
+        ``[grad_mu, grad_logvar]``, each ``(R, D)`` in the input dtype.
+    """
+    grad_mu = torch.empty_like(mu)
+    return [grad_mu, _reparameterize_grads(grad_z, grad_kl, mu, grad_mu, logvar, seed)]
+
+
+def gaussian_kl_fwd(
+    mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor | None, logvar_p: torch.Tensor | None
+) -> torch.Tensor:
+    """Per-row ``KL(N(mu, e^logvar) || N(mu_p, e^logvar_p))``, to N(0, I) when the prior is None.
+
+    Args:
+        mu, logvar: ``(R, D)``. mu_p, logvar_p: ``(R, D)`` (the op broadcasts the prior), or both None.
+
+    Returns:
+        ``kl (R,)`` in the input dtype.
+    """
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    has_prior = mu_p is not None and logvar_p is not None
+    mu_p, logvar_p = (_dense(mu_p), _dense(logvar_p)) if has_prior else (None, None)
+    rows, dim = mu.shape
+    kl = _row_sums(mu)
+    if kl.numel() == 0 or dim == 0:
+        return kl
+    with torch.cuda.device(mu.device):
+        extension().gaussian_kl_fwd(
+            dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p), _ptr(logvar_p), kl.data_ptr(),
+            rows, dim, stream(mu),
+        )  # fmt: skip
+    return kl
+
+
+def gaussian_kl_bwd(
+    grad: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    mu_p: torch.Tensor | None,
+    logvar_p: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """Gradients of :func:`gaussian_kl_fwd`.
+
+    Args:
+        grad: ``(R,)``, any stride. mu, logvar: ``(R, D)``. mu_p, logvar_p: ``(R, D)`` or both None.
+
+    Returns:
+        ``[grad_mu, grad_logvar]``, plus ``[grad_mu_p, grad_logvar_p]`` with a prior; each ``(R, D)``
+        in the input dtype.
+    """
+    mu, logvar, grad = mu.contiguous(), logvar.contiguous(), grad.to(mu.dtype)
+    has_prior = mu_p is not None and logvar_p is not None
+    mu_p, logvar_p = (_dense(mu_p), _dense(logvar_p)) if has_prior else (None, None)
+    rows, dim = mu.shape
+    grads = [torch.empty_like(mu) for _ in range(4 if has_prior else 2)]
+    if mu.numel() == 0:
+        return grads
+    prior_grads = grads[2:] if has_prior else [None, None]
+    with torch.cuda.device(mu.device):
+        extension().gaussian_kl_bwd(
+            dtype_code(mu, "mu"), grad.data_ptr(), grad.stride(0), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p),
+            _ptr(logvar_p), grads[0].data_ptr(), grads[1].data_ptr(), _ptr(prior_grads[0]), _ptr(prior_grads[1]),
+            rows, dim, stream(mu),
+        )  # fmt: skip
+    return grads
+
+
+def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
+    """Per-row ``log N(x; mu, e^logvar)`` summed over D; mu = 0 and logvar = 0 where None.
+
+    Args:
+        x: ``(R, D)``. mu, logvar: ``(R, D)`` (the op broadcasts them) or None.
+
+    Returns:
+        ``(R,)`` in the input dtype.
+    """
+    x, mu, logvar = x.contiguous(), _dense(mu), _dense(logvar)
+    rows, dim = x.shape
+    out = _row_sums(x)
+    if out.numel() == 0 or dim == 0:
+        return out
+    with torch.cuda.device(x.device):
+        extension().gaussian_log_prob_fwd(
+            dtype_code(x, "x"), x.data_ptr(), _ptr(mu), _ptr(logvar), out.data_ptr(), rows, dim, stream(x)
+        )
+    return out
+
+
+def gaussian_log_prob_bwd(
+    grad: torch.Tensor, x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """Gradients of :func:`gaussian_log_prob_fwd`.
+
+    Args:
+        grad: ``(R,)``, any stride. x: ``(R, D)``. mu, logvar: ``(R, D)`` or None.
+
+    Returns:
+        ``[grad_x]``, then ``grad_mu`` if mu is given, then ``grad_logvar`` if logvar is given; each
+        ``(R, D)`` in the input dtype.
+    """
+    x, mu, logvar, grad = x.contiguous(), _dense(mu), _dense(logvar), grad.to(x.dtype)
+    rows, dim = x.shape
+    grad_x = torch.empty_like(x)
+    grad_mu = None if mu is None else torch.empty_like(x)
+    grad_logvar = None if logvar is None else torch.empty_like(x)
+    grads = [t for t in (grad_x, grad_mu, grad_logvar) if t is not None]
+    if x.numel() == 0:
+        return grads
+    with torch.cuda.device(x.device):
+        extension().gaussian_log_prob_bwd(
+            dtype_code(x, "x"), grad.data_ptr(), grad.stride(0), x.data_ptr(), _ptr(mu), _ptr(logvar),
+            grad_x.data_ptr(), _ptr(grad_mu), _ptr(grad_logvar), rows, dim, stream(x),
+        )  # fmt: skip
+    return grads
