@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.factor_vae import call_frozen
 from fastvae.models.nets import MLP, build_decoder, build_encoder
 from fastvae.models.registry import register

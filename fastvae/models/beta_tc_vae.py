@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from fastvae.models import _tc
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 
 __all__ = ["BetaTCVAE"]

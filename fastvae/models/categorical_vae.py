@@ -7,6 +7,7 @@ import math
 import torch
 
 import fastvae
+from fastvae.models._checks import check_step
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
     check_positive,
@@ -17,7 +18,6 @@ from fastvae.models._gumbel import (
     uniform_one_hot,
 )
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
-from fastvae.models.beta_vae import check_step
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 

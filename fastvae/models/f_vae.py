@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import fastvae
+from fastvae.models._checks import check_int
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.nets import build_encoder
 from fastvae.models.registry import register
-from fastvae.models.vq_vae import check_int
 
 __all__ = ["FVAE", "ConditionalAffineCoupling"]
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 
 __all__ = ["FactorVAE", "call_frozen", "permute_dims", "tc_discriminator"]

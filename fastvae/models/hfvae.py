@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from fastvae.models import _tc
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 
 __all__ = ["HFVAE", "group_sizes"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fastvae
+from fastvae.models._checks import check_weight
 from fastvae.models._gumbel import check_positive
 from fastvae.models._vmf import (
     log_sphere_area,
@@ -16,7 +17,6 @@ from fastvae.models._vmf import (
     wood_log_density,
 )
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 

@@ -7,9 +7,9 @@ import math
 
 import torch
 
+from fastvae.models._checks import check_weight
 from fastvae.models._divergences import KERNELS, mmd
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 
 __all__ = ["InfoVAE"]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastvae
+from fastvae.models._checks import check_step, check_weight
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
     check_categories,
@@ -20,7 +21,6 @@ from fastvae.models._gumbel import (
     uniform_one_hot,
 )
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
-from fastvae.models.beta_vae import check_step, check_weight
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 

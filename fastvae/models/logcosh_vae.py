@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 
 __all__ = ["LogCoshVAE", "log_cosh"]

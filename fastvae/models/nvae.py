@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastvae
+from fastvae.models._checks import check_int, check_step, check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
-from fastvae.models.beta_vae import check_step, check_weight
 from fastvae.models.registry import register
-from fastvae.models.vq_vae import check_int
 
 __all__ = ["NVAE", "ResidualCell", "SpectralPowerIteration", "SqueezeExcitation", "soft_clamp"]
 

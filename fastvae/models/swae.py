@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from fastvae.models._checks import check_weight
 from fastvae.models._divergences import random_directions, sliced_wasserstein
 from fastvae.models.base import ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.registry import register
 from fastvae.models.wae import DeterministicAutoencoder
 

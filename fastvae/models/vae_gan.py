@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastvae
+from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
-from fastvae.models.beta_vae import check_weight
 from fastvae.models.factor_vae import call_frozen
 from fastvae.models.nets import MLP, ConvEncoder
 from fastvae.models.registry import register

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from fastvae.models._checks import check_int
 from fastvae.models._prior import GatedPixelCNN
 from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder
@@ -22,13 +23,6 @@ from fastvae.ops import _checks
 from fastvae.ops.vq import VQOutput
 
 __all__ = ["VQVAE", "VQModel"]
-
-
-def check_int(value: object, name: str, low: int) -> int:
-    """``value`` as an int ``>= low``; ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def codebook_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:

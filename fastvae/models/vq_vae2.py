@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvae.models._checks import check_int
 from fastvae.models._prior import GatedPixelCNN
 from fastvae.models.base import ModelOutput
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder
 from fastvae.models.registry import register
-from fastvae.models.vq_vae import VQModel, check_int, codebook_usage
+from fastvae.models.vq_vae import VQModel, codebook_usage
 
 __all__ = ["VQVAE2"]
 
