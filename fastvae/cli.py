@@ -5,6 +5,10 @@ data set (random horizontal and vertical bars on an 8 x 8 grid) through the fast
 the ELBO, the importance-weighted bound and the codebook perplexity. It needs no download and runs in
 seconds on a CPU.
 
+``fastvae train`` trains a model of the zoo on dSprites or user data (one process, or data-parallel under
+``torchrun``); ``fastvae evaluate RUN_DIR`` scores a trained run and ``fastvae sample RUN_DIR`` draws
+from it (see :mod:`fastvae.train`).
+
 ``fastvae bench`` measures the ops on this machine's GPU (or, without one, the torch paths on the
 CPU) against eager PyTorch, ``torch.compile`` and the hardware ceilings, prints the tables and writes
 ``bench.json`` and ``bench.md`` (see :mod:`fastvae.bench` and ``benchmarks/README.md``).
@@ -15,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +29,10 @@ from torch import nn
 import fastvae
 from fastvae import bench
 from fastvae.bench import shapes as bench_shapes
+from fastvae.bench import training as bench_training
+from fastvae.train import commands as train_commands
 
-__all__ = ["main", "bars"]
+__all__ = ["bars", "main"]
 
 _SIDE = 8
 
@@ -122,6 +128,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.training:
+        return bench_training.run(args)
     config = bench.BenchConfig(
         ops=tuple(args.ops),
         shapes=None if args.shapes is None else tuple(args.shapes),
@@ -188,6 +196,7 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--device", choices=("cuda", "cpu"), help="cuda or cpu (default cuda when a GPU is visible)")
     command.add_argument("--cpu-memory-gb", type=float,
                          help="on the CPU, skip cases estimated to need more memory (default half the RAM)")
+    bench_training.add_arguments(command)
     command.set_defaults(run=_bench)
 
 
@@ -205,12 +214,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="auto", choices=fastvae.backend.BACKENDS, help="op backend (default auto)")
     demo.set_defaults(run=_demo)
     _add_bench_parser(commands)
+    train_commands.add_parsers(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return args.run(args)
     except fastvae.BackendUnavailableError as error:

@@ -1,0 +1,167 @@
+"""``fastvae train | evaluate | sample`` on the command line: hyper-parameter flags, one-line errors,
+the commands on a run directory, and two-process data-parallel training under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fastvae import cli
+from fastvae.train import checkpoint as ckpt
+from fastvae.train.cli_args import HyperParameterError, convert, parse_hparams
+
+TRAIN = ["train", "--device", "cpu", "--no-progress", "--batch-size", "8"]
+
+
+# --- hyper-parameter flags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "default", "expected"),
+    [
+        ("true", False, True), ("0", True, False), ("Yes", False, True), ("off", True, False),
+        ("7", 3, 7), ("1e3", 3, 1000), ("-2", 3, -2),
+        ("0.5", 1.0, 0.5), ("4", 1.0, 4.0), ("1e-4", 1.0, 1e-4),
+        ("gaussian", "bernoulli", "gaussian"),
+        ("64,128", (32,), (64, 128)), ("0.1, 0.2", [1.0], [0.1, 0.2]), ("a,b", ("x",), ("a", "b")),
+        ("none", None, None), ("12", None, 12), ("0.3", None, 0.3), ("word", None, "word"),
+    ],
+)
+def test_values_convert_to_the_type_of_the_default(text: str, default: object, expected: object) -> None:
+    value = convert(text, default, "name")
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(("text", "default", "message"), [
+    ("maybe", True, "--some-name takes true or false, got 'maybe'"),
+    ("2.5", 3, "--some-name takes an int, got '2.5'"),
+    ("x", 1.0, "--some-name takes a number, got 'x'"),
+    ("1,x", (1,), "--some-name takes an int, got 'x'"),
+])
+def test_values_of_the_wrong_type_are_rejected_naming_the_flag(text: str, default: object, message: str) -> None:
+    with pytest.raises(HyperParameterError, match=f"^{message}$"):
+        convert(text, default, "some_name")
+
+
+def test_flags_map_dashes_to_underscores_and_accept_equals() -> None:
+    assert parse_hparams("vae", ["--obs-std", "0.5", "--likelihood=gaussian"]) == {
+        "obs_std": 0.5, "likelihood": "gaussian"
+    }
+    with pytest.raises(HyperParameterError, match="--obs-std needs a value"):
+        parse_hparams("vae", ["--obs-std"])
+    with pytest.raises(HyperParameterError, match="given twice"):
+        parse_hparams("vae", ["--obs-std", "1", "--obs-std", "2"])
+    with pytest.raises(HyperParameterError, match="unexpected argument 'stray'"):
+        parse_hparams("vae", ["stray"])
+
+
+# --- one-line errors -------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_unknown_model_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, [*TRAIN, "--model", "nope"])
+    assert line.startswith("fastvae train: unknown model 'nope'; valid models: ") and " vae" in line
+
+
+def test_unknown_hyperparameter_lists_the_models(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--betta", "4"])
+    assert line == "fastvae train: unknown hyper-parameter --betta for model 'vae'; valid: --likelihood, --obs-std"
+
+
+def test_bad_hyperparameter_value_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--likelihood", "poisson", "--out", str(tmp_path)])
+    assert "likelihood must be one of 'bernoulli', 'gaussian'" in line
+
+
+@pytest.mark.parametrize("path", ["missing_dir", "missing.npz", "missing-images-idx3-ubyte"])
+def test_missing_data_path_lists_the_valid_forms(capsys: pytest.CaptureFixture[str], tmp_path: Path, path: str) -> None:
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--data", str(tmp_path / path), "--out", str(tmp_path)])
+    assert line.startswith(f"fastvae train: data '{tmp_path / path}': ") and "no such file" in line
+    assert "valid: " in line and "dsprites" in line
+
+
+def test_amp_on_the_cpu_and_bad_numbers_are_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert "amp (mixed precision) needs a CUDA device" in _one_line_error(
+        capsys, [*TRAIN, "--model", "vae", "--amp", "--out", str(tmp_path)]
+    )
+    assert "steps must be a positive int, got 0" in _one_line_error(capsys, [*TRAIN, "--model", "vae", "--steps", "0"])
+
+
+def test_other_commands_still_reject_unknown_flags() -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--beta", "4"])
+
+
+def test_evaluate_and_sample_name_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    line = _one_line_error(capsys, ["evaluate", str(tmp_path)])
+    assert line == f"fastvae evaluate: run_dir: {tmp_path} holds no fastvae run (no config.json); train one with fastvae train"
+    assert "holds no fastvae run" in _one_line_error(capsys, ["sample", str(tmp_path)])
+
+
+# --- the commands on a run ---------------------------------------------------------------------------
+
+
+def test_train_evaluate_sample_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--model", "vae", "--steps", "4", "--out", str(out), "--log-every", "2", "--latent-dim", "4",
+            "--likelihood", "bernoulli", "--seed", "3"]
+    assert cli.main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 4 and config["train"]["seed"] == 3 and config["step"] == 4
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors", "config.json", "metrics.jsonl", "recon_4.png", "samples_4.png"
+    ]
+    assert cli.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    assert cli.main(["evaluate", str(out), "--batches", "1", "--k", "4", "--device", "cpu", "--disentanglement", "off"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "eval.json").read_text())
+    assert {"recon_bce", "mse", "elbo", "log_likelihood"} <= printed.keys() and printed["images"] == 8
+
+    assert cli.main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (2 * 66 + 2, 2 * 66 + 2)
+
+    (out / "notes.txt").write_text("mine")
+    assert cli.main([*TRAIN, "--model", "vae", "--steps", "2", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors", "config.json", "metrics.jsonl", "notes.txt", "recon_2.png", "samples_2.png"
+    ]
+
+
+# --- torchrun -----------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_train_in_sync(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "fastvae", *TRAIN, "--model", "vae", "--steps", "3", "--out", str(out), "--log-every", "1"]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = ckpt.load_checkpoint(out / ckpt.CHECKPOINT_NAME)
+    assert run.run["world_size"] == 2 and run.run["step"] == 3 and len(run.run["rng"]) == 2
+    # Each rank digests its own weights at the checkpoint; all equal, and equal to what rank 0 wrote.
+    assert run.run["weights_sha256"] == [ckpt.state_digest(run.model_state)] * 2
+    assert run.run["rng"][0] != run.run["rng"][1]  # the ranks draw different noise
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
