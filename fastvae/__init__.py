@@ -19,17 +19,23 @@ from fastvae.ops import (
     vq_nearest,
 )
 
+# The zoo, its data and metrics (they use the ops above, so they come after them).
+from fastvae import data, metrics, models  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "VQOutput",
     "available_backends",
+    "data",
     "gaussian_kl",
     "gaussian_log_prob",
     "iwae_bound",
     "iwae_log_weights",
+    "metrics",
     "miwae_bound",
+    "models",
     "nn",
     "reparameterize",
     "reparameterize_kl",
