@@ -3,8 +3,13 @@
 The whole public API is re-exported here; see README.md for the table.
 """
 
-from fastvae import nn
-from fastvae.backend import BackendUnavailableError, available_backends, set_backend, use_backend
+from fastvae import data, metrics, models, nn
+from fastvae.backend import (
+    BackendUnavailableError,
+    available_backends,
+    set_backend,
+    use_backend,
+)
 from fastvae.ops import (
     VQOutput,
     gaussian_kl,
@@ -18,9 +23,6 @@ from fastvae.ops import (
     vq_code_stats,
     vq_nearest,
 )
-
-# The zoo, its data and metrics (they use the ops above, so they come after them).
-from fastvae import data, metrics, models  # noqa: E402
 
 __version__ = "0.1.0"
 
