@@ -5,7 +5,7 @@ latent_dim=..., **hparams)`` builds one. Every model module registers itself; se
 :mod:`fastvae.models.base` for the interface and the loss scale.
 """
 
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel
+from fastvae.models.base import GaussianVAE, ModelOutput, ObservationModel, VAEModel
 from fastvae.models.registry import (
     available,
     create,
@@ -17,6 +17,7 @@ from fastvae.models.registry import (
 __all__ = [
     "GaussianVAE",
     "ModelOutput",
+    "ObservationModel",
     "VAEModel",
     "available",
     "create",

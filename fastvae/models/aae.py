@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvae.models._checks import check_weight
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.factor_vae import call_frozen
 from fastvae.models.nets import MLP, build_decoder, build_encoder
 from fastvae.models.registry import register
@@ -21,7 +21,7 @@ DISCRIMINATOR_HIDDEN: tuple[int, ...] = (1000, 1000)
 
 
 @register("aae")
-class AAE(VAEModel):
+class AAE(ObservationModel):
     """The adversarial autoencoder of Makhzani, Shlens, Jaitly, Goodfellow & Frey, "Adversarial
     Autoencoders" (ICLR 2016 workshop; arXiv 1511.05644, 2015).
 
@@ -49,9 +49,6 @@ class AAE(VAEModel):
 
     has_discriminator = True
 
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
-
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -61,10 +58,7 @@ class AAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         self.adversarial_weight = check_weight("adversarial_weight", adversarial_weight)
         self.encoder = build_encoder(self.input_shape, latent_dim)
         self.decoder = build_decoder(latent_dim, self.input_shape)

@@ -27,7 +27,7 @@ from torch import nn
 import fastvae
 from fastvae.models.nets import build_decoder, build_encoder
 
-__all__ = ["LIKELIHOODS", "GaussianVAE", "ModelOutput", "VAEModel"]
+__all__ = ["LIKELIHOODS", "GaussianVAE", "ModelOutput", "ObservationModel", "VAEModel"]
 
 #: Values of the ``likelihood`` hyper-parameter.
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
@@ -139,7 +139,42 @@ class VAEModel(nn.Module):
         return y.long()
 
 
-class GaussianVAE(VAEModel):
+class ObservationModel(VAEModel):
+    """A :class:`VAEModel` whose decoder parameterises one of the observation models p(x|z) of the module
+    docstring: the ``likelihood`` and ``obs_std`` hyper-parameters, the decoder output's mean
+    (:meth:`mean`, what ``recon`` holds) and ``-log p(x|z)`` (:meth:`reconstruction_nll`).
+
+    Args:
+        input_shape: ``(C, H, W)`` or ``(D,)``.
+        latent_dim: the latent size.
+        likelihood: ``"bernoulli"`` or ``"gaussian"``.
+        obs_std: the Gaussian observation model's standard deviation.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], latent_dim: int, *, likelihood: str = "bernoulli", obs_std: float = 1.0
+    ) -> None:
+        super().__init__(input_shape, latent_dim)
+        check_likelihood(likelihood, obs_std)
+        self.likelihood = likelihood
+        self.obs_std = float(obs_std)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """The observation model's mean for decoder output ``logits``: what ``recon`` holds."""
+        return torch.sigmoid(logits) if self.likelihood == "bernoulli" else logits
+
+    def reconstruction_nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``-log p(x|z)`` summed over every non-batch dim: ``(..., *input_shape) -> (...)`` (float32)."""
+        x = x.expand_as(logits)
+        if self.likelihood == "bernoulli":
+            nll = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+            return nll.flatten(-len(self.input_shape)).sum(-1)
+        flat_x = x.float().flatten(-len(self.input_shape))
+        logvar = torch.full_like(flat_x, 2.0 * math.log(self.obs_std))
+        return -fastvae.gaussian_log_prob(flat_x, logits.float().flatten(-len(self.input_shape)), logvar)
+
+
+class GaussianVAE(ObservationModel):
     """A VAE with a diagonal-Gaussian posterior ``q(z|x) = N(mu, diag(e^logvar))`` and prior N(0, I).
 
     The base of the Gaussian-latent zoo. Encoder and decoder are the shared networks of
@@ -159,10 +194,7 @@ class GaussianVAE(VAEModel):
     def __init__(
         self, input_shape: tuple[int, ...], latent_dim: int, *, likelihood: str = "bernoulli", obs_std: float = 1.0
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         self.encoder = build_encoder(self.input_shape, 2 * latent_dim)
         self.decoder = build_decoder(latent_dim, self.input_shape)
 
@@ -176,20 +208,6 @@ class GaussianVAE(VAEModel):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output (logits for Bernoulli, the mean for Gaussian), ``(B, *input_shape)``."""
         return self.decoder(z)
-
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        """The observation model's mean for decoder output ``logits``: what ``recon`` holds."""
-        return torch.sigmoid(logits) if self.likelihood == "bernoulli" else logits
-
-    def reconstruction_nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """``-log p(x|z)`` summed over every non-batch dim: ``(..., *input_shape) -> (...)`` (float32)."""
-        x = x.expand_as(logits)
-        if self.likelihood == "bernoulli":
-            nll = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
-            return nll.flatten(-len(self.input_shape)).sum(-1)
-        flat_x = x.float().flatten(-len(self.input_shape))
-        logvar = torch.full_like(flat_x, 2.0 * math.log(self.obs_std))
-        return -fastvae.gaussian_log_prob(flat_x, logits.float().flatten(-len(self.input_shape)), logvar)
 
     def prior_sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` draws from the prior p(z), ``(n, latent_dim)``."""

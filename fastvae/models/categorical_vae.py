@@ -17,7 +17,7 @@ from fastvae.models._gumbel import (
     sample_gumbel,
     uniform_one_hot,
 )
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 
@@ -25,7 +25,7 @@ __all__ = ["CategoricalVAE"]
 
 
 @register("categorical_vae")
-class CategoricalVAE(VAEModel):
+class CategoricalVAE(ObservationModel):
     """The categorical VAE of Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax"
     (ICLR 2017; arXiv 1611.01144, 2016).
 
@@ -101,8 +101,7 @@ class CategoricalVAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         if isinstance(categories, bool) or not isinstance(categories, int) or categories < 2:
             raise ValueError(f"categories must be an int >= 2, got {categories!r}")
         self.initial_temperature = check_positive("initial_temperature", initial_temperature)
@@ -117,13 +116,8 @@ class CategoricalVAE(VAEModel):
         self.anneal_steps = check_steps("anneal_steps", anneal_steps)
         self.anneal_every = check_steps("anneal_every", anneal_every)
         self.hard = hard
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
         self.encoder = build_encoder(self.input_shape, latent_dim * categories)
         self.decoder = build_decoder(latent_dim * categories, self.input_shape)
-
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
 
     @property
     def anneal_rate(self) -> float:

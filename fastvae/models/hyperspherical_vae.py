@@ -16,7 +16,7 @@ from fastvae.models._vmf import (
     vmf_log_prob,
     wood_log_density,
 )
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 
@@ -24,7 +24,7 @@ __all__ = ["HypersphericalVAE"]
 
 
 @register("hyperspherical_vae")
-class HypersphericalVAE(VAEModel):
+class HypersphericalVAE(ObservationModel):
     """The S-VAE of Davidson, Falorsi, De Cao, Kipf & Tomczak, "Hyperspherical Variational
     Auto-Encoders" (UAI 2018; arXiv 1804.00891).
 
@@ -99,8 +99,7 @@ class HypersphericalVAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         if latent_dim < 2:
             raise ValueError(f"latent_dim must be >= 2 for model 'hyperspherical_vae' (the sphere S^(m-1)), got {latent_dim!r}")
         if not isinstance(gradient_correction, bool):
@@ -108,13 +107,8 @@ class HypersphericalVAE(VAEModel):
         self.kappa_offset = check_weight("kappa_offset", kappa_offset)
         self.fixed_kappa = None if fixed_kappa is None else check_positive("fixed_kappa", fixed_kappa)
         self.gradient_correction = gradient_correction
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
         self.encoder = build_encoder(self.input_shape, latent_dim + (self.fixed_kappa is None))
         self.decoder = build_decoder(latent_dim, self.input_shape)
-
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, kappa)``: unit mean directions ``(B, m)`` and concentrations ``(B,)``."""

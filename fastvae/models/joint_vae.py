@@ -20,7 +20,7 @@ from fastvae.models._gumbel import (
     sample_gumbel,
     uniform_one_hot,
 )
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 
@@ -28,7 +28,7 @@ __all__ = ["JointVAE"]
 
 
 @register("joint_vae")
-class JointVAE(VAEModel):
+class JointVAE(ObservationModel):
     """JointVAE of Dupont, "Learning Disentangled Joint Continuous and Discrete Representations"
     (NeurIPS 2018; arXiv 1804.00104).
 
@@ -100,8 +100,7 @@ class JointVAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         self.categories = check_categories("categories", categories)
         self.temperature = check_positive("temperature", temperature)
         self.gamma_z = check_weight("gamma_z", gamma_z)
@@ -110,14 +109,9 @@ class JointVAE(VAEModel):
         self.gamma_c = check_weight("gamma_c", gamma_c)
         self.capacity_c_max = check_weight("capacity_c_max", capacity_c_max)
         self.capacity_c_steps = check_steps("capacity_c_steps", capacity_c_steps)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
         discrete = sum(self.categories)
         self.encoder = build_encoder(self.input_shape, 2 * latent_dim + discrete)
         self.decoder = build_decoder(latent_dim + discrete, self.input_shape)
-
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
 
     @property
     def max_discrete_capacity(self) -> float:

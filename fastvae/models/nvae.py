@@ -8,7 +8,7 @@ from torch import nn
 
 import fastvae
 from fastvae.models._checks import check_int, check_step, check_weight
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.registry import register
 
 __all__ = ["NVAE", "ResidualCell", "SpectralPowerIteration", "SqueezeExcitation", "soft_clamp"]
@@ -107,7 +107,7 @@ class SpectralPowerIteration(nn.Module):
 
 
 @register("nvae")
-class NVAE(VAEModel):
+class NVAE(ObservationModel):
     """NVAE of Vahdat & Kautz, "NVAE: A Deep Hierarchical Variational Autoencoder" (NeurIPS 2020),
     scaled down for 64 x 64 dSprites.
 
@@ -187,9 +187,6 @@ class NVAE(VAEModel):
         obs_std: standard deviation of the Gaussian observation model.
     """
 
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
-
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -207,10 +204,7 @@ class NVAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         channels = check_int(num_channels, "num_channels", 1)
         self.num_scales = check_int(num_scales, "num_scales", 1)
         self.groups_per_scale = check_int(groups_per_scale, "groups_per_scale", 1)

@@ -10,7 +10,7 @@ from torch import nn
 
 import fastvae
 from fastvae.models._checks import check_int
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
 
@@ -34,7 +34,7 @@ class GaussianHead(nn.Module):
 
 
 @register("td_vae")
-class TDVAE(VAEModel):
+class TDVAE(ObservationModel):
     """TD-VAE of Gregor, Papamakarios, Besse, Buesing & Weber, "Temporal Difference Variational
     Auto-Encoder" (arXiv 1806.03107, 2018; ICLR 2019).
 
@@ -103,9 +103,6 @@ class TDVAE(VAEModel):
     #: The model reads sequences ``(B, T, *input_shape)``; ``input_shape`` is one frame's.
     sequential: ClassVar[bool] = True
 
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
-
     def __init__(
         self,
         input_shape: tuple[int, ...],
@@ -118,10 +115,7 @@ class TDVAE(VAEModel):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         self.seq_len = check_int(seq_len, "seq_len", 1)
         self.max_jump = check_int(max_jump, "max_jump", 1)
         belief_dim = check_int(belief_dim, "belief_dim", 1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastvae.models._checks import check_int
 from fastvae.models._prior import GatedPixelCNN
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder
 from fastvae.models.registry import register
 from fastvae.nn import VectorQuantizer
@@ -30,7 +30,7 @@ def codebook_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     return torch.bincount(indices.flatten(), minlength=num_codes).gt(0).float().mean()
 
 
-class VQModel(VAEModel):
+class VQModel(ObservationModel):
     """Base of the VQ models: spatial codes, a learned codebook per level, an autoregressive prior.
 
     Subclasses build their networks, list their quantisers in :meth:`quantizers` and implement
@@ -58,23 +58,17 @@ class VQModel(VAEModel):
         likelihood: str,
         obs_std: float,
     ) -> None:
-        super().__init__(input_shape, latent_dim)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         if len(self.input_shape) != 3 or any(side % reduction for side in self.input_shape[1:]):
             raise ValueError(
                 f"input_shape must be (C, H, W) with H and W divisible by {reduction} for model {self.name!r} "
                 f"with these downsamples, got {self.input_shape!r}"
             )
-        check_likelihood(likelihood, obs_std)
         if not isinstance(ema, bool):
             raise TypeError(f"ema must be a bool, got {ema!r}")
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
         self.beta = _checks.number(beta, "beta", low=0.0)
         self.ema = ema
         self.prior_batch = check_int(prior_batch, "prior_batch", 0)
-
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
 
     def make_quantizer(
         self, codebook_size: int, *, decay: float, dead_code_threshold: float, precision: str

@@ -11,7 +11,7 @@ from torch import nn
 
 from fastvae.models._checks import check_weight
 from fastvae.models._divergences import KERNELS, mmd
-from fastvae.models.base import GaussianVAE, ModelOutput, VAEModel, check_likelihood
+from fastvae.models.base import GaussianVAE, ModelOutput, ObservationModel
 from fastvae.models.nets import MLP, build_decoder, build_encoder
 from fastvae.models.registry import register
 
@@ -23,7 +23,7 @@ PENALTIES: tuple[str, ...] = ("mmd", "gan")
 DISCRIMINATOR_HIDDEN: tuple[int, ...] = (512, 512, 512, 512)
 
 
-class DeterministicAutoencoder(VAEModel):
+class DeterministicAutoencoder(ObservationModel):
     """An auto-encoder with a deterministic encoder ``z = f(x)``, prior ``N(0, I)`` and the zoo's
     observation models: the base of the optimal-transport auto-encoders (WAE, SWAE). Not registered.
 
@@ -39,15 +39,10 @@ class DeterministicAutoencoder(VAEModel):
         obs_std: standard deviation of the Gaussian observation model.
     """
 
-    mean = GaussianVAE.mean
-    reconstruction_nll = GaussianVAE.reconstruction_nll
     prior_sample = GaussianVAE.prior_sample
 
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, *, likelihood: str, obs_std: float) -> None:
-        super().__init__(input_shape, latent_dim)
-        check_likelihood(likelihood, obs_std)
-        self.likelihood = likelihood
-        self.obs_std = float(obs_std)
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
         self.encoder = build_encoder(self.input_shape, latent_dim)
         self.decoder = build_decoder(latent_dim, self.input_shape)
 
