@@ -12,6 +12,7 @@ non-negative, and the log-density terms here are dominated by the positive log(2
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import backends
 import pytest
@@ -455,6 +456,24 @@ def test_zero_size_batches_give_empty_results(backend, leading, dim):
     assert math.isnan(fastvae.reparameterize_kl(mu, logvar, reduction="mean")[1].item())
     (z.sum() + kl.sum()).backward()
     assert mu.grad.shape == mu.shape and logvar.grad.shape == logvar.shape
+
+
+def test_readme_says_what_a_zero_size_batch_gives():
+    # The README once promised "empty results" for every zero-size batch, while the reductions give a
+    # scalar; its sentence must name what the code returns.
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    sentence = text[text.index("A zero-size batch") :]
+    sentence = sentence[: sentence.index(".", sentence.index("perplexity"))]
+    assert '`reduction="none"`' in sentence and "come back empty" in sentence
+    assert '`reduction="sum"` gives 0' in sentence and '`reduction="mean"` gives NaN' in sentence
+    assert "`vector_quantize` then reports NaN losses and perplexity" in sentence
+    rows = torch.zeros(0, 3)
+    assert fastvae.gaussian_kl(rows, rows).shape == (0,)
+    assert fastvae.gaussian_kl(rows, rows, reduction="sum").item() == 0.0
+    assert math.isnan(fastvae.gaussian_kl(rows, rows, reduction="mean").item())
+    out = fastvae.vector_quantize(rows, torch.ones(2, 3))
+    statistics = (out.loss, out.commitment_loss, out.codebook_loss, out.perplexity)
+    assert all(math.isnan(value.item()) for value in statistics)
 
 
 # --- what compiled kernels special-case -------------------------------------------------------------

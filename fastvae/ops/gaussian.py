@@ -355,6 +355,7 @@ def gaussian_kl(
     Returns:
         The KL in the dtype of ``mu``: ``0.5 * sum_D(mu^2 + e^lv - 1 - lv)`` for the standard prior,
         ``0.5 * sum_D(e^(lv - lv_p) - 1 - (lv - lv_p) + (mu - mu_p)^2 e^-lv_p)`` otherwise.
+        The sum over zero rows is 0 and the mean over zero rows is NaN, as ``torch.mean``'s.
 
     Raises:
         TypeError: non-floating or mixed dtypes.
