@@ -552,14 +552,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("block_sums_ptr"), py::arg("usage_ptr"), py::arg("num_rows"), py::arg("dim"),
         py::arg("splits"), py::arg("rows_per_block"), py::arg("stream"),
         "Finishes vector_quantize's search: int64 indices[n], quantized[n] = codebook[indices[n]], "
-        "block_sums[b] = sum of |x_n - e|^2 over the rows_per_block rows of block b "
+        "block_sums[b] = sum of |x_n - e|^2 over the rows_per_block rows of block b, divided by dim "
         "(accumulation dtype), and usage[k] += 1 per row on code k (int32, zeroed by the caller). "
         "Raises ValueError for a null pointer or sizes out of range.");
   m.def("vector_quantize_stats", &vq_bindings::vector_quantize_stats, py::arg("dtype"),
         py::arg("block_sums_ptr"), py::arg("usage_ptr"), py::arg("commitment_ptr"),
         py::arg("codebook_loss_ptr"), py::arg("perplexity_ptr"), py::arg("num_blocks"),
         py::arg("num_codes"), py::arg("num_rows"), py::arg("stream"),
-        "One block: commitment = codebook_loss = sum(block_sums) / num_rows and perplexity = "
+        "One block: commitment = codebook_loss = sum(block_sums) / num_rows (block sums are over D, so "
+        "the losses are means over the N D elements) and perplexity = "
         "exp(-sum_k p_k log p_k) with p_k = usage[k] / num_rows, into 0-dim tensors of dtype "
         "code `dtype`. Raises ValueError for a null pointer or sizes out of range.");
   m.def("vector_quantize_bwd", &vq_bindings::vector_quantize_bwd, py::arg("dtype"),
@@ -567,8 +568,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_codebook_loss_ptr"), py::arg("x_ptr"), py::arg("codebook_ptr"),
         py::arg("indices_ptr"), py::arg("grad_x_ptr"), py::arg("grad_codebook_ptr"),
         py::arg("num_rows"), py::arg("dim"), py::arg("rows_per_block"), py::arg("stream"),
-        "Gradients of vector_quantize: grad_x = grad_quantized + grad_commitment * 2 (x - e) / N "
-        "(contiguous, x's dtype) and grad_codebook[k] += -grad_codebook_loss * 2 (x_n - e_k) / N "
+        "Gradients of vector_quantize: grad_x = grad_quantized + grad_commitment * 2 (x - e) / (N D) "
+        "(contiguous, x's dtype) and grad_codebook[k] += -grad_codebook_loss * 2 (x_n - e_k) / (N D) "
         "over the rows on code k, by atomics into a zeroed buffer of the accumulation dtype. The "
         "two 0-dim upstream gradients are read on the device. Raises ValueError for a null "
         "pointer or sizes out of range.");

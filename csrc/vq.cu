@@ -38,7 +38,8 @@
 // Row-wise kernels (epilogues, backward, code statistics) give a warp to a row at a time, lanes
 // striding along D (coalesced), rows_per_block rows to a block, with int64 offsets throughout. The
 // segment sums of the backward pass and of the code statistics are atomics into the accumulation
-// dtype; block sums of the losses are reduced in a fixed order, so the losses are deterministic.
+// dtype; block sums of the losses (squared distances over D, so that the losses are means over the
+// N D elements) are reduced in a fixed order, so the losses are deterministic.
 #include "vq.h"
 
 #include <cstdint>
@@ -562,7 +563,8 @@ __global__ void __launch_bounds__(256, 2)
 
 // Per row: merge the splits' minima, store the int64 index, and recompute |x - e|^2 exactly.
 // QUANTIZE = false (vq_nearest): store the distance in T. QUANTIZE = true (vector_quantize): store
-// the gathered code as the quantized row, the block's sum of distances, and count the code's usage.
+// the gathered code as the quantized row, the block's sum of distances over D, and count the code's
+// usage.
 template <typename T, bool QUANTIZE>
 __global__ void __launch_bounds__(kThreads, kRowKernelBlocks)
     vq_epilogue_kernel(const T* __restrict__ x, const T* __restrict__ codebook,
@@ -619,12 +621,13 @@ __global__ void __launch_bounds__(kThreads, kRowKernelBlocks)
       for (int w = 0; w < kWarps; ++w) {
         total += warp_totals[w];
       }
-      block_sums[blockIdx.x] = total;
+      block_sums[blockIdx.x] = total / static_cast<A>(dim);
     }
   }
 }
 
-// One block: the two (equal) losses and the perplexity of the code usage.
+// One block: the two (equal) losses, sum(block_sums) / N (the mean over the N D elements), and the
+// perplexity of the code usage.
 template <typename T>
 __global__ void __launch_bounds__(kStatsThreads)
     vector_quantize_stats_kernel(const acc_t<T>* __restrict__ block_sums,
@@ -670,9 +673,10 @@ __global__ void __launch_bounds__(kThreads, kRowKernelBlocks)
   using A = acc_t<T>;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const A two_over_n = A(2) / static_cast<A>(num_rows);
-  const A commitment_scale = to_acc(*grad_commitment) * two_over_n;
-  const A codebook_scale = -to_acc(*grad_codebook_loss) * two_over_n;
+  // The losses are means over the N D elements.
+  const A two_over_elements = A(2) / (static_cast<A>(num_rows) * static_cast<A>(dim));
+  const A commitment_scale = to_acc(*grad_commitment) * two_over_elements;
+  const A codebook_scale = -to_acc(*grad_codebook_loss) * two_over_elements;
   const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * rows_per_block;
   const std::int64_t end = min64(first + rows_per_block, num_rows);
   for (std::int64_t row = first + warp; row < end; row += kWarps) {

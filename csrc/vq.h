@@ -49,8 +49,9 @@ void vq_nearest_epilogue(int dtype, const void* x, const void* codebook, const v
                          std::int64_t rows_per_block, cudaStream_t stream);
 
 // vector_quantize's epilogue: indices as vq_nearest_epilogue, quantized[n] = codebook[k(n)],
-// block_sums[b] = sum of |x_n - e_k(n)|^2 over block b's rows (accumulation dtype; one entry per
-// block of rows_per_block rows), and usage[k] += 1 per row on code k (int32, zeroed by the caller).
+// block_sums[b] = sum of |x_n - e_k(n)|^2 over block b's rows, divided by dim (accumulation dtype;
+// one entry per block of rows_per_block rows), and usage[k] += 1 per row on code k (int32, zeroed
+// by the caller). dim >= 1.
 void vector_quantize_epilogue(int dtype, const void* x, const void* codebook,
                               const void* part_score, const std::int32_t* part_index,
                               std::int64_t* indices, void* quantized, void* block_sums,
@@ -58,7 +59,8 @@ void vector_quantize_epilogue(int dtype, const void* x, const void* codebook,
                               std::int64_t splits, std::int64_t rows_per_block,
                               cudaStream_t stream);
 
-// One block: commitment = codebook_loss = sum(block_sums) / num_rows and perplexity =
+// One block: commitment = codebook_loss = sum(block_sums) / num_rows (the mean over the
+// num_rows * dim elements, as block_sums are divided by dim) and perplexity =
 // exp(-sum_k p_k log p_k), p_k = usage[k] / num_rows (0 log 0 = 0); three 0-dim outputs of the
 // storage dtype.
 void vector_quantize_stats(int dtype, const void* block_sums, const std::int32_t* usage,
@@ -66,8 +68,8 @@ void vector_quantize_stats(int dtype, const void* block_sums, const std::int32_t
                            std::int64_t num_blocks, std::int64_t num_codes, std::int64_t num_rows,
                            cudaStream_t stream);
 
-// Gradients of vector_quantize: grad_x = grad_quantized + grad_commitment * 2 (x - e) / N, and
-// grad_codebook[k(n)] += -grad_codebook_loss * 2 (x_n - e) / N by atomics (accumulation dtype,
+// Gradients of vector_quantize: grad_x = grad_quantized + grad_commitment * 2 (x - e) / (N D), and
+// grad_codebook[k(n)] += -grad_codebook_loss * 2 (x_n - e) / (N D) by atomics (accumulation dtype,
 // zeroed by the caller). grad_commitment and grad_codebook_loss are 0-dim device tensors of the
 // storage dtype, read by the kernel. grad_quantized is contiguous (num_rows, dim).
 void vector_quantize_bwd(int dtype, const void* grad_quantized, const void* grad_commitment,

@@ -14,9 +14,9 @@ too few row blocks to fill the GPU the codebook is split across programs, each w
 ``(score, index)`` per row; the epilogue (:func:`_vq_nearest_epilogue_kernel`) keeps the first of the
 equal minima in split order (the lowest index), gathers the chosen code, and recomputes its distance
 exactly as ``|x - e|^2`` -- so ``precision`` only decides which code wins a near-tie. For
-``vector_quantize`` the same pass writes the quantized rows, per-block sums of squared errors and the
-per-code usage counts (int32 atomics), and one small program turns them into the losses and the
-perplexity. Backward and the code statistics are segment sums by atomics: no one-hot matrix.
+``vector_quantize`` the same pass writes the quantized rows, per-block sums of squared errors (over
+``D``) and the per-code usage counts (int32 atomics), and one small program turns them into the losses
+(means over the ``N D`` elements, as ``F.mse_loss``) and the perplexity. Backward and the code statistics are segment sums by atomics: no one-hot matrix.
 
 No host function synchronises with the device.
 """
@@ -59,11 +59,18 @@ def _code_tile_mask(code_mask, cols, dim, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _dot_acc(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _dot_acc(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     """``acc + a @ b`` with the products PRECISION names (fp32 inputs; fp16/bf16 always use tensor cores,
-    fp64 is exact), on operands upcast to float32 first if UPCAST."""
-    if UPCAST:
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision="ieee")
+    fp64 is exact).
+
+    The compiled ``tl.dot`` computes every element of a tile by the same instruction sequence, so two
+    copies of one code score alike wherever they sit. The interpreter's ``tl.dot`` is numpy's matmul,
+    whose BLAS rounds some columns differently from others (and multiplies bfloat16 as raw uint16):
+    with INTERPRETED the product is a broadcast multiply and a sum over D in the accumulation dtype,
+    the same arithmetic for every column.
+    """
+    if INTERPRETED:
+        acc += tl.sum(a.to(acc.dtype)[:, :, None] * b.to(acc.dtype)[None, :, :], axis=1)
     else:
         acc = tl.dot(a, b, acc=acc, input_precision=PRECISION, out_dtype=acc.dtype)
     return acc
@@ -104,7 +111,7 @@ def _vq_nearest_fwd_kernel(
     SINGLE_D: tl.constexpr,
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
     """Per row of a BLOCK_N block, the lowest score ``|e|^2/2 - x.e`` over this program's codebook split
     and its first index, written to ``part_score/part_index[split, row]``.
@@ -137,17 +144,19 @@ def _vq_nearest_fwd_kernel(
         dots = tl.zeros((BLOCK_N, BLOCK_K), acc_type)
         if SINGLE_D:
             e_tile = tl.load(e_block + e_offsets, mask=_code_tile_mask(code_mask, cols, dim, EVEN_D), other=0.0)
-            dots = _dot_acc(x_tile, e_tile, dots, PRECISION, UPCAST)
+            dots = _dot_acc(x_tile, e_tile, dots, PRECISION, INTERPRETED)
         else:
             for d_start in range(0, dim, BLOCK_D):
                 x_mask = _tile_mask(row_mask, cols, dim - d_start, EVEN_D)
                 e_mask = _code_tile_mask(code_mask, cols, dim - d_start, EVEN_D)
                 x_chunk = tl.load(x_block + d_start + x_offsets, mask=x_mask, other=0.0)
                 e_chunk = tl.load(e_block + d_start + e_offsets, mask=e_mask, other=0.0)
-                dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, UPCAST)
+                dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, INTERPRETED)
         # Codes past K score +inf (their dots are 0), so they never win.
         half_sq = tl.load(half_sq_ptr + k_start + local_codes, mask=code_mask, other=float("inf"))
         scores = half_sq[None, :] - dots
+        if INTERPRETED:  # numpy's arg-min rejects all-NaN rows (NaN inputs): score them +inf, code 0 wins
+            scores = tl.where(scores == scores, scores, float("inf"))
         tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_best < best  # strict: an equal score in a later tile keeps the lower index
         best = tl.where(better, tile_best, best)
@@ -181,7 +190,7 @@ def _vq_nearest_epilogue_kernel(
     recompute the chosen distance exactly as ``|x - e|^2``.
 
     QUANTIZE=False: store the distance in x's dtype. QUANTIZE=True (vector_quantize): store the
-    gathered code as the quantized row, this block's sum of squared distances to
+    gathered code as the quantized row, this block's sum of squared distances divided by ``D`` to
     ``block_sum[block]``, and count the codes' usage into int32 ``usage`` by atomics.
     """
     acc_type = part_score_ptr.dtype.element_ty
@@ -216,7 +225,7 @@ def _vq_nearest_epilogue_kernel(
         if QUANTIZE:
             tl.store(quantized_ptr + (row_start * dim + d_start) + x_offsets, e, mask=mask)
     if QUANTIZE:
-        tl.store(block_sum_ptr + row_block, tl.sum(tl.where(row_mask, distance, 0.0), axis=0))
+        tl.store(block_sum_ptr + row_block, tl.sum(tl.where(row_mask, distance, 0.0), axis=0) / dim)
         tl.atomic_add(usage_ptr + best_index, 1, mask=row_mask)
     else:
         tl.store(distance_ptr + row_start + local_rows, distance, mask=row_mask)
@@ -234,8 +243,9 @@ def _vector_quantize_stats_kernel(
     num_rows,
     BLOCK: tl.constexpr,
 ):
-    """One program: both losses ``sum(block_sum) / N`` and the perplexity ``exp(-sum_k p_k log p_k)``
-    with ``p_k = usage_k / N`` and ``0 log 0 = 0``; stored in the dtype of the output pointers."""
+    """One program: both losses ``sum(block_sum) / N`` (block sums hold squared distances over ``D``:
+    the mean over the ``N D`` elements) and the perplexity ``exp(-sum_k p_k log p_k)`` with
+    ``p_k = usage_k / N`` and ``0 log 0 = 0``; stored in the dtype of the output pointers."""
     acc_type = block_sum_ptr.dtype.element_ty
     offsets = tl.arange(0, BLOCK)
     total = tl.zeros((BLOCK,), acc_type)
@@ -267,16 +277,17 @@ def _vector_quantize_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """``grad_x = grad_q + grad_commitment * 2 (x - e) / N``, and ``-grad_codebook_loss * 2 (x - e) / N``
-    added to ``grad_codebook[k(n)]`` (accumulation dtype) by atomics. The 0-dim upstream gradients are
-    read here, not on the host."""
+    """``grad_x = grad_q + grad_commitment * 2 (x - e) / (N D)``, and
+    ``-grad_codebook_loss * 2 (x - e) / (N D)`` added to ``grad_codebook[k(n)]`` (accumulation dtype)
+    by atomics. The 0-dim upstream gradients are read here, not on the host."""
     acc_type = grad_codebook_ptr.dtype.element_ty
     row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
     local_rows = tl.arange(0, BLOCK_N)
     row_mask = local_rows < num_rows - row_start
-    two_over_n = tl.full((), 2.0, acc_type) / num_rows
-    commitment_scale = tl.load(grad_commitment_ptr).to(acc_type) * two_over_n
-    codebook_scale = -tl.load(grad_codebook_loss_ptr).to(acc_type) * two_over_n
+    elements = tl.full((), 1.0, acc_type) * num_rows * dim  # N D as a float: it may pass 2**31
+    two_over_elements = 2.0 / elements
+    commitment_scale = tl.load(grad_commitment_ptr).to(acc_type) * two_over_elements
+    codebook_scale = -tl.load(grad_codebook_loss_ptr).to(acc_type) * two_over_elements
     codes = tl.load(index_ptr + row_start + local_rows, mask=row_mask, other=0)
     cols = tl.arange(0, BLOCK_D)
     offsets = local_rows[:, None] * dim + cols[None, :]
@@ -403,8 +414,7 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[to
         SINGLE_D=dim <= config.block_d,
         EVEN_D=dim % config.block_d == 0,
         PRECISION=precision if x.dtype == torch.float32 else "ieee",
-        # The interpreter multiplies bfloat16 tiles as raw uint16: give it float32 (the same exact products).
-        UPCAST=x.dtype == torch.bfloat16 and _interpreted(),
+        INTERPRETED=_interpreted(),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -436,6 +446,8 @@ def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> t
     distances = torch.empty(num_rows, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return indices, distances
+    if dim == 0:  # every code is at distance 0: the lowest index wins
+        return indices.zero_(), distances.zero_()
     part_score, part_index, splits = _search(x, codebook, precision)
     _vq_nearest_epilogue_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
         x,
@@ -463,7 +475,8 @@ def vector_quantize_fwd(
     """Nearest codes and the VQ statistics, as :func:`fastvae.reference.vq.vector_quantize`.
 
     Returns ``(quantized (N, D), indices (N,) int64, commitment_loss, codebook_loss, perplexity)``,
-    the last three 0-dim, all floating outputs in x's dtype; NaN statistics for ``N = 0``.
+    the last three 0-dim, all floating outputs in x's dtype; the losses are means over the ``N D``
+    elements. ``N = 0`` gives NaN losses and perplexity, ``D = 0`` NaN losses.
     """
     _check(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
@@ -473,6 +486,8 @@ def vector_quantize_fwd(
     indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
     if num_rows == 0:
         return quantized, indices, *(x.new_full((), float("nan")) for _ in range(3))
+    if dim == 0:  # every row takes code 0: losses are means over no elements, perplexity 1
+        return quantized, indices.zero_(), x.new_full((), float("nan")), x.new_full((), float("nan")), x.new_ones(())
     statistics = [torch.empty((), dtype=x.dtype, device=x.device) for _ in range(3)]
     part_score, part_index, splits = _search(x, codebook, precision)
     row_blocks = triton.cdiv(num_rows, ROW_BLOCK_N)
@@ -515,7 +530,7 @@ def vector_quantize_bwd(
     num_rows, dim = x.shape
     grad_x = torch.empty_like(x)
     grad_codebook = torch.zeros(codebook.shape, dtype=_accumulation(codebook.dtype), device=x.device)
-    if num_rows > 0:
+    if num_rows > 0 and dim > 0:
         _vector_quantize_bwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
             grad_quantized.contiguous(),
             grad_commitment,
@@ -572,7 +587,7 @@ def _aot(kernel, pointers: dict[str, str], scalars: tuple[str, ...], constexprs:
 
 
 def _aot_configs() -> list[AotConfig]:
-    """Every launch the host functions can pick on a GPU (UPCAST is interpreter-only)."""
+    """Every launch the host functions can pick on a GPU (INTERPRETED is interpreter-only)."""
     configs = []
     for dtype, precision, dims in _AOT_SEARCH_CASES:
         t, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_accumulation(dtype)]
@@ -585,7 +600,7 @@ def _aot_configs() -> list[AotConfig]:
                 "SINGLE_D": dim <= config.block_d,
                 "EVEN_D": dim % config.block_d == 0,
                 "PRECISION": precision,
-                "UPCAST": False,
+                "INTERPRETED": False,
             }
             pointers = _pointers(x_ptr=t, codebook_ptr=t, half_sq_ptr=acc, part_score_ptr=acc, part_index_ptr="i32")
             scalars = ("num_rows", "num_codes", "dim", "tiles_per_split")

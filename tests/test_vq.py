@@ -15,7 +15,7 @@ brute-force argmin wherever the best and second-best distances are further apart
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import backends
 import pytest
@@ -61,6 +61,11 @@ def _cosine_matrix(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     x64, e64 = rows.detach().cpu().double(), codebook.detach().cpu().double()
     cos = (x64 @ e64.T) / (x64.norm(dim=-1)[:, None] * e64.norm(dim=-1)[None, :])
     return 2.0 - 2.0 * cos
+
+
+def _mse(rows: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """float64 ``F.mse_loss`` of the stored rows ``(N, D)`` and their codes: the mean over ``N D`` elements."""
+    return F.mse_loss(rows.detach().cpu().double(), codebook.detach().cpu().double()[indices.cpu()])
 
 
 def _assert_nearest(indices: torch.Tensor, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -135,6 +140,53 @@ def test_vq_nearest_exact_duplicate_codes_go_to_lowest_index(device, dtype) -> N
     indices, _ = fastvae.vq_nearest(x, codebook)
     lowest = torch.tensor([0, 0, 0, 5, 5, 0, 5] * 3)
     assert torch.equal(indices.cpu(), lowest)
+
+
+@pytest.fixture(params=(1, 2), ids=lambda threads: f"{threads}-threads")
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test with torch on this many CPU threads (BLAS kernels and their blocking differ)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(before)
+
+
+#: Groups of copies of one vector among 83 codes: the copies sit at columns of every remainder mod 8
+#: and 16 (the BLAS microkernels' widths, whose edge columns round differently), both sides of the
+#: 16-, 32- and 64-code tile edges and in the last, partial, columns.
+DUPLICATE_GROUPS = [
+    [2, 9, 12, 19, 28, 37, 46, 55, 64, 81],
+    [4, 5, 15, 16, 31, 32, 63, 82],
+    [10, 11, 17, 26, 35, 44, 53, 62, 71, 80],
+    [0, 1, 3, 6, 7, 8, 13, 14, 79],
+]
+
+
+@pytest.mark.parametrize("chunk_rows", ("one-chunk", "few-rows-per-chunk"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_duplicate_codes_tie_to_the_lowest_index_on_every_blas_path(
+    device, threads, monkeypatch, dtype, chunk_rows
+) -> None:
+    # Each copy is hit by an exact copy of itself (distance 0) and by a near copy (every copy of the
+    # group at the same distance): the lowest index must win, whatever column the BLAS put it in.
+    if chunk_rows == "few-rows-per-chunk":
+        monkeypatch.setattr(reference_vq, "CHUNK_BYTES", 7 * 83 * 8)  # a few rows per torch chunk
+    dim = 40
+    codebook = _rand(83, dim, dtype=dtype, device=device, seed=361, scale=3.0)
+    for group in DUPLICATE_GROUPS:
+        codebook[group] = codebook[group[0]].clone()
+    pick = torch.tensor([k for group in DUPLICATE_GROUPS for k in group] * 2)
+    noise = torch.zeros(pick.numel(), dim, dtype=torch.float64)
+    noise[pick.numel() // 2 :] = 0.01 * _rand(pick.numel() // 2, dim, dtype=torch.float64, device="cpu", seed=362)
+    x = (codebook.cpu()[pick].double() + noise).to(device=device, dtype=dtype)
+    lowest = torch.tensor([group[0] for group in DUPLICATE_GROUPS for _ in group] * 2)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert torch.equal(indices.cpu(), lowest)
+    assert_close(distances, _l2_matrix(x, codebook).gather(1, lowest[:, None]).squeeze(1), dtype)
+    out = fastvae.vector_quantize(x, codebook)
+    assert torch.equal(out.indices.cpu(), lowest)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -288,8 +340,8 @@ def test_small_tiles_and_codebook_splits_match_brute_force(device, small_tiles, 
     out = fastvae.vector_quantize(x, codebook)
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.quantized, codebook[indices])
-    assert_close(out.commitment_loss, chosen.mean(), dtype)
-    assert_close(out.codebook_loss, chosen.mean(), dtype)
+    assert_close(out.commitment_loss, _mse(x, codebook, indices), dtype)
+    assert_close(out.codebook_loss, _mse(x, codebook, indices), dtype)
     expected = torch.tensor(_entropy_perplexity(indices, num_codes), dtype=torch.float64)
     assert_close(out.perplexity, expected, dtype)
     small_tiles.assert_used(num_codes, searches=2)
@@ -430,7 +482,7 @@ def test_odd_dims_and_tile_edges_match_brute_force(device, dtype, rows, num_code
     out = fastvae.vector_quantize(x, codebook)
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.quantized, codebook[indices])
-    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    assert_close(out.commitment_loss, _mse(x, codebook, indices), dtype)
     expected = torch.tensor(_entropy_perplexity(indices, num_codes), dtype=torch.float64)
     assert_close(out.perplexity, expected, dtype)
 
@@ -455,7 +507,7 @@ def test_unaligned_base_pointers(device, dtype, dim) -> None:
     out = fastvae.vector_quantize(x, codebook, beta=beta)
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.quantized, codebook[indices])
-    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    assert_close(out.commitment_loss, _mse(x, codebook, indices), dtype)
     out.loss.backward()
     expected_x, expected_codebook = _float64_vq_grads(x, codebook, indices, "loss", beta)
     assert_close(x.grad.cpu(), expected_x, dtype)
@@ -503,7 +555,7 @@ def test_few_rows_against_many_codes(device, dtype) -> None:
     assert_close(distances, chosen, dtype)
     out = fastvae.vector_quantize(x, codebook)
     assert torch.equal(out.indices, indices)
-    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    assert_close(out.commitment_loss, _mse(x, codebook, indices), dtype)
     expected = torch.tensor(_entropy_perplexity(indices, 1031), dtype=torch.float64)
     assert_close(out.perplexity, expected, dtype)
 
@@ -525,8 +577,8 @@ def test_gradients_match_one_hot_formula_with_strided_upstream(device, dtype, ro
     one_hot = F.one_hot(out.indices.cpu(), num_codes).double()  # (N, K)
     x64, codebook64 = x.detach().cpu().double(), codebook.detach().cpu().double()
     diff = x64 - one_hot @ codebook64  # x_n - e_{k(n)}
-    expected_x = upstream.cpu().double() + beta * 2.0 * diff / rows
-    expected_codebook = -2.0 / rows * (one_hot.T @ diff)
+    expected_x = upstream.cpu().double() + beta * 2.0 * diff / (rows * dim)
+    expected_codebook = -2.0 / (rows * dim) * (one_hot.T @ diff)
     assert x.grad.dtype == dtype and codebook.grad.dtype == dtype
     assert_close(x.grad.cpu(), expected_x, dtype)
     assert_close(codebook.grad.cpu(), expected_codebook, dtype)
@@ -602,7 +654,7 @@ def test_tf32_search_picks_a_code_within_tf32_rounding_of_the_nearest(device, op
     if op == "vq_nearest":
         assert_close(result[1], chosen, torch.float32)
     else:
-        assert_close(result.commitment_loss, chosen.mean(), torch.float32)
+        assert_close(result.commitment_loss, chosen.mean() / x.shape[-1], torch.float32)
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float64), ids=str)
@@ -672,10 +724,11 @@ def test_vector_quantize_values_match_float64_formulas(device, dtype, rows, num_
 
     chosen = _assert_nearest(out.indices, _l2_matrix(x, codebook), dtype)
     assert torch.equal(out.quantized, codebook[out.indices])
-    mean_sq = chosen.mean()  # mean over N of |x_n - e_n|^2 summed over D
-    assert_close(out.commitment_loss, mean_sq, dtype)
-    assert_close(out.codebook_loss, mean_sq, dtype)
-    assert_close(out.loss, (1.0 + beta) * mean_sq, dtype)
+    # The losses are F.mse_loss: the mean over the N D elements, as every peer library reports them.
+    mse = F.mse_loss(x.cpu().double(), codebook.cpu().double()[out.indices.cpu()])
+    assert_close(out.commitment_loss, mse, dtype)
+    assert_close(out.codebook_loss, mse, dtype)
+    assert_close(out.loss, (1.0 + beta) * mse, dtype)
     assert_close(out.perplexity, torch.tensor(_entropy_perplexity(out.indices, num_codes), dtype=torch.float64), dtype)
 
 
@@ -686,7 +739,7 @@ def test_vector_quantize_perplexity_by_hand(device) -> None:
     out = fastvae.vector_quantize(x, codebook)
     assert out.indices.cpu().tolist() == [0, 0, 1, 2]
     assert out.perplexity.item() == pytest.approx(2.0**1.5, rel=1e-12)
-    assert out.commitment_loss.item() == pytest.approx(1.0, rel=1e-12)  # every |x - e|^2 is 1
+    assert out.commitment_loss.item() == pytest.approx(1.0, rel=1e-12)  # every (x - e)^2 is 1 (D = 1)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -698,7 +751,7 @@ def test_vector_quantize_leading_dims(device, dtype) -> None:
     rows = x.reshape(-1, 6)
     chosen = _assert_nearest(out.indices.reshape(-1), _l2_matrix(rows, codebook), dtype)
     assert torch.equal(out.quantized, codebook[out.indices])
-    assert_close(out.commitment_loss, chosen.mean(), dtype)
+    assert_close(out.commitment_loss, _mse(rows, codebook, out.indices.reshape(-1)), dtype)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -709,8 +762,8 @@ def test_vector_quantize_cosine_values(device, dtype) -> None:
     chosen = _assert_nearest(out.indices, _cosine_matrix(x, codebook), dtype)
     unit_codes = F.normalize(codebook.cpu().double(), dim=-1)
     assert_close(out.quantized.cpu(), unit_codes[out.indices.cpu()], dtype)
-    assert_close(out.commitment_loss, chosen.mean(), dtype)  # |x^ - e^|^2 = 2 - 2 cos
-    assert_close(out.loss, 1.5 * chosen.mean(), dtype)
+    assert_close(out.commitment_loss, chosen.mean() / 64, dtype)  # |x^ - e^|^2 = 2 - 2 cos, over D = 64
+    assert_close(out.loss, 1.5 * chosen.mean() / 64, dtype)
 
 
 # --- vector_quantize: gradients -------------------------------------------------------------------------
@@ -721,8 +774,8 @@ def _float64_vq_grads(x: torch.Tensor, codebook: torch.Tensor, indices: torch.Te
     x64 = x.detach().cpu().double().requires_grad_()
     codebook64 = codebook.detach().cpu().double().requires_grad_()
     e = codebook64[indices.cpu()]
-    commitment = ((x64 - e.detach()) ** 2).sum(-1).mean()
-    codebook_loss = ((x64.detach() - e) ** 2).sum(-1).mean()
+    commitment = F.mse_loss(x64, e.detach())
+    codebook_loss = F.mse_loss(e, x64.detach())
     objective = {
         "commitment_loss": commitment,
         "codebook_loss": codebook_loss,
@@ -787,15 +840,16 @@ def test_vector_quantize_gradients_by_hand(device) -> None:
     codebook.requires_grad_()
     out = fastvae.vector_quantize(x, codebook, beta=0.5)
     out.loss.backward()
+    # N D = 6 elements: the losses are (1 + 4 + 2) / 6, and every gradient carries 2 / 6.
     diff = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64)
-    assert torch.allclose(x.grad.cpu(), 0.5 * 2.0 * diff / 3.0, rtol=1e-12, atol=0)
-    # d codebook_loss / d e_k = -2/N * sum over the rows on code k of (x_n - e_k).
+    assert torch.allclose(x.grad.cpu(), 0.5 * 2.0 * diff / 6.0, rtol=1e-12, atol=0)
+    # d codebook_loss / d e_k = -2/(N D) * sum over the rows on code k of (x_n - e_k).
     expected_codebook = torch.tensor(
-        [[-2.0 * (1.0 + 0.0) / 3.0, -2.0 * (0.0 + 2.0) / 3.0], [-2.0 * -1.0 / 3.0, -2.0 * 1.0 / 3.0], [0.0, 0.0]],
+        [[-2.0 * (1.0 + 0.0) / 6.0, -2.0 * (0.0 + 2.0) / 6.0], [-2.0 * -1.0 / 6.0, -2.0 * 1.0 / 6.0], [0.0, 0.0]],
         dtype=torch.float64,
     )
     assert torch.allclose(codebook.grad.cpu(), expected_codebook, rtol=1e-12, atol=0)
-    assert out.loss.item() == pytest.approx((1.0 + 0.5) * (1.0 + 4.0 + 2.0) / 3.0, rel=1e-12)
+    assert out.loss.item() == pytest.approx((1.0 + 0.5) * (1.0 + 4.0 + 2.0) / 6.0, rel=1e-12)
 
 
 @pytest.mark.parametrize("beta", (0.0, 0.25, 2.0))
@@ -827,8 +881,8 @@ def test_vector_quantize_cosine_gradients_match_float64_autograd(device, dtype) 
     unit_x = x64 / x64.norm(dim=-1, keepdim=True)
     unit_e = (codebook64 / codebook64.norm(dim=-1, keepdim=True))[out.indices.cpu()]
     quantized = unit_x + (unit_e - unit_x).detach()
-    commitment = ((unit_x - unit_e.detach()) ** 2).sum(-1).mean()
-    codebook_loss = ((unit_x.detach() - unit_e) ** 2).sum(-1).mean()
+    commitment = F.mse_loss(unit_x, unit_e.detach())
+    codebook_loss = F.mse_loss(unit_e, unit_x.detach())
     (quantized * upstream.cpu().double()).sum().add(codebook_loss + beta * commitment).backward()
     assert_close(x.grad.cpu(), x64.grad, dtype)
     assert_close(codebook.grad.cpu(), codebook64.grad, dtype)
@@ -1001,3 +1055,20 @@ def test_empty_batch_gives_empty_results(device, dtype, leading) -> None:
 
     counts, sums = fastvae.vq_code_stats(x, indices, 5)
     assert not counts.any() and not sums.any() and sums.shape == (5, 4)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_zero_width_vectors_take_code_zero_with_nan_losses(device, dtype) -> None:
+    # D = 0: every code is at distance 0, so the lowest index wins; the losses are means over no
+    # elements (NaN, as F.mse_loss gives); all rows share code 0, so the perplexity is 1.
+    x = torch.zeros(5, 0, dtype=dtype, device=device, requires_grad=True)
+    codebook = torch.zeros(4, 0, dtype=dtype, device=device, requires_grad=True)
+    indices, distances = fastvae.vq_nearest(x, codebook)
+    assert indices.cpu().tolist() == [0] * 5 and distances.cpu().tolist() == [0.0] * 5
+    out = fastvae.vector_quantize(x, codebook)
+    assert out.indices.cpu().tolist() == [0] * 5 and out.quantized.shape == (5, 0)
+    for value in (out.loss, out.commitment_loss, out.codebook_loss):
+        assert value.shape == () and value.dtype == dtype and bool(value.isnan())
+    assert out.perplexity.item() == 1.0
+    out.quantized.sum().backward()
+    assert x.grad.shape == (5, 0) and codebook.grad.shape == (4, 0)

@@ -191,7 +191,8 @@ def vector_quantize_fwd(
     """Nearest codes and the VQ statistics, as :func:`fastvae.reference.vq.vector_quantize`.
 
     Returns ``(quantized (N, D), indices (N,) int64, commitment_loss, codebook_loss, perplexity)``,
-    the last three 0-dim, all floating outputs in x's dtype; NaN statistics for ``N = 0``.
+    the last three 0-dim, all floating outputs in x's dtype; the losses are means over the ``N D``
+    elements. ``N = 0`` gives NaN losses and perplexity, ``D = 0`` NaN losses.
     """
     _check(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
@@ -201,8 +202,8 @@ def vector_quantize_fwd(
     indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
     if num_rows == 0:
         return quantized, indices, *(x.new_full((), float("nan")) for _ in range(3))
-    if dim == 0:  # every row takes code 0 at distance 0: zero losses, perplexity 1
-        return quantized, indices.zero_(), x.new_zeros(()), x.new_zeros(()), x.new_ones(())
+    if dim == 0:  # every row takes code 0: losses are means over no elements, perplexity 1
+        return quantized, indices.zero_(), x.new_full((), float("nan")), x.new_full((), float("nan")), x.new_ones(())
     code, cuda_stream, ext = dtype_code(x, "x"), stream(x), extension()
     with torch.cuda.device(x.device):
         statistics = [torch.empty((), dtype=x.dtype, device=x.device) for _ in range(3)]
@@ -251,8 +252,8 @@ def vector_quantize_bwd(
 
     ``grad_quantized (N, D)`` (any strides) and the 0-dim ``grad_commitment`` and
     ``grad_codebook_loss`` are the upstream gradients; ``indices (N,)`` int64 are the forward's.
-    ``d x = grad_quantized + grad_commitment * 2 (x - e) / N``; the codebook gradient
-    ``-grad_codebook_loss * 2 / N * sum_{n: k(n) = k} (x_n - e_k)`` is a segment sum by atomics in the
+    ``d x = grad_quantized + grad_commitment * 2 (x - e) / (N D)``; the codebook gradient
+    ``-grad_codebook_loss * 2 / (N D) * sum_{n: k(n) = k} (x_n - e_k)`` is a segment sum by atomics in the
     accumulation dtype, rounded to the codebook's dtype at the end.
     """
     _check(x, codebook)

@@ -37,8 +37,10 @@ class VQOutput(NamedTuple):
         quantized: ``x``'s shape; the nearest codes, carrying the straight-through gradient to ``x``.
         indices: int64 code index per vector (``x``'s shape without the channel dim).
         loss: ``codebook_loss + beta * commitment_loss`` (0-dim).
-        commitment_loss: ``mean_n |x_n - sg[e_n]|^2`` (0-dim; gradient to ``x`` only).
-        codebook_loss: ``mean_n |sg[x_n] - e_n|^2`` (0-dim; gradient to the codebook only).
+        commitment_loss: ``mean over the N D elements of (x - sg[e])^2``, i.e.
+            ``F.mse_loss(x, e.detach())`` (0-dim; gradient to ``x`` only).
+        codebook_loss: ``mean over the N D elements of (sg[x] - e)^2``, i.e.
+            ``F.mse_loss(e, x.detach())`` (0-dim; gradient to the codebook only).
         perplexity: ``exp`` of the entropy of code usage in the batch (0-dim, no gradient).
     """
 
@@ -252,11 +254,13 @@ def vector_quantize(
     Returns:
         :class:`VQOutput` ``(quantized, indices, loss, commitment_loss, codebook_loss, perplexity)``:
         ``quantized`` has ``x``'s shape and passes its gradient straight through to ``x``;
-        ``indices`` has shape ``x.shape[:-1]``; the losses are means over the ``N`` vectors of the
-        squared Euclidean norm ``|x_n - e_n|^2`` (summed over ``D``, i.e. ``D`` times
-        ``F.mse_loss``), ``codebook_loss`` with ``x`` detached, ``commitment_loss`` with the codes
-        detached, ``loss = codebook_loss + beta * commitment_loss``. All values in ``x``'s dtype; an
-        empty batch gives NaN losses and perplexity.
+        ``indices`` has shape ``x.shape[:-1]``; the losses are means over the ``N D`` elements of
+        ``(x - e)^2``, exactly what ``F.mse_loss`` gives (as in the VQ-VAE authors' code,
+        vector-quantize-pytorch and taming-transformers, so ``beta`` keeps its usual meaning):
+        ``codebook_loss`` with ``x`` detached, ``commitment_loss`` with the codes detached,
+        ``loss = codebook_loss + beta * commitment_loss``. All values in ``x``'s dtype. An empty
+        batch (``N = 0``) gives NaN losses and NaN perplexity, on every backend; ``D = 0`` gives NaN
+        losses (a mean over no elements) and perplexity 1.
 
     Raises:
         TypeError: non-floating or mixed dtypes, a non-number ``beta``.
