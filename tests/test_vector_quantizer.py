@@ -152,8 +152,9 @@ def test_codebook_is_a_parameter_without_ema(num_codes, dim) -> None:
     assert vq.codebook.shape == (num_codes, dim)
     assert isinstance(vq.codebook, nn.Parameter) and vq.codebook.requires_grad
     assert [name for name, _ in vq.named_parameters()] == ["codebook"]
-    assert [name for name, _ in vq.named_buffers()] == ["ema_count"]
+    assert [name for name, _ in vq.named_buffers()] == ["ema_count", "skipped_updates"]
     assert torch.equal(vq.ema_count, torch.ones(num_codes))
+    assert torch.equal(vq.skipped_updates, torch.zeros(num_codes, dtype=torch.int64))
 
 
 @pytest.mark.parametrize(("num_codes", "dim"), [(1, 1), (7, 3), (257, 65)])
@@ -162,8 +163,8 @@ def test_codebook_is_a_buffer_with_ema(num_codes, dim) -> None:
     assert vq.codebook.shape == (num_codes, dim)
     assert not isinstance(vq.codebook, nn.Parameter) and not vq.codebook.requires_grad
     assert list(vq.parameters()) == []
-    assert sorted(name for name, _ in vq.named_buffers()) == ["codebook", "ema_count", "ema_sum"]
-    assert sorted(vq.state_dict()) == ["codebook", "ema_count", "ema_sum"]
+    assert sorted(name for name, _ in vq.named_buffers()) == ["codebook", "ema_count", "ema_sum", "skipped_updates"]
+    assert sorted(vq.state_dict()) == ["codebook", "ema_count", "ema_sum", "skipped_updates"]
     # Initial state: N_k = 1 and m_k = e_k, so that e_k = m_k / N_k holds from the start.
     assert torch.equal(vq.ema_count, torch.ones(num_codes))
     assert torch.equal(vq.ema_sum, vq.codebook)
@@ -187,8 +188,7 @@ def test_channel_first_input(device, ema, channel_dim) -> None:
     assert torch.equal(out.indices.cpu(), expected)
     # quantized[b, :, h, w] is the code of position (b, h, w).
     assert torch.equal(out.quantized, vq.codebook.detach()[out.indices].movedim(-1, 1))
-    distances = ((rows.cpu() - vq.codebook.detach().cpu()[expected.reshape(-1)]) ** 2).sum(-1)
-    assert_close(out.commitment_loss, distances.mean(), F64)
+    assert_close(out.commitment_loss, F.mse_loss(rows.cpu(), vq.codebook.detach().cpu()[expected.reshape(-1)]), F64)
 
 
 @pytest.mark.parametrize("precision", (None, "ieee", "tf32"))
@@ -260,7 +260,7 @@ def test_cosine_metric_module(device) -> None:
     unit_codes = codes / codes.norm(dim=-1, keepdim=True)
     assert_close(out.quantized.movedim(1, -1).reshape(-1, 6).cpu(), unit_codes[expected], F64)
     chosen = 2.0 - 2.0 * cos.gather(1, expected[:, None]).squeeze(1)
-    assert_close(out.commitment_loss, chosen.mean(), F64)
+    assert_close(out.commitment_loss, chosen.mean() / 6, F64)  # |x^ - e^|^2 = 2 - 2 cos, over D = 6
 
 
 # --- the EMA update --------------------------------------------------------------------------------------
@@ -365,10 +365,11 @@ def test_training_without_ema_leaves_the_codebook_to_the_optimiser(device) -> No
     indices = _nearest_l2(rows, codebook)
     one_hot = F.one_hot(indices, 4).double()
     diff = rows - codebook[indices]
-    # loss = codebook_loss + beta * commitment_loss, each mean_n |x_n - e_n|^2 with one side detached.
-    assert_close(out.loss, (1 + beta) * (diff**2).sum(-1).mean(), F64)
-    assert_close(vq.codebook.grad.cpu(), -2.0 / 10 * one_hot.T @ diff, F64)
-    assert_close(x.grad.reshape(-1, 3).cpu(), beta * 2.0 / 10 * diff, F64)
+    # loss = codebook_loss + beta * commitment_loss, each the mean over the N D = 30 elements of
+    # (x - e)^2 with one side detached.
+    assert_close(out.loss, (1 + beta) * (diff**2).mean(), F64)
+    assert_close(vq.codebook.grad.cpu(), -2.0 / 30 * one_hot.T @ diff, F64)
+    assert_close(x.grad.reshape(-1, 3).cpu(), beta * 2.0 / 30 * diff, F64)
 
 
 def test_training_without_ema_tracks_code_usage(device) -> None:
@@ -393,7 +394,7 @@ def test_ema_loss_is_beta_commitment_and_codebook_gets_no_gradient(device) -> No
     out.loss.backward()
     assert vq.codebook.grad is None and not vq.codebook.requires_grad
     diff = x.detach().cpu() - codebook[_nearest_l2(x, codebook)]
-    assert_close(x.grad.cpu(), beta * 2.0 / 10 * diff, F64)
+    assert_close(x.grad.cpu(), beta * 2.0 / 30 * diff, F64)  # N D = 30 elements
 
 
 def test_ema_update_keeps_backward_working(device) -> None:
@@ -409,7 +410,7 @@ def test_ema_update_keeps_backward_working(device) -> None:
     upstream = _rand(9, 3, seed=53, device=device)
     ((out.quantized * upstream).sum() + out.loss).backward()
     diff = x.detach().cpu() - codebook[_nearest_l2(x, codebook)]
-    assert_close(x.grad.cpu(), upstream.cpu() + beta * 2.0 / 9 * diff, F64)
+    assert_close(x.grad.cpu(), upstream.cpu() + beta * 2.0 / 27 * diff, F64)  # N D = 27 elements
 
 
 # --- dead-code restart --------------------------------------------------------------------------------------
@@ -459,8 +460,8 @@ def test_dead_code_restart_without_ema_keeps_backward_working(device) -> None:
     indices = torch.tensor([0, 0, 1, 1])
     diff = x.detach().cpu() - codebook[indices]
     one_hot = F.one_hot(indices, 3).double()
-    assert_close(vq.codebook.grad.cpu(), -2.0 / 4 * one_hot.T @ diff, F64)
-    assert_close(x.grad.cpu(), beta * 2.0 / 4 * diff, F64)
+    assert_close(vq.codebook.grad.cpu(), -2.0 / 8 * one_hot.T @ diff, F64)  # N D = 8 elements
+    assert_close(x.grad.cpu(), beta * 2.0 / 8 * diff, F64)
 
 
 def test_no_restart_when_every_count_is_above_threshold(device) -> None:
@@ -480,6 +481,95 @@ def test_empty_batch_in_training_changes_nothing(device) -> None:
     assert out.quantized.shape == (0, 2) and out.indices.shape == (0,)
     after = _snapshot(vq)
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+# --- non-finite batches, restarts without replacement, old checkpoints -----------------------------------
+
+
+@pytest.mark.parametrize("bad", (float("nan"), float("inf"), -float("inf")), ids=("nan", "inf", "-inf"))
+def test_non_finite_batch_skips_only_the_affected_codes(device, bad) -> None:
+    decay, eps = 0.9, 1e-5
+    vq = _module(3, 2, device, ema=True, decay=decay, eps=eps).train()
+    _set_state(vq, [[0.0, 0.0], [10.0, 10.0], [-50.0, 50.0]], count=[2.0, 3.0, 4.0])
+    before = _snapshot(vq)
+    x = _tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0], [11.0, 10.0], [bad, 10.0]], device)
+    out = vq(x)
+    bad_code = out.indices[4].item()  # whichever code the bad row went to, its update is skipped
+    assert 0 <= bad_code < 3
+    for name, value in vq.state_dict().items():
+        assert bool(value.isfinite().all()), name
+    assert torch.equal(vq.ema_count[bad_code], before["ema_count"][bad_code])
+    assert torch.equal(vq.ema_sum[bad_code], before["ema_sum"][bad_code])
+    assert torch.equal(vq.codebook[bad_code], before["codebook"][bad_code])
+    assert vq.skipped_updates.cpu().tolist() == [int(k == bad_code) for k in range(3)]
+
+    # Every other code takes the EMA update of its finite rows, by the class docstring's rule.
+    counts = torch.zeros(3, dtype=F64)
+    sums = torch.zeros(3, 2, dtype=F64)
+    for row, code in zip(x[:4].cpu(), out.indices[:4].cpu().tolist()):
+        counts[code] += 1
+        sums[code] += row
+    live = torch.tensor([k != bad_code for k in range(3)])
+    count = torch.where(live, decay * before["ema_count"].cpu() + (1 - decay) * counts, before["ema_count"].cpu())
+    ema_sum = decay * before["ema_sum"].cpu() + (1 - decay) * sums
+    expected = ema_sum / _smoothed(count, eps)[:, None]
+    assert_close(vq.ema_count.cpu(), count, F64)
+    assert_close(vq.ema_sum[live].cpu(), ema_sum[live], F64)
+    assert_close(vq.codebook[live].cpu(), expected[live], F64)
+
+    # A clean batch afterwards updates every code again and skips nothing.
+    vq(_tensor([[1.0, 1.0], [10.0, 9.0], [-49.0, 50.0]], device))
+    assert vq.skipped_updates.cpu().tolist() == [int(k == bad_code) for k in range(3)]
+    assert not torch.equal(vq.ema_count[bad_code], before["ema_count"][bad_code])
+    assert bool(vq.codebook.isfinite().all())
+
+
+@pytest.mark.parametrize("ema", (False, True))
+def test_restarts_draw_distinct_finite_rows(device, ema) -> None:
+    # 12 dead codes, 20 distinct batch rows of which 3 are NaN: every step, the restarted codes are
+    # 12 different finite rows of the batch (with replacement, 12 draws among 17 rows collide with
+    # probability above 99%).
+    vq = _module(12, 3, device, ema=ema, decay=0.99, dead_code_threshold=1.0).train()  # all stay dead
+    x = _rand(20, 3, seed=71, device=device)
+    x[[2, 7, 19], 1] = float("nan")
+    finite = [row for row in x.cpu() if bool(row.isfinite().all())]
+    for step in range(20):
+        torch.manual_seed(step)
+        _set_state(vq, _rand(12, 3, seed=72, scale=100.0), count=[0.01] * 12)
+        vq(x)
+        codes = vq.codebook.detach().cpu()
+        assert all(any(torch.equal(code, row) for row in finite) for code in codes), step
+        assert torch.unique(codes, dim=0).shape[0] == 12, step
+        assert vq.ema_count.cpu().tolist() == [1.0] * 12
+
+
+def test_more_dead_codes_than_finite_rows_restart_the_lowest_indices(device) -> None:
+    # 6 dead codes, 4 finite rows (and one NaN row): codes 0-3 take the 4 rows, 4 and 5 stay as they were.
+    vq = _module(6, 2, device, decay=0.99, dead_code_threshold=1.0).train()  # no code reaches N_k = 1
+    codebook = _rand(6, 2, seed=81, scale=100.0)
+    _set_state(vq, codebook, count=[0.01] * 6)
+    x = _tensor([[1.0, 2.0], [3.0, 4.0], [float("nan"), 0.0], [5.0, 6.0], [7.0, 8.0]], device)
+    vq(x)
+    restarted = vq.codebook.detach().cpu()[:4]
+    assert sorted(restarted.tolist()) == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+    assert torch.equal(vq.codebook.detach().cpu()[4:], codebook[4:])
+    assert vq.ema_count.cpu().tolist()[:4] == [1.0] * 4
+    assert bool((vq.ema_count[4:] < 1.0).all())
+
+
+@pytest.mark.parametrize("ema", (False, True))
+def test_state_dict_without_skipped_updates_loads(ema) -> None:
+    # Checkpoints written before the buffer existed load strictly, with a zero count.
+    saved = VectorQuantizer(5, 3, ema=ema)
+    saved.skipped_updates.fill_(7)
+    state = {name: value for name, value in saved.state_dict().items() if name != "skipped_updates"}
+    loaded = VectorQuantizer(5, 3, ema=ema)
+    loaded.skipped_updates.fill_(3)
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.codebook, saved.codebook)
+    assert torch.equal(loaded.skipped_updates, torch.zeros(5, dtype=torch.int64))
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.skipped_updates.tolist() == [7] * 5
 
 
 # --- torch.distributed ------------------------------------------------------------------------------------
@@ -562,7 +652,7 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 @pytest.mark.parametrize("variant", DDP_VARIANTS)
 def test_ddp_ranks_keep_identical_codebooks(ddp_results, variant) -> None:
     rank0, rank1 = ddp_results[0][variant], ddp_results[1][variant]
-    assert sorted(rank0) == ["codebook", "ema_count", "ema_sum"]
+    assert sorted(rank0) == ["codebook", "ema_count", "ema_sum", "skipped_updates"]
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     # The ranks saw different halves: the statistics really moved.

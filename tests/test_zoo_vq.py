@@ -138,6 +138,8 @@ def test_vq_vae_loss_terms_on_the_honest_scale(ema: bool) -> None:
 
     codes = model.quantizer.codebook[out.indices].permute(0, 3, 1, 2).double()
     squared = ((out.z_e.double() - codes) ** 2).sum(dim=(1, 2, 3)).mean()
+    # The quantiser reports F.mse_loss (a mean over elements); the model's term is the per-example sum.
+    torch.testing.assert_close(out.commitment_loss.double(), F.mse_loss(out.z_e.double(), codes), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(terms["commitment"].double(), squared, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(terms["codebook"].double(), squared if not ema else squared.new_zeros(()),
                                rtol=1e-5, atol=1e-6)

@@ -105,15 +105,16 @@ class VQModel(ObservationModel):
     def vq_terms(self, out: ModelOutput, suffix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """``(commitment, codebook)`` of one level on the honest scale, float32 0-dim.
 
-        The quantiser's losses are means over the ``B h w`` code vectors of ``|z_e - e|^2`` (summed
-        over ``D``); times ``h w`` they become sums over the grid averaged over the batch. The codebook
-        term is 0 under EMA (the codebook takes no gradient).
+        The quantiser's losses are means over the ``B h w D`` elements of ``(z_e - e)^2`` (what
+        ``F.mse_loss`` gives); times ``h w D`` they become sums over the grid and ``D`` averaged over
+        the batch, the scale of the summed reconstruction term. The codebook term is 0 under EMA
+        (the codebook takes no gradient).
         """
-        positions = out[f"indices{suffix}"][0].numel()
-        commitment = positions * out[f"commitment_loss{suffix}"].float()
+        elements = out[f"indices{suffix}"][0].numel() * self.latent_dim
+        commitment = elements * out[f"commitment_loss{suffix}"].float()
         if self.ema:
             return commitment, torch.zeros((), device=commitment.device)
-        return commitment, positions * out[f"codebook_loss{suffix}"].float()
+        return commitment, elements * out[f"codebook_loss{suffix}"].float()
 
     def prior_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The examples of a batch of codes ``(B, ...)`` the prior trains on: the first ``prior_batch`` (all for 0)."""
@@ -174,7 +175,10 @@ class VQVAE(VQModel):
 
     ``recon + prior`` is the negative ELBO of the model with the learned prior (the posterior is a
     point mass on the codes, so the KL is ``-log p_prior(k)``); ``commitment`` and ``codebook`` train
-    the encoder and the codebook.
+    the encoder and the codebook. The quantiser reports its losses as means over elements
+    (``F.mse_loss``, the scale of the VQ-VAE authors' code); this model rescales them by ``h w D``
+    inside its loss (:meth:`VQModel.vq_terms`) so that they are sums like ``recon`` and ``beta``
+    weighs them against it as before.
 
     Codebook: with ``ema=True`` (the paper's appendix A.1; default) it is a buffer updated in
     training mode by exponential moving averages (``decay``, Laplace smoothing); with ``ema=False`` it
@@ -194,7 +198,7 @@ class VQVAE(VQModel):
     ``forward`` returns ``ModelOutput(recon, z, logits, z_e, indices, commitment_loss,
     codebook_loss, perplexity)``: ``z`` the straight-through codes ``(B, D, h, w)``, ``z_e`` the
     encoder output, ``indices (B, h, w)`` int64, the two losses as the quantiser returns them (means
-    over code vectors), ``perplexity`` the exponentiated entropy of code usage in the batch.
+    over the ``B h w D`` elements), ``perplexity`` the exponentiated entropy of code usage in the batch.
     ``loss`` also reports ``perplexity`` and ``usage`` (the fraction of codes the batch uses), not
     minimised. :meth:`reconstruct`, :meth:`elbo` (``-(recon + prior)`` per example) and eval mode
     never update the codebook.

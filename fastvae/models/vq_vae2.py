@@ -37,7 +37,8 @@ class VQVAE2(VQModel):
 
     Both quantisers are :class:`fastvae.nn.VectorQuantizer` (fused nearest-code search, EMA or
     loss-trained codebook, dead-code restart), configured alike. Loss, every term a per-example sum
-    averaged over the batch (see :class:`~fastvae.models.vq_vae.VQVAE` for each level's terms)::
+    averaged over the batch (see :class:`~fastvae.models.vq_vae.VQVAE` for each level's terms; the
+    quantisers' element means are rescaled by each level's ``h w D`` to sums)::
 
         loss = recon + codebook_top + codebook_bottom + beta * (commitment_top + commitment_bottom)
                + prior_top + prior_bottom

@@ -45,9 +45,20 @@ class VectorQuantizer(nn.Module):
     starting at 1 for every code, with ``ema_sum`` starting at the initial codebook so that
     ``e_k = m_k / N_k`` holds from the start). With ``dead_code_threshold > 0``, after each update
     every code whose ``N_k`` is below the threshold restarts at a random vector of the batch, with
-    ``N_k`` reset to ``max(1, dead_code_threshold)``. When ``torch.distributed`` is initialised the
-    counts and sums are all-reduced and restarts use rank 0's picks, so every rank keeps the same
-    codebook. No step synchronises with the host.
+    ``N_k`` reset to ``max(1, dead_code_threshold)``: the dead codes draw distinct rows (without
+    replacement) among the batch's finite rows; when the batch has fewer finite rows than there are
+    dead codes, the lowest-index dead codes take them all and the others stay as they are until a
+    later step. When ``torch.distributed`` is initialised the counts and sums are all-reduced and
+    restarts use rank 0's picks, so every rank keeps the same codebook. No step synchronises with
+    the host.
+
+    Non-finite batches: a code whose batch count or sum, or whose new EMA count or sum (or, with EMA,
+    new codebook row), is NaN or infinite skips this step's update: its ``N_k``, ``m_k`` and codebook
+    row stay as they were (a ``torch.where``, no host synchronisation), and its entry of the buffer
+    ``skipped_updates`` (``(K,)`` int64, the number of skipped updates per code) grows by one. The
+    other codes update as usual, so one NaN or inf batch never poisons the codebook; the output of
+    that forward (``quantized``, the losses) carries the NaN as it is. State dicts saved without
+    ``skipped_updates`` load with zeros.
 
     Args:
         num_codes: codebook size ``K``.
@@ -72,6 +83,7 @@ class VectorQuantizer(nn.Module):
 
     codebook: torch.Tensor
     ema_count: torch.Tensor
+    skipped_updates: torch.Tensor
 
     def __init__(
         self,
@@ -114,6 +126,7 @@ class VectorQuantizer(nn.Module):
         else:
             self.codebook = nn.Parameter(initial)
         self.register_buffer("ema_count", torch.ones(num_codes))
+        self.register_buffer("skipped_updates", torch.zeros(num_codes, dtype=torch.int64))
 
     def extra_repr(self) -> str:
         return (
@@ -148,6 +161,11 @@ class VectorQuantizer(nn.Module):
         channel_dim = self.channel_dim % x.dim()
         return out._replace(quantized=out.quantized.movedim(-1, channel_dim), loss=loss)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # State dicts saved before ``skipped_updates`` existed load with a zero count.
+        state_dict.setdefault(prefix + "skipped_updates", torch.zeros_like(self.skipped_updates))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def _update(self, x: torch.Tensor, indices: torch.Tensor) -> None:
         rows = x.reshape(-1, self.dim)
@@ -160,23 +178,46 @@ class VectorQuantizer(nn.Module):
             dist.all_reduce(counts)
             if self.ema:
                 dist.all_reduce(sums)
-        self.ema_count.lerp_(counts.to(self.ema_count.dtype), 1.0 - self.decay)
+        new_count = self.ema_count.lerp(counts.to(self.ema_count.dtype), 1.0 - self.decay)
+        finite = counts.isfinite() & new_count.isfinite()
         if self.ema:
-            self.ema_sum.lerp_(sums.to(self.ema_sum.dtype), 1.0 - self.decay)
+            new_sum = self.ema_sum.lerp(sums.to(self.ema_sum.dtype), 1.0 - self.decay)
+            finite &= sums.isfinite().all(1) & new_sum.isfinite().all(1)
+            self.ema_sum.copy_(torch.where(finite.unsqueeze(1), new_sum, self.ema_sum))
+        self.ema_count.copy_(torch.where(finite, new_count, self.ema_count))
+        if self.ema:
             total = self.ema_count.sum()
             smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
-            self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+            codebook = self.ema_sum / smoothed.unsqueeze(1)
+            finite &= codebook.isfinite().all(1)
+            self.codebook.copy_(torch.where(finite.unsqueeze(1), codebook, self.codebook))
+        self.skipped_updates.add_(~finite)
         if self.dead_code_threshold > 0:
             self._restart_dead_codes(rows)
 
     def _restart_dead_codes(self, rows: torch.Tensor) -> None:
-        dead = (self.ema_count < self.dead_code_threshold).unsqueeze(1)
-        picks = torch.randint(0, rows.shape[0], (self.num_codes,), device=rows.device)
-        replacement = rows[picks].to(self.codebook.dtype)
+        """Restart every dead code at its own finite row of ``rows (N, D)``, drawn without replacement.
+
+        The ``j``-th dead code (in index order) takes the ``j``-th row of a random permutation of the
+        finite rows; dead codes beyond the number of finite rows stay as they are (and dead) this
+        step. On device, no host synchronisation.
+        """
+        dead = self.ema_count < self.dead_code_threshold
+        finite_rows = rows.isfinite().all(1)
+        # Random keys, non-finite rows last: the sort is a uniform permutation of the finite rows.
+        keys = torch.rand(rows.shape[0], device=rows.device).masked_fill_(~finite_rows, 2.0)
+        order = keys.argsort()
+        rank = dead.cumsum(0) - 1
+        picks = order[rank.clamp(0, rows.shape[0] - 1)]
+        restart = dead & (rank < finite_rows.sum())
+        # Codes that do not restart get NaN rows: after the broadcast, every rank reads rank 0's choice.
+        replacement = torch.where(restart.unsqueeze(1), rows[picks].to(self.codebook.dtype), float("nan"))
         if _distributed():
             dist.broadcast(replacement, src=0)
+        restart = replacement.isfinite().all(1)
         reset_count = max(1.0, self.dead_code_threshold)
-        self.codebook.copy_(torch.where(dead, replacement, self.codebook))
+        self.codebook.copy_(torch.where(restart.unsqueeze(1), replacement, self.codebook))
         if self.ema:
-            self.ema_sum.copy_(torch.where(dead, replacement.to(self.ema_sum.dtype) * reset_count, self.ema_sum))
-        self.ema_count.copy_(torch.where(dead.squeeze(1), reset_count, self.ema_count))
+            restarted_sum = replacement.to(self.ema_sum.dtype) * reset_count
+            self.ema_sum.copy_(torch.where(restart.unsqueeze(1), restarted_sum, self.ema_sum))
+        self.ema_count.copy_(torch.where(restart, reset_count, self.ema_count))
