@@ -194,7 +194,9 @@ def test_non_finite_loss_stops_before_the_update_and_names_step_and_term(
             "--checkpoint-every", "100", "--sample-every", "100", "--no-progress"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "non-finite loss at step 3" in err and "'kl' is nan" in err and "'recon'" not in err
+    # The loss of the 4th step (0-based step 3) is NaN: three steps are done, as metrics.jsonl counts.
+    assert err.startswith("fastvae train: non-finite loss in step 4: 'kl' is nan; saved the last good state (3 steps done)")
+    assert "'recon'" not in err
     # The checkpoint is the state before step 3: weights, optimiser and generators of a 3-step run.
     _assert_same_tensors(_tensors(out), _tensors(reference))
     assert ckpt.read_run_record(out / ckpt.CHECKPOINT_NAME)["rng"] == ckpt.read_run_record(
@@ -205,10 +207,86 @@ def test_non_finite_loss_stops_before_the_update_and_names_step_and_term(
 def test_a_run_directory_is_not_overwritten_or_resumed_with_other_settings(uninterrupted: Path) -> None:
     with pytest.raises(ValueError, match="already holds a run"):
         _train(uninterrupted, 6)
-    with pytest.raises(ValueError, match=r"resume: .*lr=0\.001 \(now 0\.002\)"):
+    with pytest.raises(ValueError, match=r"resume: .*lr 0\.001 \(now 0\.002\)"):
         _train(uninterrupted, 8, resume=True, lr=2e-3)
     with pytest.raises(ValueError, match="no checkpoint to resume"):
         _train(uninterrupted / "missing", 8, resume=True)
+
+
+def test_resume_with_only_out_continues_the_run_from_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastvae import cli
+
+    settings = ["--model", "vae", "--steps", "5", "--batch-size", "6", "--lr", "0.002", "--seed", "4",
+                "--latent-dim", "3", "--log-every", "1", "--checkpoint-every", "100", "--sample-every", "100",
+                "--likelihood", "gaussian", "--device", "cpu", "--no-progress"]
+    whole = tmp_path / "whole"
+    assert cli.main(["train", *settings, "--out", str(whole)]) == 0
+
+    def interrupt(terms):
+        raise KeyboardInterrupt
+
+    _patch_vae_loss(monkeypatch, 2, interrupt)
+    out = tmp_path / "split"
+    assert cli.main(["train", *settings, "--out", str(out)]) == 128 + signal.SIGINT
+    monkeypatch.undo()
+    assert ckpt.read_run_record(out / ckpt.CHECKPOINT_NAME)["step"] == 2
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert "vae step 5/5" in capsys.readouterr().err
+    _assert_same_tensors(_tensors(out), _tensors(whole))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    # Flags that contradict the run are refused; one that extends it is taken.
+    assert cli.main(["train", "--resume", "--out", str(out), "--steps", "7", "--lr", "0.1", "--seed", "4"]) == 2
+    assert capsys.readouterr().err == (
+        f"fastvae train: --resume: the run in {out} was trained with --lr 0.002 (now 0.1); resume with the same settings\n"
+    )
+    assert cli.main(["train", "--resume", "--out", str(out), "--likelihood", "bernoulli"]) == 2
+    assert "--likelihood 'gaussian' (now 'bernoulli')" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--out", str(out), "--steps", "6", "--no-progress"]) == 0
+    assert ckpt.read_run_record(out / ckpt.CHECKPOINT_NAME)["step"] == 6
+
+
+def test_a_new_run_that_fails_in_its_first_step_removes_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastvae import cli
+
+    def unreadable(terms):
+        raise ValueError("batch 0 is unreadable")
+
+    _patch_vae_loss(monkeypatch, 0, unreadable)
+    out = tmp_path / "new"
+    argv = ["train", "--model", "vae", "--steps", "2", "--out", str(out), "--device", "cpu", "--batch-size", "4",
+            "--no-progress"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == "fastvae train: batch 0 is unreadable\n"
+    assert not out.exists()
+    monkeypatch.undo()
+    _patch_vae_loss(monkeypatch, 0, unreadable)  # the patch fails one step only
+    out.mkdir()  # a directory the run did not create is left as it was
+    assert cli.main(argv) == 2 and out.is_dir()
+
+
+def test_progress_bar_shows_the_writing_after_the_last_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _train(tmp_path / "run", 2, progress=True)
+    err = capsys.readouterr().err
+    assert "vae (saving checkpoint.safetensors): 100%" in err
+    assert "vae (drawing samples_2.png and recon_2.png): 100%" in err
+
+
+def test_every_run_file_gets_the_mode_of_a_new_file(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        ckpt.save_checkpoint(tmp_path / ckpt.CHECKPOINT_NAME, model_state={"w": torch.zeros(2)}, optimizers={}, run={})
+        ckpt.write_json(tmp_path / ckpt.CONFIG_NAME, {})
+        save_png(torch.zeros(1, 2, 2), tmp_path / "grid.png")
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {
+        ckpt.CHECKPOINT_NAME: 0o644, ckpt.CONFIG_NAME: 0o644, "grid.png": 0o644
+    }
 
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -499,6 +577,26 @@ def test_evaluate_adds_disentanglement_metrics_on_dsprites(trained: Path, monkey
     assert calls[-1] == ("DSprites", 0, False)
     with pytest.raises(ValueError, match="disentanglement must be one of fast, full, off"):
         ft.evaluate(trained, disentanglement="yes")
+
+
+def test_evaluate_shows_progress_of_the_batches_and_the_rendered_images(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fastvae.metrics
+    from fastvae.metrics.suite import FAST
+
+    def disentanglement(model, dataset, *, seed, fast):
+        dataset.render_factors(dataset.sample_factors(100, torch.Generator().manual_seed(0)))
+        return {"mig": 0.5}
+
+    monkeypatch.setattr(fastvae.metrics, "disentanglement", disentanglement)
+    report = ft.evaluate(trained, batches=3, k=0, batch_size=4, device="cpu", write=False, progress=True)
+    assert report["disentanglement"] == {"mig": 0.5}
+    err = capsys.readouterr().err
+    assert "evaluate: 100%" in err and "3/3" in err
+    assert "disentanglement (fast)" in err and f"100/{FAST.observations / 1000:g}k" in err
+    ft.evaluate(trained, batches=1, k=0, batch_size=4, device="cpu", write=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_disentanglement_hook_is_empty_without_fastvae_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

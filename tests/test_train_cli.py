@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,34 @@ def test_unknown_model_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) 
 
 def test_unknown_hyperparameter_lists_the_models(capsys: pytest.CaptureFixture[str]) -> None:
     line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--betta", "4"])
-    assert line == "fastvae train: unknown hyper-parameter --betta for model 'vae'; valid: --likelihood, --obs-std"
+    assert line == (
+        "fastvae train: unknown flag --betta for model 'vae'; its hyper-parameters: --likelihood, --obs-std "
+        "(the trainer's flags: fastvae train --help)"
+    )
+
+
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("--step", "--steps"), ("--batch_size", "--batch-size"), ("--lattent-dim", "--latent-dim"),
+    ("--obs-sdt", "--obs-std"), ("--checkpoint", "--checkpoint-every"),
+])
+def test_a_misspelt_flag_names_the_closest_flag(capsys: pytest.CaptureFixture[str], typo: str, meant: str) -> None:
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", typo, "3"])
+    assert line.startswith(f"fastvae train: unknown flag {typo} for model 'vae'; did you mean {meant}? ")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-size", "0"], "--batch-size must be a positive int, got 0"),
+    (["--num-workers", "-1"], "--num-workers must be a non-negative int, got -1"),
+    (["--latent-dim", "0"], "--latent-dim must be a positive int, got 0"),
+    (["--obs-std", "-1"], "--obs-std must be a positive finite number, got -1.0"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+])
+def test_messages_spell_flags_as_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
+    line = _one_line_error(capsys, ["train", "--model", "vae", "--out", str(tmp_path / "run"), *argv])
+    assert line == f"fastvae train: {message}"
 
 
 def test_bad_hyperparameter_value_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -91,7 +119,7 @@ def test_bad_hyperparameter_value_is_one_line(capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize("path", ["missing_dir", "missing.npz", "missing-images-idx3-ubyte"])
 def test_missing_data_path_lists_the_valid_forms(capsys: pytest.CaptureFixture[str], tmp_path: Path, path: str) -> None:
     line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--data", str(tmp_path / path), "--out", str(tmp_path)])
-    assert line.startswith(f"fastvae train: data '{tmp_path / path}': ") and "no such file" in line
+    assert line.startswith(f"fastvae train: --data '{tmp_path / path}': ") and "no such file" in line
     assert "valid: " in line and "dsprites" in line
 
 
@@ -99,7 +127,8 @@ def test_amp_on_the_cpu_and_bad_numbers_are_rejected(capsys: pytest.CaptureFixtu
     assert "amp (mixed precision) needs a CUDA device" in _one_line_error(
         capsys, [*TRAIN, "--model", "vae", "--amp", "--out", str(tmp_path)]
     )
-    assert "steps must be a positive int, got 0" in _one_line_error(capsys, [*TRAIN, "--model", "vae", "--steps", "0"])
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--steps", "0"])
+    assert line == "fastvae train: --steps must be a positive int, got 0"
 
 
 def test_other_commands_still_reject_unknown_flags() -> None:
@@ -109,8 +138,92 @@ def test_other_commands_still_reject_unknown_flags() -> None:
 
 def test_evaluate_and_sample_name_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     line = _one_line_error(capsys, ["evaluate", str(tmp_path)])
-    assert line == f"fastvae evaluate: run_dir: {tmp_path} holds no fastvae run (no config.json); train one with fastvae train"
+    assert line == f"fastvae evaluate: RUN_DIR: {tmp_path} holds no fastvae run (no config.json); train one with fastvae train"
     assert "holds no fastvae run" in _one_line_error(capsys, ["sample", str(tmp_path)])
+    (tmp_path / "file").write_text("")
+    line = _one_line_error(capsys, ["evaluate", str(tmp_path / "file")])
+    assert line.startswith(f"fastvae evaluate: RUN_DIR: {tmp_path / 'file'} is not a directory")
+
+
+def test_train_without_a_model_or_a_run_to_resume_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, ["train", "--steps", "2"])
+    assert line == "fastvae train: --model NAME is required (or --resume --out DIR to continue a run)"
+    line = _one_line_error(capsys, ["train", "--resume"])
+    assert line == "fastvae train: --resume needs --out DIR, the run to continue (or --model NAME for runs/NAME)"
+
+
+# --- run directories ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "small"
+    assert cli.main([*TRAIN, "--model", "vae", "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", [ckpt.CHECKPOINT_NAME, ckpt.CONFIG_NAME])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+@pytest.mark.parametrize("command", ["resume", "evaluate", "sample"])
+def test_a_damaged_run_file_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], small_run: Path, tmp_path: Path, name: str, damage: str, command: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    whole = (run / name).read_bytes()
+    (run / name).write_bytes({"truncated": whole[: len(whole) // 2], "empty": b"", "garbage": b"\xff" * 64}[damage])
+    argv = {
+        "resume": ["train", "--resume", "--out", str(run), "--no-progress"],
+        "evaluate": ["evaluate", str(run), "--device", "cpu", "--batches", "1", "--k", "0", "--disentanglement", "off"],
+        "sample": ["sample", str(run), "--device", "cpu", "--n", "1"],
+    }[command]
+    line = _one_line_error(capsys, argv)
+    assert line.startswith(f"fastvae {'train' if command == 'resume' else command}: {run / name}: ")
+    assert "truncated or corrupt" in line and line.endswith("train the run again (fastvae train --overwrite)")
+
+
+def test_a_config_json_that_is_not_fastvaes_is_refused(capsys: pytest.CaptureFixture[str], small_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "config.json").write_text('{"lr": 0.1}')
+    line = _one_line_error(capsys, ["evaluate", str(run), "--device", "cpu"])
+    assert line.startswith(f"fastvae evaluate: {run / 'config.json'}: not a fastvae run record (format None, ")
+
+
+@pytest.mark.parametrize("names", [["notes.txt"], ["config.json"], ["metrics.jsonl", "samples_10.png"]])
+def test_out_with_files_fastvae_did_not_write_is_refused_without_overwrite(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, names: list[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in names:
+        (out / name).write_text("the user's")
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--steps", "1", "--out", str(out)])
+    assert line.startswith(f"fastvae train: --out: {out} holds files that are not a fastvae run ({', '.join(sorted(names))}); ")
+    assert "--overwrite" in line
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert all((out / name).read_text() == "the user's" for name in names)
+
+
+def test_out_naming_a_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--out", str(tmp_path / "file"), *extra])
+        assert line == f"fastvae train: --out: {tmp_path / 'file'} is a file, not a directory; name a run directory"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), color=40 * i).save(images / f"{i}.png")
+    whole = (images / "3.png").read_bytes()
+    (images / "3.png").write_bytes(whole[: len(whole) // 2])  # a header that opens, pixels that do not
+    out = tmp_path / "new" / "run"
+    line = _one_line_error(capsys, [*TRAIN, "--model", "vae", "--batch-size", "4", "--data", str(images), "--out", str(out)])
+    assert "3.png" in line and not (tmp_path / "new").exists()
+
 
 
 # --- the commands on a run ---------------------------------------------------------------------------

@@ -61,6 +61,14 @@ class Sizes:
     num_variance_estimate: int
     batch_size: int = 64
 
+    @property
+    def observations(self) -> int:
+        """Observations :func:`evaluate_all` renders with these sizes: the MIG / SAP / DCI codes, the
+        FactorVAE variance draws and votes, and the beta-VAE points (two per pair). Fewer when the
+        FactorVAE score finds no active latent (it then casts no votes)."""
+        votes = (self.votes_train + self.votes_eval) * self.batch_size
+        return self.num_train + self.num_test + self.num_variance_estimate + votes + 2 * votes
+
 
 FULL = Sizes(num_train=10_000, num_test=5_000, votes_train=10_000, votes_eval=5_000, num_variance_estimate=10_000)
 FAST = Sizes(num_train=2_000, num_test=1_000, votes_train=200, votes_eval=100, num_variance_estimate=2_000)

@@ -6,12 +6,16 @@
 - :func:`evaluate`, :func:`sample`, :func:`load_run`: score a run directory, draw from it, load its
   model (:mod:`fastvae.train.evaluate`).
 
-Run directories and the checkpoint format are described in :mod:`fastvae.train.checkpoint`.
+Run directories and the checkpoint format are described in :mod:`fastvae.train.checkpoint`. Bad
+arguments raise :class:`SettingError`, unreadable run files :class:`RunFileError` (both ValueErrors
+with one-line messages).
 """
 
+from fastvae.train.checkpoint import RunFileError
 from fastvae.train.evaluate import Run, evaluate, load_run, sample
 from fastvae.train.trainer import (
     NonFiniteLossError,
+    SettingError,
     TrainConfig,
     Trainer,
     TrainingInterrupted,
@@ -21,6 +25,8 @@ from fastvae.train.trainer import (
 __all__ = [
     "NonFiniteLossError",
     "Run",
+    "RunFileError",
+    "SettingError",
     "TrainConfig",
     "Trainer",
     "TrainingInterrupted",

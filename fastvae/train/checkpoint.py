@@ -18,10 +18,15 @@ A run directory holds:
     far) and ``weights_sha256`` (per rank, :func:`state_digest` of its model state: equal on every
     rank of a healthy data-parallel run).
 
-Both files are written to a temporary name in the same directory, flushed to disk and moved into
+``metrics.jsonl``, ``samples_<step>.png``, ``recon_<step>.png``
+    The training outputs (:mod:`fastvae.train.trainer`); ``eval.json`` and ``samples.png`` are
+    written by ``fastvae evaluate`` and ``fastvae sample``. These are :data:`RUN_FILES`.
+
+Every file is written to a temporary name in the same directory, flushed to disk and moved into
 place with ``os.replace``, so an interrupt leaves either the old file or the new one, never a torn
-one. The checkpoint is written first and is authoritative: it carries its own copy of the run
-record, so a resume never depends on ``config.json`` agreeing with it.
+one; each gets the mode a newly created file gets (``0o666`` less the umask). The checkpoint is
+written first and is authoritative: it carries its own copy of the run record. A file that is
+truncated, corrupt or not fastvae's is reported by :class:`RunFileError`, naming it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save, save_file
 
 __all__ = [
@@ -46,11 +51,14 @@ __all__ = [
     "EVAL_NAME",
     "FORMAT",
     "METRICS_NAME",
+    "RUN_FILES",
     "Checkpoint",
+    "RunFileError",
     "atomic_write",
     "capture_rng",
     "clear_run",
     "load_checkpoint",
+    "read_config",
     "read_run_record",
     "restore_rng",
     "rng_from_json",
@@ -65,9 +73,22 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 EVAL_NAME = "eval.json"
+#: Glob patterns of the files fastvae writes in a run directory (all that ``--overwrite`` removes).
+RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, EVAL_NAME, "samples.png", "samples_*.png", "recon_*.png")
 _MODEL_PREFIX = "model."
 _OPTIMIZER_PREFIX = "optimizer."
 _TENSOR_REF = "__tensor__"
+
+
+class RunFileError(ValueError):
+    """A run-directory file that cannot be read: truncated, corrupt, or not written by fastvae. The
+    message is one line that names the file and says what to do."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path}: {problem}; restore it from a copy, or train the run again (fastvae train --overwrite)"
+        )
 
 
 @dataclass
@@ -92,7 +113,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        with open(tmp, "wb"):
+            pass
+        mode = tmp.stat().st_mode & 0o777  # what the umask gives a new file; writers such as safetensors narrow it
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -107,12 +132,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete the files a run writes in ``run_dir`` (checkpoint, config, metrics, evaluation, image
-    grids), leaving anything else there alone."""
-    run_dir = Path(run_dir)
-    names = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, EVAL_NAME)
-    for path in [*(run_dir / name for name in names), *run_dir.glob("samples_*.png"), *run_dir.glob("recon_*.png")]:
-        path.unlink(missing_ok=True)
+    """Delete the files fastvae writes in ``run_dir`` (:data:`RUN_FILES`: checkpoint, config, metrics,
+    evaluation, image grids), leaving anything else there alone."""
+    for pattern in RUN_FILES:
+        for path in Path(run_dir).glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -171,20 +195,57 @@ def save_checkpoint(
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def _json_field(path: Path, metadata: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, json.JSONDecodeError):
+        raise RunFileError(path, f"the checkpoint's {key!r} metadata is missing or not JSON") from None
+
+
 def _metadata(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise RunFileError(path, f"not a readable checkpoint, truncated or corrupt ({error})") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fastvae checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+        raise RunFileError(path, f"not a fastvae checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
     return metadata
 
 
 def read_run_record(path: Path) -> dict[str, Any]:
-    """The run record stored inside the checkpoint at ``path`` (no tensors are read)."""
-    return json.loads(_metadata(path)["run"])
+    """The run record stored inside the checkpoint at ``path`` (no tensors are read).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        RunFileError: the file is truncated, corrupt or not a fastvae checkpoint.
+    """
+    path = Path(path)
+    return _json_field(path, _metadata(path), "run")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The run record in a run's ``config.json`` at ``path``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        RunFileError: the file is not JSON (truncated or corrupt) or not a fastvae run record (its
+            ``format`` is not :data:`FORMAT`).
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFileError(path, f"not readable JSON, truncated or corrupt ({error})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise RunFileError(path, f"not a fastvae run record (format {found!r}, expected {FORMAT!r})")
+    return record
 
 
 def load_checkpoint(path: Path, *, optimizers: bool = True) -> Checkpoint:
@@ -192,16 +253,20 @@ def load_checkpoint(path: Path, *, optimizers: bool = True) -> Checkpoint:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a fastvae checkpoint.
+        RunFileError: the file is truncated, corrupt or not a fastvae checkpoint.
     """
+    path = Path(path)
     metadata = _metadata(path)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise RunFileError(path, f"not a readable checkpoint, truncated or corrupt ({error})") from None
     model_state = {key[len(_MODEL_PREFIX) :]: value for key, value in tensors.items() if key.startswith(_MODEL_PREFIX)}
     states: dict[str, dict[str, Any]] = {}
     if optimizers:
-        index = json.loads(metadata["optimizers"])
+        index = _json_field(path, metadata, "optimizers")
         states = {name: _optimizer_state(entry, tensors) for name, entry in index.items()}
-    return Checkpoint(model_state=model_state, optimizers=states, run=json.loads(metadata["run"]))
+    return Checkpoint(model_state=model_state, optimizers=states, run=_json_field(path, metadata, "run"))
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:

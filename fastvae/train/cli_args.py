@@ -13,16 +13,20 @@ tuple or list             comma-separated items, each converted like the first i
                           the default (``--hidden 64,128``)
 None                      ``none``, else an int, a float, or the string as given
 ========================  ===========================================================
+
+An unknown flag is reported with the closest trainer flags and hyper-parameters (``--step``: did
+you mean ``--steps``?).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
 from fastvae import models
 
-__all__ = ["HyperParameterError", "convert", "parse_hparams", "restore_types"]
+__all__ = ["HyperParameterError", "as_flag", "convert", "parse_hparams", "restore_types"]
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -32,7 +36,8 @@ class HyperParameterError(ValueError):
     """A hyper-parameter flag that is unknown, malformed or of the wrong type (one-line message)."""
 
 
-def _flag(name: str) -> str:
+def as_flag(name: str) -> str:
+    """The command-line spelling of an argument or hyper-parameter: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 
@@ -81,7 +86,7 @@ def convert(text: str, default: Any, name: str) -> Any:
     Raises:
         HyperParameterError: ``text`` does not parse as that type; the message names the flag.
     """
-    flag = _flag(name)
+    flag = as_flag(name)
     if isinstance(default, (tuple, list)):
         items = [item.strip() for item in text.split(",") if item.strip()]
         like = default[0] if default else None
@@ -89,23 +94,27 @@ def convert(text: str, default: Any, name: str) -> Any:
     return _scalar(text, default, flag)
 
 
-def parse_hparams(model: str, tokens: Sequence[str]) -> dict[str, Any]:
+def parse_hparams(model: str, tokens: Sequence[str], *, command_flags: Sequence[str] = ()) -> dict[str, Any]:
     """Hyper-parameters of ``model`` from the flags left over by the trainer's own parser.
 
     Args:
         model: a registered model name.
         tokens: e.g. ``["--beta", "4", "--likelihood=gaussian", "--ema"]``.
+        command_flags: the command's own flags (``--steps``...): with the hyper-parameters, the
+            candidates offered for an unknown flag.
 
     Returns:
         ``{"beta": 4.0, "likelihood": "gaussian", "ema": True}``, converted by :func:`convert`.
 
     Raises:
         ValueError: unknown ``model`` (the message lists the valid names).
-        HyperParameterError: a token that is not a flag, an unknown hyper-parameter (the message
-            lists the model's), a flag without a value, or a value of the wrong type.
+        HyperParameterError: a token that is not a flag, an unknown flag (the message names the
+            closest flags and lists the model's hyper-parameters), a flag without a value, or a
+            value of the wrong type.
     """
     defaults = models.hyperparameters(model)
-    valid = ", ".join(map(_flag, defaults)) or "(none)"
+    valid = ", ".join(map(as_flag, defaults)) or "(none)"
+    candidates = [*command_flags, *map(as_flag, defaults)]
     parsed: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
@@ -115,7 +124,13 @@ def parse_hparams(model: str, tokens: Sequence[str]) -> dict[str, Any]:
         flag, has_value, value = token.partition("=")
         name = flag[2:].replace("-", "_")
         if name not in defaults:
-            raise HyperParameterError(f"unknown hyper-parameter {flag} for model {model!r}; valid: {valid}")
+            # Compared without the leading "--", which every candidate shares.
+            close = difflib.get_close_matches(as_flag(name)[2:], [c[2:] for c in candidates], n=3)
+            hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
+            raise HyperParameterError(
+                f"unknown flag {flag} for model {model!r}; {hint}its hyper-parameters: {valid} "
+                "(the trainer's flags: fastvae train --help)"
+            )
         if name in parsed:
             raise HyperParameterError(f"{flag} is given twice")
         i += 1

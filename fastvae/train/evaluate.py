@@ -25,19 +25,23 @@ independent of the run's seed, so runs compare; the embedded data has no held-ou
 ``disentanglement``
     MIG, SAP, DCI, the FactorVAE and beta-VAE scores on dSprites, from :func:`_disentanglement`
     (:func:`fastvae.metrics.disentanglement`), with fast or full sample sizes.
+
+With ``progress``, a bar on stderr follows the batches, and another the images the
+disentanglement metrics render (the slow part on a CPU).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from fastvae import models
 from fastvae.nn import VectorQuantizer
@@ -45,13 +49,15 @@ from fastvae.train.checkpoint import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     EVAL_NAME,
+    RunFileError,
     load_checkpoint,
+    read_config,
     write_json,
 )
 from fastvae.train.cli_args import restore_types
 from fastvae.train.images import as_images, make_grid, save_png
 from fastvae.train.sampling import BatchFetcher, StepSampler, class_labels, derive_seed
-from fastvae.train.trainer import load_data, resolve_device
+from fastvae.train.trainer import SettingError, load_data, resolve_device
 
 __all__ = ["DISENTANGLEMENT_MODES", "EVAL_NAME", "Run", "evaluate", "load_run", "sample"]
 
@@ -82,23 +88,39 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> Run:
     """Load the run in ``run_dir``: the model from ``config.json`` and ``checkpoint.safetensors``.
 
     Raises:
-        ValueError: ``run_dir`` holds no run (the message names what is missing).
+        SettingError: ``run_dir`` holds no run (the message names what is missing).
+        RunFileError: ``config.json`` or ``checkpoint.safetensors`` is truncated, corrupt, not
+            fastvae's, or the two do not match (the message names the file).
     """
     path = Path(run_dir)
     config_path, checkpoint_path = path / CONFIG_NAME, path / CHECKPOINT_NAME
+    if not path.is_dir():
+        raise SettingError(
+            lambda s: f"{s('run_dir')}: {path} is not a directory; name a run directory written by fastvae train"
+        )
     for required in (config_path, checkpoint_path):
         if not required.is_file():
-            raise ValueError(f"run_dir: {path} holds no fastvae run (no {required.name}); train one with fastvae train")
-    config = json.loads(config_path.read_text())
-    spec = config["model"]
-    model = models.create(
-        spec["name"],
-        input_shape=tuple(spec["input_shape"]),
-        latent_dim=spec["latent_dim"],
-        **restore_types(spec["name"], spec["hparams"]),
-    )
+            raise SettingError(
+                lambda s, name=required.name: f"{s('run_dir')}: {path} holds no fastvae run (no {name}); "
+                "train one with fastvae train"
+            )
+    config = read_config(config_path)
+    try:
+        spec = config["model"]
+        model = models.create(
+            spec["name"],
+            input_shape=tuple(spec["input_shape"]),
+            latent_dim=spec["latent_dim"],
+            **restore_types(spec["name"], spec["hparams"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunFileError(config_path, f"its model cannot be built ({' '.join(str(error).split())})") from None
     checkpoint = load_checkpoint(checkpoint_path, optimizers=False)
-    model.load_state_dict(checkpoint.model_state)
+    try:
+        model.load_state_dict(checkpoint.model_state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:200]
+        raise RunFileError(checkpoint_path, f"its weights do not fit the model in {CONFIG_NAME} ({detail})") from None
     model.to(resolve_device(device)).eval()
     return Run(path=path, model=model, config=config, step=int(checkpoint.run["step"]))
 
@@ -114,15 +136,34 @@ def _call(method: Any, *args: Any, labels: torch.Tensor | None) -> Any:
     return method(*args, labels) if labels is not None else method(*args)
 
 
+class _CountedRenders:
+    """A factor source (:class:`fastvae.metrics.sampling.FactorSource`) that advances ``bar`` by the
+    observations ``dataset`` renders for it."""
+
+    def __init__(self, dataset: Any, bar: tqdm) -> None:
+        self.FACTOR_SIZES = dataset.FACTOR_SIZES
+        self._dataset = dataset
+        self._bar = bar
+
+    def sample_factors(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._dataset.sample_factors(n, generator)
+
+    def render_factors(self, factors: torch.Tensor) -> torch.Tensor:
+        observations = self._dataset.render_factors(factors)
+        self._bar.update(factors.shape[0])
+        return observations
+
+
 def _disentanglement(
-    model: models.VAEModel, dataset: object, *, mode: str = "fast", seed: int = 0
+    model: models.VAEModel, dataset: object, *, mode: str = "fast", seed: int = 0, progress: bool = False
 ) -> dict[str, float]:
     """Disentanglement metrics of ``model`` on dSprites (``mode``: ``"fast"``, ``"full"`` or ``"off"``).
 
     :func:`fastvae.metrics.disentanglement` (MIG, SAP, DCI, the FactorVAE and beta-VAE scores) with
     the fast or the full (disentanglement_lib) sample sizes; ``{}`` when ``mode`` is ``"off"``, the
     data is not dSprites, the model is conditional (its encoder needs labels the factors do not
-    give), or :mod:`fastvae.metrics` is not importable.
+    give), or :mod:`fastvae.metrics` is not importable. ``progress`` shows a bar on stderr over the
+    images the metrics render.
     """
     from fastvae.data import DSprites
 
@@ -132,7 +173,12 @@ def _disentanglement(
         metrics = importlib.import_module("fastvae.metrics")
     except ImportError:
         return {}
-    return dict(metrics.disentanglement(model, dataset, seed=seed, fast=mode == "fast"))
+    fast = mode == "fast"
+    sizes = metrics.suite.FAST if fast else metrics.suite.FULL
+    with tqdm(total=sizes.observations, desc=f"disentanglement ({mode})", unit="image", unit_scale=True,
+              file=sys.stderr, dynamic_ncols=True, disable=not progress) as bar:
+        source = _CountedRenders(dataset, bar) if progress else dataset
+        return dict(metrics.disentanglement(model, source, seed=seed, fast=fast))
 
 
 class _CodeCounter:
@@ -199,6 +245,7 @@ def evaluate(
     seed: int = 0,
     disentanglement: str = "fast",
     write: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score the run in ``run_dir`` (metrics in the module docstring) and write ``<run>/eval.json``.
 
@@ -213,24 +260,27 @@ def evaluate(
             sizes on dSprites (see :mod:`fastvae.metrics.suite`; fast takes a minute or two on a CPU,
             full an hour or more).
         write: write ``eval.json``.
+        progress: show progress bars on stderr (module docstring).
 
     Returns:
         The report: ``run``, ``model``, ``step``, ``data``, ``images``, the metrics, and ``k``.
 
     Raises:
-        ValueError: bad arguments (naming them), or ``run_dir`` holds no run.
+        SettingError: bad arguments (naming them), or ``run_dir`` holds no run.
+        RunFileError: a file of the run is truncated or corrupt (naming it).
     """
     if disentanglement not in DISENTANGLEMENT_MODES:
-        raise ValueError(f"disentanglement must be one of {', '.join(DISENTANGLEMENT_MODES)}, got {disentanglement!r}")
+        valid = ", ".join(DISENTANGLEMENT_MODES)
+        raise SettingError(lambda s: f"{s('disentanglement')} must be one of {valid}, got {disentanglement!r}")
     for name, value, low in (("batches", batches, 1), ("k", k, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            raise SettingError(lambda s, name=name, value=value, low=low: f"{s(name)} must be an int >= {low}, got {value!r}")
     run = load_run(run_dir, device=device)
     model = run.model
     train = run.config["train"]
     size = train["batch_size"] if batch_size is None else batch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {size!r}")
+        raise SettingError(lambda s: f"{s('batch_size')} must be a positive int, got {size!r}")
     dataset = load_data(train["data"])
     fetch = BatchFetcher(dataset)
     sampler = StepSampler(len(dataset), min(size, len(dataset)), seed=derive_seed(EVAL_SALT), stop=batches)
@@ -242,7 +292,8 @@ def evaluate(
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for positions in sampler:
+            for positions in tqdm(sampler, desc="evaluate", unit="batch", file=sys.stderr, dynamic_ncols=True,
+                                  disable=not progress):
                 x, y = fetch[positions]
                 x = x.to(model.device)
                 labels = class_labels(dataset, y).to(model.device) if model.conditional else None
@@ -283,7 +334,7 @@ def evaluate(
     codebooks = counter.report()
     if codebooks:
         report["codebooks"] = codebooks
-    scores = _disentanglement(model, dataset, mode=disentanglement, seed=seed)
+    scores = _disentanglement(model, dataset, mode=disentanglement, seed=seed, progress=progress)
     if scores:
         report["disentanglement"] = scores
     if write:
@@ -309,9 +360,13 @@ def sample(
 
     Returns:
         The PNG's path.
+
+    Raises:
+        SettingError: a bad ``n``, or ``run_dir`` holds no run.
+        RunFileError: a file of the run is truncated or corrupt (naming it).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+        raise SettingError(lambda s: f"{s('n')} must be a positive int, got {n!r}")
     run = load_run(run_dir, device=device)
     model = run.model
     path = Path(out) if out is not None else run.path / "samples.png"

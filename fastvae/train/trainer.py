@@ -17,6 +17,12 @@ Outputs in the run directory ``out`` (only rank 0 writes): ``metrics.jsonl``
 (:mod:`~fastvae.train.checkpoint`) every ``checkpoint_every`` steps and at the end, and
 ``samples_<step>.png`` / ``recon_<step>.png`` every ``sample_every`` steps and at the end.
 
+The run directory: a new run needs ``out`` to be new or empty; one that holds a run needs
+``resume`` (continue it) or ``overwrite``, and one that holds anything else needs ``overwrite``.
+``overwrite`` removes fastvae's own files there (:data:`~fastvae.train.checkpoint.RUN_FILES`) and
+leaves every other file alone. The directory is created only once the data and the model are
+built, and a new run that fails before its first step removes the directory it created.
+
 Exactness: the data order is a function of ``(seed, step, rank)`` and every random generator's state
 is checkpointed, so ``resume`` continues to the same weights as an uninterrupted run. Image grids
 draw their noise from a fixed seed inside ``torch.random.fork_rng``, so writing them changes nothing.
@@ -40,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +64,11 @@ from fastvae.train.checkpoint import (
     CONFIG_NAME,
     FORMAT,
     METRICS_NAME,
+    RUN_FILES,
     capture_rng,
     clear_run,
     load_checkpoint,
+    read_run_record,
     restore_rng,
     rng_from_json,
     rng_to_json,
@@ -81,7 +89,16 @@ from fastvae.train.sampling import (
     step_positions,
 )
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "TrainingInterrupted", "load_data", "resolve_device", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "SettingError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
+    "load_data",
+    "resolve_device",
+    "train",
+]
 
 #: Salt of the fixed examples shown in reconstruction grids.
 PREVIEW_SALT = 0x9E1E
@@ -91,6 +108,35 @@ RECON_GRID = 32
 
 #: Training arguments that shape the trajectory: a resumed run must keep them.
 _FIXED_ON_RESUME = ("model", "data", "batch_size", "lr", "seed", "latent_dim", "hparams")
+
+
+class _Unset:
+    """A hyper-parameter left to the model's default, in messages."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+_UNSET = _Unset()
+
+
+class SettingError(ValueError):
+    """A bad argument of training, evaluation or sampling, in one line.
+
+    ``str(error)`` names the arguments as Python spells them (``batch_size``); :meth:`spelled`
+    renders the same message with another spelling, such as the command line's ``--batch-size``.
+
+    Args:
+        render: builds the message from a function that spells an argument's name.
+    """
+
+    def __init__(self, render: Callable[[Callable[[str], str]], str]) -> None:
+        self._render = render
+        super().__init__(render(str))
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with every argument name passed through ``spell``."""
+        return self._render(spell)
 
 
 @dataclass
@@ -111,8 +157,8 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (one is always written at the end).
         sample_every: steps between sample and reconstruction grids (also written at the end).
         resume: continue the run in ``out`` from its checkpoint.
-        overwrite: start afresh in an ``out`` that already holds a run (its checkpoint, config,
-            metrics, evaluation and image grids are deleted).
+        overwrite: start afresh in an ``out`` that holds a run or other files: fastvae's own files
+            there (checkpoint, config, metrics, evaluation, image grids) are deleted, others kept.
         backend: the fastvae op backend (:func:`fastvae.use_backend`).
         amp: mixed precision: None for "on with CUDA", True (CUDA only) or False.
         num_workers: ``DataLoader`` worker processes rendering batches (0: in the training process).
@@ -144,25 +190,28 @@ class TrainConfig:
         """A copy with ``out`` filled in, after checking every field.
 
         Raises:
-            ValueError: a field out of range, naming it; an unknown model, listing the valid ones.
+            SettingError: a field out of range, naming it.
+            ValueError: an unknown model, listing the valid ones.
         """
         models.model_class(self.model)
         for name in ("steps", "batch_size", "latent_dim", "log_every", "checkpoint_every", "sample_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative int, got {self.num_workers!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.backend not in fastvae.backend.BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(fastvae.backend.BACKENDS)}, got {self.backend!r}")
-        if self.amp not in (None, True, False):
-            raise ValueError(f"amp must be None, True or False, got {self.amp!r}")
+                raise SettingError(lambda s, name=name, value=value: f"{s(name)} must be a positive int, got {value!r}")
+        workers, seed, lr, backend, amp = self.num_workers, self.seed, self.lr, self.backend, self.amp
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise SettingError(lambda s: f"{s('num_workers')} must be a non-negative int, got {workers!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SettingError(lambda s: f"{s('seed')} must be a non-negative int, got {seed!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+            raise SettingError(lambda s: f"{s('lr')} must be a positive number, got {lr!r}")
+        if backend not in fastvae.backend.BACKENDS:
+            valid = ", ".join(fastvae.backend.BACKENDS)
+            raise SettingError(lambda s: f"{s('backend')} must be one of {valid}, got {backend!r}")
+        if amp not in (None, True, False):
+            raise SettingError(lambda s: f"{s('amp')} must be None, True or False, got {amp!r}")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other")
+            raise SettingError(lambda s: f"{s('resume')} and {s('overwrite')} exclude each other")
         return dataclasses.replace(
             self, data=os.fspath(self.data), out=os.fspath(self.out or Path("runs") / self.model), lr=float(self.lr)
         )
@@ -188,8 +237,10 @@ class NonFiniteLossError(RuntimeError):
         self.bad = [name for name, value in terms.items() if not math.isfinite(value)]
         self.checkpoint = checkpoint
         described = ", ".join(f"{name!r} is {terms[name]}" for name in self.bad)
+        # Steps count from 1 in messages, as in the progress bar and metrics.jsonl: the step after
+        # ``step`` good ones is step ``step + 1``.
         super().__init__(
-            f"non-finite loss at step {step}: {described}; saved the last good state "
+            f"non-finite loss in step {step + 1}: {described}; saved the last good state "
             f"({step} steps done) to {checkpoint}"
         )
 
@@ -216,18 +267,21 @@ def resolve_device(spec: str) -> torch.device:
     ``"cuda:N"``.
 
     Raises:
-        ValueError: an unknown spec, or CUDA asked for where none is visible.
+        SettingError: an unknown spec, or CUDA asked for where none is visible.
     """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unknown = SettingError(lambda s: f"{s('device')} must be auto, cpu, cuda or cuda:N, got {spec!r}")
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+        raise unknown from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+        raise unknown
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} asked for, but no CUDA device is visible; use --device cpu")
+        raise SettingError(
+            lambda s: f"{s('device')} {spec!r} asked for, but no CUDA device is visible; use {s('device')} cpu"
+        )
     return device
 
 
@@ -235,7 +289,7 @@ def load_data(spec: str) -> torch.utils.data.Dataset:
     """The data set ``spec`` names, through :func:`fastvae.data.load`.
 
     Raises:
-        ValueError: a path that does not exist or holds no usable data; a one-line message that
+        SettingError: a path that does not exist or holds no usable data; a one-line message that
             names ``data`` and lists the valid forms.
     """
     from fastvae import data
@@ -247,7 +301,7 @@ def load_data(spec: str) -> torch.utils.data.Dataset:
         message = " ".join(str(error).split())
         if "valid" not in message:
             message += f"; valid: {VALID_FORMS}"
-        raise ValueError(f"data {str(spec)!r}: {message}") from None
+        raise SettingError(lambda s: f"{s('data')} {str(spec)!r}: {message}") from None
 
 
 def _autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
@@ -257,7 +311,9 @@ def _autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | Non
     if not amp:
         return None
     if device.type != "cuda":
-        raise ValueError("amp (mixed precision) needs a CUDA device; pass --no-amp or --device cuda")
+        raise SettingError(
+            lambda s: f"{s('amp')} (mixed precision) needs a CUDA device; turn it off or set {s('device')} to cuda"
+        )
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -350,13 +406,9 @@ class Trainer:
             self.device = torch.device("cuda", self.job.local_rank)
         self.out = Path(config.out)
         checkpoint_path = self.out / CHECKPOINT_NAME
-        if config.resume and not checkpoint_path.exists():
-            raise ValueError(f"resume: no checkpoint to resume in {self.out} (no {CHECKPOINT_NAME})")
-        if not config.resume and not config.overwrite and checkpoint_path.exists():
-            raise ValueError(
-                f"out: {self.out} already holds a run; pass --resume to continue it, --overwrite to start "
-                "afresh, or choose another --out"
-            )
+        self._check_out()
+        if config.resume:
+            self._check_resumable(read_run_record(checkpoint_path))
         self.dataset = load_data(config.data)
         self.model_class = models.model_class(config.model)
         hparams = dict(config.hparams)
@@ -390,15 +442,70 @@ class Trainer:
             unused = distributed.find_unused(self.step_module, self._probe)
             self.step_module = distributed.wrap(self.step_module, self.device, find_unused_parameters=unused)
         self.preview = None
+        self._made_out = False
         if self.job.is_main:
-            if config.overwrite:
-                clear_run(self.out)
-            self.out.mkdir(parents=True, exist_ok=True)
             positions = step_positions(
                 0, length=len(self.dataset), batch_size=min(RECON_GRID, len(self.dataset)),
                 seed=derive_seed(PREVIEW_SALT, config.seed),
             )
             self.preview = BatchFetcher(self.dataset)[positions]
+            # Only now that data and model are built is the directory touched.
+            if config.overwrite:
+                clear_run(self.out)
+            self._made_out = not self.out.exists()
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SettingError(lambda s: f"{s('out')}: cannot create {self.out} ({error.strerror})") from None
+
+    def _check_out(self) -> None:
+        """Refuse an ``out`` that is a file, that holds no run to resume, or, for a new run, that
+        holds a run or other files (see the module docstring). Reads only: every rank calls it."""
+        config, out = self.config, self.out
+        if out.exists() and not out.is_dir():
+            raise SettingError(lambda s: f"{s('out')}: {out} is a file, not a directory; name a run directory")
+        if config.resume:
+            if not (out / CHECKPOINT_NAME).exists():
+                raise SettingError(lambda s: f"{s('resume')}: no checkpoint to resume in {out} (no {CHECKPOINT_NAME})")
+            return
+        if config.overwrite or not out.exists():
+            return
+        if (out / CHECKPOINT_NAME).exists():
+            raise SettingError(
+                lambda s: f"{s('out')}: {out} already holds a run; pass {s('resume')} to continue it, "
+                f"{s('overwrite')} to start afresh, or choose another {s('out')}"
+            )
+        found = sorted(path.name for path in out.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise SettingError(
+                lambda s: f"{s('out')}: {out} holds files that are not a fastvae run ({shown}); choose a new or empty "
+                f"{s('out')}, or pass {s('overwrite')} to start there anyway (deleting any {', '.join(RUN_FILES)} "
+                "there and keeping the other files)"
+            )
+
+    def _check_resumable(self, run: dict[str, Any]) -> None:
+        """Refuse to resume a run (record ``run``) with settings that change its trajectory."""
+        saved, current = run["train"], json.loads(json.dumps(self.config.to_json()))
+        pairs = [(name, saved.get(name), current.get(name)) for name in _FIXED_ON_RESUME if name != "hparams"]
+        saved_hparams, hparams = saved.get("hparams", {}), current["hparams"]
+        pairs += [
+            (name, saved_hparams.get(name, _UNSET), hparams.get(name, _UNSET))
+            for name in sorted({*saved_hparams, *hparams})
+        ]
+        differ = [(name, before, now) for name, before, now in pairs if before != now]
+        processes = [] if run.get("world_size", 1) == self.job.world_size else [
+            f"{run.get('world_size', 1)} processes (now {self.job.world_size})"
+        ]
+        if differ or processes:
+            out = self.out
+
+            def render(s: Callable[[str], str]) -> str:
+                settings = [f"{s(name)} {before!r} (now {now!r})" for name, before, now in differ]
+                return (f"{s('resume')}: the run in {out} was trained with {', '.join(settings + processes)}; "
+                        "resume with the same settings")
+
+            raise SettingError(render)
 
     def _seed_training(self) -> None:
         """Seed the generators the training steps draw from, differently on each rank."""
@@ -414,15 +521,6 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         checkpoint = load_checkpoint(path)
         run = checkpoint.run
-        saved, current = run["train"], json.loads(json.dumps(self.config.to_json()))
-        differ = [name for name in _FIXED_ON_RESUME if saved.get(name) != current.get(name)]
-        if run.get("world_size", 1) != self.job.world_size:
-            differ.append("world_size")
-            saved = {**saved, "world_size": run.get("world_size", 1)}
-            current = {**current, "world_size": self.job.world_size}
-        if differ:
-            settings = ", ".join(f"{name}={saved.get(name)!r} (now {current.get(name)!r})" for name in differ)
-            raise ValueError(f"resume: the run in {self.out} was trained with {settings}; resume with the same settings")
         self.model.load_state_dict(checkpoint.model_state)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(checkpoint.optimizers[name])
@@ -658,12 +756,19 @@ class Trainer:
                             log.write({"step": self.step, **last, **rates, **lrs, "time": self.elapsed})
                         sums, logged_steps, mark = {}, 0, now
                     if self.step % config.checkpoint_every == 0 or final or stopping:
+                        self._show_stage(bar, f"saving {CHECKPOINT_NAME}")
                         self.save()
                     if self.job.is_main and (self.step % config.sample_every == 0 or final):
+                        # Sampling can take long (VQ models draw their codes position by position).
+                        self._show_stage(bar, f"drawing samples_{self.step}.png and recon_{self.step}.png")
                         self.write_images()
+                    self._show_stage(bar, None)
                     if stopping:
                         raise TrainingInterrupted(self.step, self.out / CHECKPOINT_NAME, stop.signal_number or signal.SIGINT)
-        except TrainingInterrupted:
+        except (TrainingInterrupted, NonFiniteLossError):
+            raise
+        except Exception:
+            self._discard_if_unused()
             raise
         except KeyboardInterrupt:
             # Interrupted at once (a second Ctrl-C, or a KeyboardInterrupt raised by code): before a
@@ -685,6 +790,23 @@ class Trainer:
             + f"; run in {self.out}"
         )
         return last
+
+    def _show_stage(self, bar: tqdm, stage: str | None) -> None:
+        """Show what the run is doing between steps in the progress bar's description (None: clear)."""
+        described = self.config.model if stage is None else f"{self.config.model} ({stage})"
+        if not bar.disable and bar.desc != described:
+            bar.set_description_str(described, refresh=True)
+
+    def _discard_if_unused(self) -> None:
+        """After a new run failed before its first step: remove the directory it created (holding at
+        most the empty metrics log), so that a failed start leaves nothing behind."""
+        if not (self.job.is_main and self._made_out and self.step == 0):
+            return
+        (self.out / METRICS_NAME).unlink(missing_ok=True)
+        try:
+            self.out.rmdir()
+        except OSError:
+            pass  # something else was written there meanwhile: keep it
 
     def close(self) -> None:
         """Leave the process group if this trainer joined it."""
