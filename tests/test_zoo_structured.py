@@ -1,8 +1,10 @@
 """Model zoo II, structured latents: td_vae (a jumpy state-space model of sequences), f_vae (a
-conditional-flow posterior) and nvae (a deep hierarchy of latent groups).
+conditional-flow posterior) and nvae (a deep hierarchy of latent groups); and MS-SSIM's clamp of
+negative per-scale means (el_vae's reconstruction term).
 
 For each model: its mechanism against a hand computation or a brute-force value (float64), training
 with a falling loss (td_vae on moving sprites, the others on embedded dSprites), and the interface.
+MS-SSIM's value and its surrogate gradient are checked against an independent float64 computation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch.distributions import Normal, kl_divergence
 import fastvae
 import fastvae.data
 from fastvae import models
-from fastvae.models import ModelOutput, VAEModel
+from fastvae.models import ModelOutput, VAEModel, _ssim
 
 #: Small settings that keep CPU training at a fraction of a second per step.
 SMALL = {
@@ -461,3 +463,112 @@ def test_nvae_sampling_and_reconstruction() -> None:
     x = _binary(2, 1, 64, 64)
     recon = model.reconstruct(x)
     torch.testing.assert_close(model.reconstruct(x), recon)  # posterior means: deterministic
+
+
+# --- MS-SSIM with negative per-scale means (el_vae's reconstruction term) ---------------------------
+
+#: The three finest weights of Wang et al. (2003), renormalised: the default for 64 x 64 images.
+MS_SSIM_WEIGHTS_3 = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
+
+
+def _reference_scale_means(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> list[torch.Tensor]:
+    """``[CS_1, ..., CS_{S-1}, SSIM_S]`` of two ``(H, W)`` images, computed independently in float64: the
+    2-D 11 x 11 window ``exp(-d^2 / 4.5)`` (sigma 1.5) from ``math.exp`` applied at every valid position
+    through ``unfold``, 2 x 2 mean pooling by reshaping. Differentiable in both images."""
+    centre = 5.0
+    g = [math.exp(-((i - centre) ** 2) / (2 * 1.5**2)) for i in range(11)]
+    window = torch.tensor([a * b for a in g for b in g], dtype=torch.float64)
+    window = window / window.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    means = []
+    for j in range(scales):
+        patches_x = torch.nn.functional.unfold(x[None, None], 11)[0]  # (121, positions)
+        patches_y = torch.nn.functional.unfold(y[None, None], 11)[0]
+        mx, my = window @ patches_x, window @ patches_y
+        var_x = window @ patches_x**2 - mx**2
+        var_y = window @ patches_y**2 - my**2
+        cov = window @ (patches_x * patches_y) - mx * my
+        cs = (2 * cov + c2) / (var_x + var_y + c2)
+        if j == scales - 1:
+            means.append((cs * (2 * mx * my + c1) / (mx**2 + my**2 + c1)).mean())
+        else:
+            means.append(cs.mean())
+            h, w = x.shape[0] // 2, x.shape[1] // 2
+            x = x[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(dim=(1, 3))
+            y = y[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(dim=(1, 3))
+    return means
+
+
+def _finest_scale_anti_correlated() -> tuple[torch.Tensor, torch.Tensor]:
+    """64 x 64 images ``smooth + a * checkerboard`` and ``smooth - a * checkerboard`` (float64): the
+    period-2 checkerboard anti-correlates the finest scale and vanishes under 2 x 2 pooling, so every
+    coarser scale compares identical images."""
+    r = torch.arange(64, dtype=torch.float64)
+    rows, cols = torch.meshgrid(r, r, indexing="ij")
+    checker = ((rows + cols) % 2) * 2 - 1
+    smooth = 0.5 + 0.2 * torch.sin(2 * math.pi * cols / 32) * torch.cos(2 * math.pi * rows / 32)
+    return smooth + 0.2 * checker, smooth - 0.2 * checker
+
+
+def test_ms_ssim_is_zero_when_only_the_finest_scale_is_anti_correlated() -> None:
+    """The issue's case: pytorch-msssim and TensorFlow clamp each scale's mean at 0, so MS-SSIM is 0;
+    a floor of 1e-8 instead gave ``1e-8 ** 0.071 = 0.27``."""
+    x, y = _finest_scale_anti_correlated()
+    cs_1, cs_2, ssim_3 = (m.item() for m in _reference_scale_means(x, y))
+    assert cs_1 < -0.5 and cs_2 == pytest.approx(1.0, abs=1e-9) and ssim_3 == pytest.approx(1.0, abs=1e-9)
+    reference = math.prod(max(m, 0.0) ** w for m, w in zip((cs_1, cs_2, ssim_3), MS_SSIM_WEIGHTS_3))
+    assert reference == 0.0
+    for dtype in (torch.float64, torch.float32):
+        value = _ssim.ms_ssim(x[None, None].to(dtype), y[None, None].to(dtype))
+        assert value.tolist() == [0.0], dtype
+    # The other scales still weigh in where every mean is positive: against the reference formula.
+    noisy = (x + 0.1 * torch.randn(64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).clamp(0, 1)
+    means = _reference_scale_means(x, noisy)
+    assert min(m.item() for m in means) > 0
+    expected = math.prod(m.item() ** w for m, w in zip(means, MS_SSIM_WEIGHTS_3))
+    assert _ssim.ms_ssim(x[None, None], noisy[None, None]).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_ms_ssim_gradient_is_the_documented_surrogate_and_raises_an_anti_correlated_scale() -> None:
+    """Where a mean is clamped the exact function is flat; the backward pass gives every mean ``v_k``
+    the coefficient ``w_k max(|v_k|, 1e-8)^(w_k - 1) prod_{j != k} max(v_j, 1e-8)^{w_j}``: finite, and
+    an ascent step along it makes the finest scale less anti-correlated (a zero gradient, as a plain
+    ReLU gives, would leave it where it is)."""
+    x, y0 = _finest_scale_anti_correlated()
+    y = y0.clone().requires_grad_(True)
+    _ssim.ms_ssim(x[None, None], y[None, None]).sum().backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().max() > 0
+
+    means = _reference_scale_means(x, y0.clone().requires_grad_(True))
+    values = [m.item() for m in means]
+    floored = [max(v, 1e-8) ** w for v, w in zip(values, MS_SSIM_WEIGHTS_3)]
+    coefficients = [
+        w * max(abs(v), 1e-8) ** (w - 1) * math.prod(f for j, f in enumerate(floored) if j != k)
+        for k, (v, w) in enumerate(zip(values, MS_SSIM_WEIGHTS_3))
+    ]
+    y_ref = y0.clone().requires_grad_(True)
+    surrogate = sum(c * m for c, m in zip(coefficients, _reference_scale_means(x, y_ref)))
+    surrogate.backward()
+    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-9, atol=1e-15)
+
+    stepped = y0 + 0.05 * y.grad / y.grad.abs().max()
+    assert _reference_scale_means(x, stepped)[0].item() > values[0] + 1e-3
+
+
+def test_ms_ssim_gradient_is_exact_where_every_scale_is_positive() -> None:
+    x, _ = _finest_scale_anti_correlated()
+    noise = torch.randn(64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y0 = (x + 0.2 * noise).clamp(0, 1)
+    y = y0.clone().requires_grad_(True)
+    _ssim.ms_ssim(x[None, None], y[None, None]).sum().backward()
+    y_ref = y0.clone().requires_grad_(True)
+    means = _reference_scale_means(x, y_ref)
+    assert min(m.item() for m in means) > 1e-3
+    math.prod(m**w for m, w in zip(means, MS_SSIM_WEIGHTS_3)).backward()
+    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-9, atol=1e-15)
+
+
+def test_ms_ssim_weights_must_be_non_negative() -> None:
+    x, y = _finest_scale_anti_correlated()
+    with pytest.raises(ValueError, match="weights"):
+        _ssim.ms_ssim(x[None, None], y[None, None], weights=(0.5, -0.1, 0.6))

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Normal
 
 import fastvae.data
 from fastvae import models
@@ -199,6 +200,74 @@ def test_one_group_per_dim_is_the_full_total_correlation_and_one_group_has_no_be
     assert per_dim["tc"].abs().max().item() > 1e-2
 
 
+def test_mws_dwkl_is_minus_d_log_n_where_every_posterior_is_the_prior() -> None:
+    """The logged ``dwkl=-135.1`` explained: with every ``q(z|x) = N(0, I)`` the aggregate posterior is
+    the prior and every exact term is 0. MSS returns 0; MWS, whose weights sum to ``1/N``, returns
+    ``log p - log N`` for each density, so ``dwkl = -D log N = -10 log 737,280 = -135.1`` at batch 32
+    (at any batch size), ``mi = log N`` and ``tc = (D - 1) log N``."""
+    b, d, n = 32, 10, 737_280
+    z = torch.randn(b, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    zeros = torch.zeros(b, d, dtype=torch.float64)
+    mws = _tc.decompose_kl(z, zeros, zeros, _tc.log_importance_weights(b, n, "mws", dtype=torch.float64))
+    assert mws["dwkl"].mean().item() == pytest.approx(-d * math.log(n), rel=1e-12)
+    assert mws["dwkl"].mean().item() == pytest.approx(-135.1, abs=0.01)
+    assert mws["mi"].mean().item() == pytest.approx(math.log(n), rel=1e-12)
+    assert mws["tc"].mean().item() == pytest.approx((d - 1) * math.log(n), rel=1e-12)
+    mss = _tc.decompose_kl(z, zeros, zeros, _tc.log_importance_weights(b, n, "mss", dtype=torch.float64))
+    for name in ("mi", "tc", "dwkl"):
+        assert mss[name].abs().max().item() < 1e-12, name
+
+
+def _exact_dwkl(mu: torch.Tensor, logvar: torch.Tensor) -> float:
+    """``sum_d KL(q(z_d) || N(0, 1))`` with the exact aggregate ``q(z_d) = (1/N) sum_n q(z_d|n)``, by the
+    trapezoidal rule on [-12, 12] (``torch.distributions`` densities, float64)."""
+    grid = torch.linspace(-12.0, 12.0, 40_001, dtype=torch.float64)
+    log_p = Normal(0.0, 1.0).log_prob(grid)
+    total = 0.0
+    for d in range(mu.shape[1]):
+        components = Normal(mu[:, d, None], (0.5 * logvar[:, d, None]).exp()).log_prob(grid)
+        log_q = torch.logsumexp(components, dim=0) - math.log(mu.shape[0])
+        total += torch.trapezoid(log_q.exp() * (log_q - log_p), grid).item()
+    return total
+
+
+def _mean_dwkl(mu: torch.Tensor, logvar: torch.Tensor, batch: int, estimator: str, draws: int) -> tuple[float, float]:
+    """Mean and standard error, over ``draws`` batches drawn without replacement with one ``z ~ q(z|x)``
+    per example, of the estimator's batch-mean ``dwkl``."""
+    n, d = mu.shape
+    g = torch.Generator().manual_seed(1)
+    log_w = _tc.log_importance_weights(batch, n, estimator, dtype=torch.float64)
+    values = []
+    for _ in range(draws):
+        idx = torch.randperm(n, generator=g)[:batch]
+        z = mu[idx] + (0.5 * logvar[idx]).exp() * torch.randn(batch, d, generator=g, dtype=torch.float64)
+        values.append(_tc.decompose_kl(z, mu[idx], logvar[idx], log_w)["dwkl"].mean().item())
+    v = torch.tensor(values, dtype=torch.float64)
+    return v.mean().item(), v.std().item() / math.sqrt(draws)
+
+
+def test_dwkl_estimators_against_the_exact_aggregate_posterior_at_batch_32() -> None:
+    """A 40-point data set of 2-d Gaussian posteriors, its exact dwkl by quadrature (0.323): MSS's mean
+    at batch 32 is within its small-batch bias (below, shrinking as the batch grows; measured 0.067 at
+    batch 8, 0.307 at 32, 0.321 at 40); MWS's mean is the exact value minus about ``D log N`` at batch 32
+    and exactly that at ``B = N`` (measured -7.035 and -7.051), a bias that no batch size removes."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 2
+    mu = 1.2 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    logvar = torch.log(0.05 + 0.5 * torch.rand(n, d, generator=g, dtype=torch.float64))
+    exact = _exact_dwkl(mu, logvar)
+    assert 0.2 < exact < 0.5
+    mss = {b: _mean_dwkl(mu, logvar, b, "mss", 1500) for b in (8, 32, n)}
+    # Biased low (E log <= log E), and less so as the batch grows; 5 standard errors of margin.
+    assert mss[8][0] < mss[32][0] - 5 * mss[32][1] and mss[32][0] < exact
+    assert mss[32][0] == pytest.approx(exact, abs=0.05)
+    assert mss[n][0] == pytest.approx(exact, abs=5 * mss[n][1] + 0.005)
+    offset = d * math.log(n)
+    for b in (32, n):
+        mean, error = _mean_dwkl(mu, logvar, b, "mws", 1500)
+        assert mean == pytest.approx(exact - offset, abs=max(5 * error, 0.05) if b < n else 5 * error), b
+
+
 def test_group_sizes() -> None:
     assert group_sizes(5, 10) == (2, 2, 2, 2, 2)
     assert group_sizes(4, 10) == (3, 3, 2, 2)
@@ -235,6 +304,23 @@ def test_beta_tc_vae_terms_match_brute_force(estimator: str) -> None:
         for z, m, lv in zip(zr, mr, lr)
     ) / 5
     assert (terms["mi"] + terms["tc"] + terms["dwkl"]).item() == pytest.approx(mc_kl, rel=1e-5, abs=1e-5)
+
+
+def test_beta_tc_vae_defaults_to_mss_so_a_posterior_at_the_prior_logs_zero_dwkl() -> None:
+    """The default estimator is MSS: a model whose encoder outputs ``mu = 0, logvar = 0`` (the state in
+    which the issue saw ``dwkl=-135.1`` with MWS, batch 32, 10 latents) logs 0 for mi, tc and dwkl."""
+    assert models.hyperparameters("beta_tc_vae")["estimator"] == "mss"
+    x = torch.rand(32, 6, generator=torch.Generator().manual_seed(0))
+    for estimator, expected in ((None, 0.0), ("mws", -10 * math.log(737_280))):
+        hparams = {} if estimator is None else {"estimator": estimator}
+        model = models.create("beta_tc_vae", input_shape=(6,), latent_dim=10, **hparams)
+        with torch.no_grad():
+            model.encoder[-1].weight.zero_()
+            model.encoder[-1].bias.zero_()
+        terms = model.loss(x, model(x))
+        assert terms["dwkl"].item() == pytest.approx(expected, abs=1e-4), estimator
+        if estimator is None:
+            assert abs(terms["mi"].item()) < 1e-4 and abs(terms["tc"].item()) < 1e-4
 
 
 def test_hfvae_terms_match_brute_force() -> None:

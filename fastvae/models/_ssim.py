@@ -17,10 +17,22 @@ similarity"; Wang et al. 2003, "Multiscale structural similarity for image quali
   channels. Scale 1 is the image itself; each next scale is the previous one 2 x 2 average-pooled
   (stride 2, odd sides floored). ``CS_j`` is the mean of the ``cs`` map at scale ``j``, ``SSIM_S``
   the mean of ``l * cs`` at the coarsest scale ``S`` (the luminance term enters at the coarsest
-  scale only, as in the paper and its common implementations). Before the fractional powers every
-  ``CS_j`` and ``SSIM_S`` is clamped below at :data:`FLOOR`: pytorch-msssim and TensorFlow clamp
-  these means at 0 (ReLU) because a negative mean (anti-correlated images) has no real fractional
-  power; a tiny positive floor does the same while keeping ``v^w``'s derivative finite.
+  scale only, as in the paper and its common implementations).
+
+Negative means. A negative ``CS_j`` or ``SSIM_S`` (anti-correlated images at that scale) has no real
+fractional power. As in pytorch-msssim and TensorFlow's ``tf.image.ssim_multiscale``, the value
+clamps every mean at 0 (ReLU) before its power: ``MS-SSIM = prod_j max(v_j, 0)^{w_j}``, which is 0
+whenever a scale with a positive weight has a mean ``v_j <= 0``. That function is flat (zero
+gradient) wherever it is 0 and its derivative is infinite at ``v_j = 0+``, so the backward pass uses
+a surrogate (:func:`clamped_weighted_product`): the derivative with respect to ``v_k`` is::
+
+    w_k * max(|v_k|, FLOOR)^(w_k - 1) * prod_{j != k} max(v_j, FLOOR)^{w_j}
+
+which is the exact derivative wherever every mean is at least :data:`FLOOR`. Elsewhere it stays
+finite and positive in every mean: a clamped mean gets the slope of the odd extension
+``sign(v) |v|^w`` (so a gradient step raises an anti-correlated scale back towards correlation
+instead of stalling on a zero gradient), and the other scales see each clamped factor as
+``FLOOR^w``.
 
 Scales on small images: the standard MS-SSIM has 5 scales with weights
 :data:`MS_SSIM_WEIGHTS` (finest to coarsest); 5 scales need sides of at least ``11 * 2^4 = 176``
@@ -43,6 +55,7 @@ __all__ = [
     "K2",
     "MS_SSIM_WEIGHTS",
     "gaussian_window",
+    "clamped_weighted_product",
     "max_scales",
     "ms_ssim",
     "ms_ssim_weights",
@@ -55,7 +68,7 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: SSIM's stabilising constants: ``C1 = (K1 L)^2``, ``C2 = (K2 L)^2``.
 K1 = 0.01
 K2 = 0.03
-#: Lower clamp of each scale's mean ``cs`` (and the coarsest mean SSIM) before the fractional power.
+#: Where the backward surrogate of :func:`clamped_weighted_product` floors a mean (module docstring).
 FLOOR = 1e-8
 
 
@@ -186,7 +199,7 @@ def ms_ssim(
     Args:
         x, y: ``(B, C, H, W)`` floating images of one shape.
         scales: number of scales ``S``; None for :func:`max_scales` (3 for 64 x 64 with 11 taps).
-        weights: ``S`` exponents, finest first; None for :func:`ms_ssim_weights` ``(S)``.
+        weights: ``S`` non-negative exponents, finest first; None for :func:`ms_ssim_weights` ``(S)``.
         window_size, sigma: the Gaussian window (:func:`gaussian_window`).
         data_range: ``L`` (1 for images in [0, 1]).
 
@@ -196,7 +209,7 @@ def ms_ssim(
 
     Raises:
         ValueError: ``scales`` that do not fit the image (the coarsest image smaller than the window),
-            ``weights`` of the wrong length.
+            ``weights`` of the wrong length or with a negative or non-finite entry.
     """
     x, y = _check_pair(x, y)
     height, width = x.shape[-2:]
@@ -212,6 +225,8 @@ def ms_ssim(
     weights = ms_ssim_weights(scales) if weights is None else tuple(float(w) for w in weights)
     if len(weights) != scales:
         raise ValueError(f"weights must have one entry per scale ({scales}), got {len(weights)}")
+    if not all(0.0 <= w < math.inf for w in weights):
+        raise ValueError(f"weights must be non-negative finite numbers, got {weights!r}")
     window = gaussian_window(window_size, sigma, dtype=x.dtype, device=x.device)
     means = []
     for j in range(scales):
@@ -221,6 +236,41 @@ def ms_ssim(
         else:
             means.append(cs_map.mean(dim=(-2, -1)))
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    values = torch.stack(means).clamp_min(FLOOR)  # (S, B, C)
-    exponents = torch.tensor(weights, dtype=values.dtype, device=values.device).reshape(-1, 1, 1)
-    return values.pow(exponents).prod(dim=0).mean(dim=1)
+    values = torch.stack(means)  # (S, B, C)
+    exponents = torch.tensor(weights, dtype=values.dtype, device=values.device)
+    return clamped_weighted_product(values, exponents).mean(dim=1)
+
+
+class _ClampedWeightedProduct(torch.autograd.Function):
+    """``prod_j max(v_j, 0)^{w_j}`` over dim 0 with the surrogate backward of the module docstring."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, values: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+        exponents = exponents.reshape(-1, *([1] * (values.dim() - 1)))
+        ctx.save_for_backward(values, exponents)
+        return values.clamp_min(0.0).pow(exponents).prod(dim=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        values, exponents = ctx.saved_tensors
+        factors = values.clamp_min(FLOOR).pow(exponents)  # each >= FLOOR^w > 0, so the division is safe
+        others = factors.prod(dim=0, keepdim=True) / factors
+        slope = exponents * values.abs().clamp_min(FLOOR).pow(exponents - 1.0)
+        return grad * slope * others, None
+
+
+def clamped_weighted_product(values: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``prod_j max(values_j, 0)^{exponents_j}`` over dim 0, with a finite surrogate gradient.
+
+    The value is exact (0 as soon as a factor with a positive exponent has ``values_j <= 0``, as in
+    pytorch-msssim and TensorFlow); the gradient is the surrogate of the module docstring: exact where
+    every value is at least :data:`FLOOR`, finite and positive in every value elsewhere.
+
+    Args:
+        values: ``(S, ...)`` floating tensor, one slice per factor (MS-SSIM: per-scale means).
+        exponents: ``(S,)`` non-negative weights in the dtype of ``values`` (not differentiated).
+
+    Returns:
+        ``values.shape[1:]`` in the dtype of ``values``.
+    """
+    return _ClampedWeightedProduct.apply(values, exponents)

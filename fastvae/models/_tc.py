@@ -15,9 +15,11 @@ estimate is a group-sum of it followed by a weighted logsumexp, so nothing under
 Estimators (Chen et al. 2018, section 4.1 and its appendix; ``M = B - 1``):
 
 ``"mws"`` (minibatch-weighted sampling)
-    ``W_ij = 1 / (N B)`` for every ``i, j``: the official code's
-    ``logsumexp_j log q(z_i|x_j) - log(B N)``. Biased: with the whole data set as the batch
-    (``B = N``) it returns exactly ``log q(z) - log N``.
+    ``W_ij = 1 / (N B)`` for every ``i, j``: the paper's ``log sum_j q(z_i|x_j) - log(N B)`` (its ``M``
+    is the batch size) and the official code's ``logsumexp_j log q(z_i|x_j) - log(B N)``. Its weights sum to ``1/N``, not 1, so
+    it is biased at every batch size, not only small ones: with the whole data set as the batch
+    (``B = N``) it returns exactly ``log q(z) - log N``, and where every ``q(z|x_j)`` is the prior it
+    returns ``log p(z) - log N`` (per dim too), whatever ``B``.
 ``"mss"`` (minibatch-stratified sampling)
     Row ``i`` treats ``x_i`` as the point ``n*`` that ``z_i`` was drawn from and ``x_{(i+1) mod B}``
     as the one batch point from ``n*``'s own stratum::
@@ -28,7 +30,8 @@ Estimators (Chen et al. 2018, section 4.1 and its appendix; ``M = B - 1``):
 
     Each row sums to 1, and the weights on the points other than ``n*`` sum to ``(N - 1) / N``, so
     for a batch drawn without replacement the estimate of ``q(z)`` (not of its log) is unbiased
-    for every fixed ``z`` and ``n*``. The official code (rtqichen/beta-tcvae,
+    for every fixed ``z`` and ``n*``; the estimate of ``log q(z)`` is then biased low only through
+    the logarithm's concavity, which fades as ``B`` grows. The official code (rtqichen/beta-tcvae,
     ``_log_importance_weight_matrix``) means this matrix but fills it with a stride of ``B`` instead
     of ``B + 1``, which sets columns 0 and 1 rather than the diagonal and super-diagonal (its pull
     request #1); this module builds the matrix the formula describes. Needs ``B >= 2``.

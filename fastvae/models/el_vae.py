@@ -35,7 +35,9 @@ class ELVAE(GaussianVAE):
     MS-SSIM (:mod:`fastvae.models._ssim`): Gaussian window ``exp(-d^2 / (2 sigma^2))`` normalised to
     sum 1, ``window_size = 11``, ``sigma = 1.5``, valid filtering, ``C1 = 0.01^2``, ``C2 = 0.03^2``,
     2 x 2 average pooling between scales, per-channel MS-SSIM averaged over channels, each scale's
-    mean ``cs`` (and the coarsest mean SSIM) clamped below at 1e-8 before its fractional power. The
+    mean ``cs`` (and the coarsest mean SSIM) clamped at 0 before its fractional power, as in
+    pytorch-msssim and TensorFlow (so MS-SSIM is 0, and ``recon`` is ``P``, when a scale is
+    anti-correlated), with a finite surrogate gradient there (see :mod:`fastvae.models._ssim`). The
     standard MS-SSIM has 5 scales; a 64 x 64 image fits only 3 (64, 32, 16: every scale's image at
     least the 11-tap window), so by default ``scales`` is the most that fit (at most 5) and the
     weights are the finest ``scales`` of ``(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)``, renormalised
