@@ -35,6 +35,11 @@ from fastvae.train import commands as train_commands
 __all__ = ["bars", "main"]
 
 _SIDE = 8
+#: ``fastvae --help``'s description: plain text (the module docstring is reStructuredText).
+_DESCRIPTION = (
+    "fastvae: fused Triton/CUDA kernels for VAEs, a zoo of models and their trainer. "
+    "'fastvae COMMAND --help' describes each command."
+)
 
 
 def bars(n: int, *, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
@@ -133,10 +138,10 @@ def _bench(args: argparse.Namespace) -> int:
     config = bench.BenchConfig(
         ops=tuple(args.ops),
         shapes=None if args.shapes is None else tuple(args.shapes),
-        dtypes=tuple(args.dtypes),
+        dtypes=None if args.dtypes is None else tuple(args.dtypes),
         backends=None if args.backends is None else tuple(args.backends),
-        modes=tuple(args.modes),
-        quick=args.quick,
+        modes=None if args.modes is None else tuple(args.modes),
+        selection="quick" if args.quick else "full" if args.full else "user" if args.user else None,
         device=args.device,
         warmup=args.warmup,
         repeats=args.repeats,
@@ -165,22 +170,31 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
         "bench",
         help="measure the ops against eager PyTorch, torch.compile and the hardware ceilings",
-        description="Time every op per shape, dtype, mode and backend on this machine's GPU (without one, the "
-        "torch paths on the CPU); print the tables and write bench.json and bench.md.",
+        description="Time the ops per shape, dtype, mode and backend on this machine's GPU (without one, the torch "
+        "paths on the CPU), with the spread of the timings; print the tables and write bench.json and bench.md. "
+        "Without --quick, --user or --full: the core set on a GPU (the large shapes and the user-sized calls), "
+        "the user-sized rows on the CPU.",
     )
     command.add_argument("--ops", nargs="+", default=list(bench_shapes.OPS), choices=bench_shapes.OPS,
                          metavar="OP", help=f"ops to run (default all: {', '.join(bench_shapes.OPS)})")
     command.add_argument("--shapes", nargs="+", metavar="NAME",
-                         help="shape names from the table, e.g. N65536xK1024xD64 (default: all on CUDA, the CPU-sized "
-                         "ones on the CPU, the quick ones with --quick)")
-    command.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=tuple(bench_shapes.DTYPES),
-                         metavar="DTYPE", help="dtypes: fp32, bf16, fp16 (default fp32 bf16)")
+                         help="instead of the selection's shapes, these from the table, e.g. N65536xK1024xD64 "
+                         "(fp32 and bf16, both modes, every backend)")
+    command.add_argument("--dtypes", nargs="+", choices=tuple(bench_shapes.DTYPES), metavar="DTYPE",
+                         help="run every selected row in these dtypes: fp32, bf16, fp16 (default: each row's)")
     command.add_argument("--backends", nargs="+", choices=bench_shapes.BACKENDS, metavar="BACKEND",
-                         help="eager, compile, torch, triton, cuda (default: eager compile torch, and triton and cuda "
-                         "where they are available on a CUDA device)")
-    command.add_argument("--modes", nargs="+", default=list(bench_shapes.MODES), choices=bench_shapes.MODES,
-                         metavar="MODE", help="fwd, fwd+bwd (default both)")
-    command.add_argument("--quick", action="store_true", help="the quick shapes and fewer repeats")
+                         help="eager, compile, torch, triton, cuda (default: eager, torch, and triton and cuda where "
+                         "they are available on a CUDA device; compile on the rows that compare with it)")
+    command.add_argument("--modes", nargs="+", choices=bench_shapes.MODES, metavar="MODE",
+                         help="run every selected row in these modes: fwd, fwd+bwd (default: each row's)")
+    selection = command.add_mutually_exclusive_group()
+    selection.add_argument("--quick", action="store_true", help="the quick shapes and fewer repeats (seconds; CI)")
+    selection.add_argument("--user", action="store_true",
+                           help="only the user-sized rows: every op at the shapes a model calls it with, fp32, "
+                           "against eager PyTorch (per call, and as CUDA graph replays on a GPU)")
+    selection.add_argument("--full", action="store_true",
+                           help="the whole table: every shape (the CPU-sized ones without a GPU), fp32 and bf16, "
+                           "both modes, torch.compile everywhere")
     command.add_argument("--out", default="fastvae-bench", help="output directory (default ./fastvae-bench)")
     command.add_argument("--plot", action="store_true", help="also write bench.png (needs matplotlib)")
     command.add_argument("--peer", action="store_true",
@@ -190,9 +204,11 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--scaling-dtype", default="bf16", choices=tuple(bench_shapes.DTYPES),
                          help="dtype of --memory-scaling (default bf16)")
     command.add_argument("--repeats", type=int,
-                         help="timed calls per case (default 50 on CUDA, 10 on the CPU, 5 with --quick)")
+                         help="timed calls per case (default 50 on CUDA, 10 on the CPU, 200 for user-sized rows, "
+                         "5 with --quick)")
     command.add_argument("--warmup", type=int,
-                         help="warm-up calls per case (default 10 on CUDA, 2 on the CPU, 1 with --quick)")
+                         help="warm-up calls per case (default 10 on CUDA, 2 on the CPU, 20 for user-sized rows, "
+                         "1 with --quick)")
     command.add_argument("--device", choices=("cuda", "cpu"), help="cuda or cpu (default cuda when a GPU is visible)")
     command.add_argument("--cpu-memory-gb", type=float,
                          help="on the CPU, skip cases estimated to need more memory (default half the RAM)")
@@ -201,9 +217,15 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvae", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fastvae", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a small VAE and VQ autoencoder on embedded data")
+    demo = commands.add_parser(
+        "demo",
+        help="train a small VAE and VQ autoencoder on embedded data",
+        description="Train a small Gaussian VAE and a small VQ autoencoder on an embedded procedural data set "
+        "(random horizontal and vertical bars on an 8 x 8 grid) through the fastvae ops, and report the ELBO, the "
+        "importance-weighted bound and the codebook perplexity. Needs no download; runs in seconds on a CPU.",
+    )
     demo.add_argument("--steps", type=int, default=500, help="training steps per model (default 500)")
     demo.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     demo.add_argument("--log-every", type=int, default=100, help="print every N steps (default 100)")

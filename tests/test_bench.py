@@ -1,5 +1,7 @@
 """``fastvae bench``: the quick run writes the documented JSON and markdown, peak memory is measured
-correctly, the naive VQ search holds more memory than the chunked one, options are validated, and the
+correctly, the naive VQ search holds more memory than the chunked one, options are validated, the
+selections (default, ``--user``, ``--full``, ``--quick``) hold the rows they promise, timings carry
+their spread and noisy rows are marked, CUDA graph replays say why they are unavailable, and the
 benchmark's eager code computes what fastvae's ops compute.
 
 No assertion here is about speed (performance is shown by benchmarks, never by timed tests); the
@@ -23,11 +25,13 @@ import torch
 
 import fastvae
 from fastvae import cli
-from fastvae.bench import cases, report, runner, shapes, timing
+from fastvae.bench import cases, preference, report, runner, shapes, timing
 
+SPREAD_FIELDS = {"min_ms", "q25_ms", "median_ms", "q75_ms", "max_ms", "iqr_fraction", "noisy"}
 ROW_FIELDS = {
-    "op", "shape", "dtype", "mode", "backend", "status", "median_ms", "gbps", "tflops", "fraction_of_ceiling",
-    "speedup_vs_eager", "speedup_vs_compile", "peak_memory_mb",
+    "op", "shape", "dtype", "precision", "mode", "backend", "user_sized", "status", "warmup", "repeats",
+    *SPREAD_FIELDS, "gbps", "tflops", "fraction_of_ceiling", "speedup_vs_eager", "speedup_vs_eager_noisy",
+    "speedup_vs_compile", "speedup_vs_compile_noisy", "peak_memory_bytes", "cuda_graph",
 }
 ON_CPU = not torch.cuda.is_available()
 
@@ -81,7 +85,9 @@ def test_quick_run_reports_progress_on_stderr(quick):
 
 def test_json_has_the_documented_schema(quick):
     data = json.loads((quick["out"] / "bench.json").read_text())
-    assert data["schema"] == 1
+    assert data["schema"] == 2
+    assert data["settings"]["selection"] == "quick"
+    assert data["settings"]["noisy_iqr_fraction"] == timing.NOISY_IQR_FRACTION
     date = datetime.datetime.fromisoformat(data["date"])
     assert date.tzinfo is not None and date.utcoffset() == datetime.timedelta(0)
     assert data["commit"] == "unknown" or len(data["commit"]) == 40
@@ -97,8 +103,9 @@ def test_json_has_the_documented_schema(quick):
     assert data["peer"] == [] and data["memory_scaling"] == []
     rows = data["rows"]
     for row in rows:
-        assert set(row) >= ROW_FIELDS, row
+        assert set(row) == ROW_FIELDS, row
         assert set(row["shape"]) == {"name", "dims"}
+        assert row["cuda_graph"] is None and not row["user_sized"]  # no user-sized rows in the quick set
     expected = {
         (op, shape.name, dtype, mode, backend)
         for op in shapes.OPS
@@ -116,7 +123,10 @@ def test_every_cpu_row_ran_and_has_its_numbers(quick):
     assert {row["backend"] for row in rows} == {"eager", "compile", "torch"}  # no triton/cuda on the CPU
     for row in rows:
         assert row["status"] == "ok", row
-        assert row["median_ms"] > 0 and row["peak_memory_mb"] >= 0 and row["fraction_of_ceiling"] > 0
+        assert row["median_ms"] > 0 and row["peak_memory_bytes"] >= 0 and row["fraction_of_ceiling"] > 0
+        assert row["min_ms"] <= row["q25_ms"] <= row["median_ms"] <= row["q75_ms"] <= row["max_ms"]
+        assert row["noisy"] == (row["iqr_fraction"] > timing.NOISY_IQR_FRACTION)
+        assert (row["warmup"], row["repeats"]) == (1, 5)
         compute_bound = cases.OP_SPECS[row["op"]].flops is not None
         assert (row["tflops"] is not None, row["gbps"] is None) == (compute_bound, compute_bound)
         assert row["speedup_vs_eager"] > 0 and row["speedup_vs_compile"] > 0
@@ -133,7 +143,7 @@ def test_naive_vq_holds_more_memory_than_the_chunked_search(quick, op, mode):
     n, k, d = shape.dims["N"], shape.dims["K"], shape.dims["D"]
     assert n * k >= 16 * n * d  # the distance matrix is large relative to x
     peak = {
-        row["backend"]: row["peak_memory_mb"] * 2**20
+        row["backend"]: row["peak_memory_bytes"]
         for row in rows
         if row["op"] == op and row["shape"]["name"] == shape.name and row["dtype"] == "fp32" and row["mode"] == mode
     }
@@ -185,7 +195,8 @@ def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path
     impls = {row["impl"]: row for row in peer}
     assert set(impls) == {"vector-quantize-pytorch", "fastvae.nn.VectorQuantizer"}
     for row in peer:
-        assert row["status"] == "ok" and row["mode"] == "fwd+bwd" and row["median_ms"] > 0 and row["peak_memory_mb"] > 0
+        assert row["status"] == "ok" and row["mode"] == "fwd+bwd" and row["median_ms"] > 0
+        assert row["peak_memory_bytes"] > 0 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
     ours = impls["fastvae.nn.VectorQuantizer"]
     assert ours["backend"] == "torch"
     assert ours["speedup_vs_peer"] == pytest.approx(impls["vector-quantize-pytorch"]["median_ms"] / ours["median_ms"])
@@ -326,10 +337,13 @@ def test_unknown_choices_are_rejected_by_the_parser(capsys, argv, option):
 
 
 def test_validate_fills_defaults():
-    config = runner.validate(runner.BenchConfig(quick=True, device="cpu"))
-    assert config.backends == ("eager", "compile", "torch")  # triton and cuda only on a CUDA device
-    assert (config.warmup, config.repeats) == (1, 5)
+    config = runner.validate(runner.BenchConfig(device="cpu"))
+    assert config.selection == "user"  # a plain `fastvae bench` on the CPU: the user-sized rows
+    assert config.backends is None and config.dtypes is None and config.modes is None  # each entry's own
+    assert (config.warmup, config.repeats) == (None, None)  # per row: timing.default_warmup/default_repeats
     assert config.cpu_memory_gb > 0
+    assert runner.validate(runner.BenchConfig(selection="quick", device="cpu")).selection == "quick"
+    assert runner.default_selection("cuda") == "core"
 
 
 # --- timing and peak memory --------------------------------------------------------------------------
@@ -361,16 +375,98 @@ def test_peak_memory_does_not_count_what_was_live_before():
     assert timing.peak_memory_bytes(lambda: held.sum(), torch.device("cpu")) < 2**20
 
 
-def test_median_ms_calls_warmup_then_repeats_and_times_each():
-    calls = []
+def test_round_robin_warms_up_then_interleaves_the_calls_and_times_each():
+    log: list[str] = []
+    scopes: list[str] = []
 
-    def sleep_2_ms() -> None:
-        calls.append(None)
-        time.sleep(0.002)
+    def call(name: str, seconds: float):
+        def run() -> None:
+            log.append(name)
+            time.sleep(seconds)
+        return run
 
-    median = timing.median_ms(sleep_2_ms, torch.device("cpu"), warmup=2, repeats=3)
-    assert len(calls) == 5
-    assert median >= 2.0
+    @contextlib.contextmanager
+    def scope(name: str):
+        scopes.append(name)
+        yield
+
+    times = timing.time_round_robin(
+        [call("a", 0.002), call("b", 0.0), call("c", 0.0)], torch.device("cpu"), warmup=1, repeats=3,
+        scopes=[lambda: scope("a"), lambda: scope("b"), lambda: scope("c")],
+    )
+    # One warm-up round, then three timed rounds, each starting one call further: ABC, BCA, CAB.
+    assert log == list("abc") + list("abc") + list("bca") + list("cab")
+    assert scopes == log  # each call ran inside its own scope
+    assert [len(t) for t in times] == [3, 3, 3]
+    assert min(times[0]) >= 2.0  # a's 2 ms sleep is in a's times ...
+    assert max(times[1]) < 2.0  # ... and not in b's
+
+
+def test_round_robin_checks_its_arguments():
+    with pytest.raises(ValueError, match="repeats"):
+        timing.time_round_robin([lambda: None], torch.device("cpu"), warmup=0, repeats=0)
+    with pytest.raises(ValueError, match="scopes"):
+        timing.time_round_robin([lambda: None], torch.device("cpu"), warmup=0, repeats=1, scopes=[])
+
+
+# --- spread and noisy rows (synthetic timings) ----------------------------------------------------------
+
+
+def test_spread_of_known_times():
+    # Sorted 1..5: the quartiles sit at positions 1, 2 and 3 (p (n - 1)).
+    five = timing.spread([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (five.min_ms, five.q25_ms, five.median_ms, five.q75_ms, five.max_ms) == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert five.iqr_fraction == pytest.approx(2.0 / 3.0)
+    # Four times: positions 0.75, 1.5 and 2.25 interpolate between neighbours.
+    four = timing.spread([1.0, 2.0, 3.0, 4.0])
+    assert (four.q25_ms, four.median_ms, four.q75_ms) == (1.75, 2.5, 3.25)
+    one = timing.spread([7.0])
+    assert (one.min_ms, one.q25_ms, one.median_ms, one.q75_ms, one.max_ms) == (7.0,) * 5
+    with pytest.raises(ValueError, match="times_ms"):
+        timing.spread([])
+
+
+def test_a_row_is_noisy_only_past_the_stated_interquartile_range():
+    assert timing.NOISY_IQR_FRACTION == 0.10
+    steady = timing.spread([10.0, 10.0, 10.0, 10.0, 30.0])  # one outlier moves max, not the quartiles
+    assert steady.max_ms == 30.0 and steady.iqr_fraction == 0.0 and not steady.noisy
+    at_threshold = timing.spread([9.5, 9.5, 10.0, 10.5, 10.5])  # IQR 1.0 = 10% of the median: not past it
+    assert at_threshold.iqr_fraction == pytest.approx(0.10) and not at_threshold.noisy
+    loaded = timing.spread([1.0, 2.0, 3.0, 4.0, 5.0])  # IQR 2.0 = 67% of the median
+    assert loaded.noisy
+    assert loaded.to_json() == {"min_ms": 1.0, "q25_ms": 2.0, "median_ms": 3.0, "q75_ms": 4.0, "max_ms": 5.0,
+                                "iqr_fraction": pytest.approx(2.0 / 3.0), "noisy": True}
+
+
+def _synthetic_row(backend: str, median: float, noisy: bool, *, graph: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    case = cases.Case("gaussian_kl", shapes.find_shape("gaussian_kl", "B64xD16"), "fp32", "fwd", backend)
+    row = runner._row(case, "ok", user_sized=graph is not None)
+    row.update(median_ms=median, min_ms=median, max_ms=median, iqr_fraction=0.5 if noisy else 0.0, noisy=noisy)
+    if graph is not None:
+        row["cuda_graph"] = graph
+    return row
+
+
+def test_speedups_say_when_a_row_they_compare_is_noisy():
+    rows = [_synthetic_row("eager", 4.0, False), _synthetic_row("compile", 2.0, True),
+            _synthetic_row("torch", 1.0, False)]
+    runner._fill_speedups(rows)
+    torch_row = rows[2]
+    assert torch_row["speedup_vs_eager"] == 4.0 and torch_row["speedup_vs_eager_noisy"] is False
+    assert torch_row["speedup_vs_compile"] == 2.0 and torch_row["speedup_vs_compile_noisy"] is True
+    assert rows[1]["speedup_vs_eager_noisy"] is True  # the compile row itself is noisy
+
+
+def test_graph_replay_speedup_against_eager_replays():
+    def graph(median: float) -> dict[str, Any]:
+        return {**runner._graph_json("ok", timing.spread([median])), "host_overhead_ms": 0.0}
+
+    rows = [_synthetic_row("eager", 3.0, False, graph=graph(0.5)),
+            _synthetic_row("torch", 6.0, False, graph=graph(0.25))]
+    runner._fill_speedups(rows)
+    assert rows[1]["cuda_graph"]["speedup_vs_eager"] == 2.0 and rows[1]["cuda_graph"]["speedup_vs_eager_noisy"] is False
+    assert rows[1]["speedup_vs_eager"] == 0.5
 
 
 def test_step_rotates_through_a_pool_larger_than_the_rotation_bytes():
@@ -440,7 +536,7 @@ def test_eager_code_computes_what_the_fastvae_op_computes(op, dims):
             torch.testing.assert_close(eager, ours, rtol=1e-10, atol=1e-10)
 
 
-def test_eager_vector_quantize_matches_fastvae_up_to_the_loss_scale():
+def test_eager_vector_quantize_matches_fastvae_losses_included():
     dims = {"N": 33, "K": 9, "D": 4}
     x, codebook = _inputs("vector_quantize", dims)
     quantized, loss, indices = cases.eager_vector_quantize(x, codebook)
@@ -448,8 +544,10 @@ def test_eager_vector_quantize_matches_fastvae_up_to_the_loss_scale():
         ours = fastvae.vector_quantize(x, codebook, beta=cases.BETA)
     assert torch.equal(indices, ours.indices)
     torch.testing.assert_close(quantized, ours.quantized)
-    # F.mse_loss averages over N * D elements, fastvae over N vectors of squared norms.
-    torch.testing.assert_close(loss * dims["D"], ours.loss)
+    # Both average the squared error over the N * D elements (F.mse_loss).
+    torch.testing.assert_close(loss, ours.loss)
+    codes = codebook[indices]
+    torch.testing.assert_close(loss, (1 + cases.BETA) * ((x - codes) ** 2).sum() / x.numel())
 
 
 def test_reparameterize_cases_sample_with_the_right_moments():
@@ -471,17 +569,186 @@ def test_bytes_moved_count_each_interface_tensor_once_per_pass():
     assert cases.OP_SPECS["vq_nearest"].flops({"N": 2, "K": 3, "D": 5}) == 2 * 2 * 3 * 5
 
 
-def test_markdown_formats_missing_values_as_dashes():
-    data = {
+def _report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "date": "2026-01-01T00:00:00+00:00", "commit": "unknown", "commit_dirty": None,
         "device": {"kind": "cpu", "name": "test", "driver": None, "cuda": None, "threads": 1},
         "versions": {"python": "3", "torch": "2", "triton": None, "fastvae": "0"},
-        "settings": {"quick": True, "warmup": 1, "repeats": 1, "rotation_bytes": 0},
-        "notes": [], "ceilings": {"copy": None, "matmul": []},
-        "rows": [{**dict.fromkeys(ROW_FIELDS), "op": "gaussian_kl", "shape": {"name": "B1xD1", "dims": {}},
-                  "dtype": "fp32", "mode": "fwd", "backend": "eager", "status": "OOM"}],
-        "peer": [], "memory_scaling": [],
+        "settings": {"selection": "user", "warmup": None, "repeats": None, "rotation_bytes": 0,
+                     "noisy_iqr_fraction": 0.1, "compiled_graphs": 0},
+        "notes": [], "ceilings": {"copy": None, "matmul": []}, "rows": rows, "peer": [], "memory_scaling": [],
     }
-    text = report.markdown(data)
-    assert "| B1xD1 | fp32 | fwd | eager | - | - | - | - | - | - | OOM |" in text
+
+
+def test_markdown_formats_missing_values_as_dashes():
+    row = {**dict.fromkeys(ROW_FIELDS), "op": "gaussian_kl", "shape": {"name": "B1xD1", "dims": {}},
+           "dtype": "fp32", "mode": "fwd", "backend": "eager", "status": "OOM"}
+    text = report.markdown(_report([row]))
+    assert "| B1xD1 | fp32 | fwd | eager | - | - | - | - | - | - | - | - | - | - | OOM |" in text
     assert "triton" not in text  # versions that are None are left out
+
+
+def test_markdown_marks_noisy_rows_their_speedups_and_prints_the_spread():
+    graph = {**runner._graph_json("ok", timing.spread([0.25])), "host_overhead_ms": 0.75}
+    rows = [_synthetic_row("eager", 2.0, True, graph=graph), _synthetic_row("torch", 1.0, False, graph=graph)]
+    rows[0].update(min_ms=1.5, max_ms=4.0)
+    runner._fill_speedups(rows)
+    text = report.markdown(_report(rows))
+    assert "a row is noisy when its IQR exceeds 10% of its median" in text
+    lines = [line for line in text.splitlines() if line.startswith("| B64xD16 ")]
+    assert lines[0].startswith("| B64xD16 | fp32 | fwd | eager | 2.00 | 1.50-4.00 | 50% noisy |")
+    assert lines[1].startswith("| B64xD16 | fp32 | fwd | torch | 1.00 | 1.00-1.00 | 0% |")
+    assert "| 2.00x (noisy) |" in lines[1]  # against the noisy eager row
+    assert "| 0.250 (host 0.750) | 1.00x |" in lines[1]  # graph replay and its speed-up over eager's
+
+
+# --- selections ----------------------------------------------------------------------------------------
+
+
+def _keys(entries: list[shapes.Entry]) -> set[tuple[Any, ...]]:
+    return {(e.op, e.shape.name, dtype, precision, mode, e.compile, e.user_sized)
+            for e in entries for dtype in e.dtypes
+            for precision in shapes.precisions_for(e.op, dtype, e.precisions) for mode in e.modes}
+
+
+def test_core_selection_is_the_issue_list_plus_the_user_rows():
+    core = shapes.plan("core", cuda=True)
+    large_vq = "N1048576xK16384xD64"
+    expected = {
+        ("reparameterize_kl", "B65536xD512", "fp32", None, "fwd+bwd", True, False),
+        ("reparameterize_kl", "B65536xD512", "bf16", None, "fwd+bwd", True, False),
+        ("iwae", "K64xB4096xD128", "fp32", None, "fwd+bwd", True, False),
+        ("iwae", "K64xB4096xD128", "bf16", None, "fwd+bwd", True, False),
+        ("vq_nearest", large_vq, "bf16", None, "fwd", True, False),
+        ("vq_nearest", large_vq, "fp32", "ieee", "fwd", False, False),
+        ("vq_nearest", large_vq, "fp32", "tf32", "fwd", False, False),
+        ("vector_quantize", large_vq, "bf16", None, "fwd+bwd", True, False),
+        ("vector_quantize", large_vq, "fp32", "ieee", "fwd+bwd", False, False),
+        ("vector_quantize", large_vq, "fp32", "tf32", "fwd+bwd", False, False),
+        # user-sized: VQ on a 64 x 32 x 32 feature map, and reparameterize_kl at 256 x 32 and 1,024 x 128
+        ("vector_quantize", "N65536xK1024xD64", "fp32", "ieee", "fwd", False, True),
+        ("vector_quantize", "N65536xK1024xD64", "fp32", "ieee", "fwd+bwd", False, True),
+        ("reparameterize_kl", "B256xD32", "fp32", None, "fwd+bwd", False, True),
+        ("reparameterize_kl", "B1024xD128", "fp32", None, "fwd+bwd", False, True),
+    }
+    assert expected <= _keys(core)
+    assert _keys(shapes.plan("user", cuda=True)) <= _keys(core)
+    # torch.compile only where the core set compares with it: six graphs (README states the number).
+    assert sum(len(e.dtypes) * len(e.modes) for e in core if e.compile) == 6
+    assert all(not e.compile for e in core if e.user_sized)
+
+
+def test_user_selection_covers_every_op_at_the_user_shapes_in_both_modes():
+    user = _keys(shapes.plan("user", cuda=False))
+    gaussian = {(op, name) for op in ("reparameterize", "reparameterize_kl", "gaussian_kl")
+                for name in ("B64xD16", "B256xD32", "B1024xD128")}
+    others = {("iwae", "K16xB64xD16"), ("vq_nearest", "N4096xK512xD64"), ("vector_quantize", "N4096xK512xD64")}
+    assert {(op, name) for op, name, *_ in user} == gaussian | others
+    for op, name in gaussian | others:
+        for mode in shapes.MODES:
+            precision = "ieee" if op.startswith("v") else None
+            assert (op, name, "fp32", precision, mode, False, True) in user
+    assert len(user) == 2 * len(gaussian | others)
+
+
+def test_full_and_quick_selections():
+    full_gpu = shapes.plan("full", cuda=True)
+    assert {(e.op, e.shape.name) for e in full_gpu} == {(op, s.name) for op in shapes.OPS for s in shapes.SHAPES[op]}
+    assert all(e.compile and e.dtypes == ("fp32", "bf16") and e.modes == shapes.MODES for e in full_gpu)
+    assert ("vq_nearest", "N4194304xK16384xD64", "fp32", "tf32", "fwd", True, False) in _keys(full_gpu)
+    full_cpu = shapes.plan("full", cuda=False)
+    assert {(e.op, e.shape.name) for e in full_cpu} == {(op, s.name) for op in shapes.OPS for s in shapes.SHAPES[op]
+                                                       if s.cpu}
+    assert "N1048576xK16384xD64" not in {e.shape.name for e in full_cpu}
+    assert all(e.precisions == ("ieee",) for e in full_cpu)  # TF32 is a CUDA mode
+    quick = shapes.plan("quick", cuda=True)
+    assert {(e.op, e.shape.name) for e in quick} == {(op, s.name) for op in shapes.OPS for s in shapes.SHAPES[op]
+                                                    if s.quick}
+    assert not any(e.user_sized for e in quick)
+    # The options narrow or replace: ops filter, dtypes and modes replace every entry's.
+    narrowed = shapes.plan("core", cuda=True, ops=("iwae",), dtypes=("fp16",), modes=("fwd",))
+    assert {(e.op, e.dtypes, e.modes) for e in narrowed} == {("iwae", ("fp16",), ("fwd",))}
+    with pytest.raises(ValueError, match="selection"):
+        shapes.plan("everything", cuda=True)
+
+
+@pytest.mark.parametrize(("flag", "selection"), [([], "core" if not ON_CPU else "user"), (["--quick"], "quick"),
+                                                  (["--user"], "user"), (["--full"], "full")])
+def test_command_line_selections(monkeypatch, tmp_path, flag, selection):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(config: runner.BenchConfig, **kwargs: Any) -> dict[str, Any]:
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(cli.bench, "run", record)  # what `fastvae bench` calls after validating
+    with pytest.raises(Stop):
+        _bench([*flag, "--out", str(tmp_path)])
+    assert seen["config"].selection == selection
+
+
+def test_selection_flags_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--quick", "--full"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+# --- user-sized rows and CUDA graph replays --------------------------------------------------------------
+
+
+def test_capture_graph_is_unavailable_on_the_cpu():
+    calls = []
+    with pytest.raises(timing.GraphUnavailableError, match="CUDA graphs need a CUDA device"):
+        timing.capture_graph(lambda: calls.append(None), torch.device("cpu"))
+    assert calls == []
+
+
+@pytest.mark.skipif(not ON_CPU, reason="on a GPU the replays are measured")
+def test_user_rows_say_why_graph_replays_are_missing_on_the_cpu(tmp_path):
+    status, stdout, _ = _bench(["--user", "--ops", "reparameterize_kl", "vq_nearest", "--modes", "fwd",
+                                "--repeats", "3", "--warmup", "1", "--out", str(tmp_path)])
+    assert status == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["settings"]["selection"] == "user" and data["settings"]["compiled_graphs"] == 0
+    rows = data["rows"]
+    assert {(row["op"], row["shape"]["name"]) for row in rows} == {
+        ("reparameterize_kl", "B64xD16"), ("reparameterize_kl", "B256xD32"), ("reparameterize_kl", "B1024xD128"),
+        ("vq_nearest", "N4096xK512xD64")}
+    assert {row["backend"] for row in rows} == {"eager", "torch"}  # no compile in the user rows
+    reason = "unavailable: CUDA graphs need a CUDA device, this run is on cpu"
+    for row in rows:
+        assert row["status"] == "ok" and row["user_sized"] and row["median_ms"] > 0 and row["repeats"] == 3
+        assert row["cuda_graph"] == {**dict.fromkeys(("min_ms", "q25_ms", "median_ms", "q75_ms", "max_ms",
+                                                      "iqr_fraction", "noisy", "host_overhead_ms",
+                                                      "speedup_vs_eager", "speedup_vs_eager_noisy")),
+                                     "status": reason}
+        assert row["precision"] == ("ieee" if row["op"] == "vq_nearest" else None)
+    assert f"CUDA graph replays {reason}" in stdout
+    assert "| n/a |" in (tmp_path / "bench.md").read_text()
+
+
+def test_tf32_cases_turn_tf32_matmuls_on_only_while_active():
+    shape = shapes.find_shape("vq_nearest", "N4096xK512xD64")
+    before = torch.backends.cuda.matmul.allow_tf32
+    step = cases.build(cases.Case("vq_nearest", shape, "fp32", "fwd", "eager", "tf32"), torch.device("cpu"))
+    with step.active():
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    ieee = cases.build(cases.Case("vq_nearest", shape, "fp32", "fwd", "eager", "ieee"), torch.device("cpu"))
+    with ieee.active():
+        assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_backend_ranking_keeps_the_precisions_apart():
+    def row(precision: str, backend: str, ms: float) -> dict[str, Any]:
+        return {"op": "vq_nearest", "shape": {"name": "a"}, "dtype": "fp32", "precision": precision, "mode": "fwd",
+                "backend": backend, "status": "ok", "median_ms": ms}
+
+    # ieee: cuda 4x faster; tf32: triton 2x faster. The geometric mean favours cuda -- unless one
+    # precision's rows overwrite the other's.
+    rows = [row("ieee", "cuda", 1.0), row("ieee", "triton", 4.0), row("tf32", "cuda", 2.0), row("tf32", "triton", 1.0)]
+    assert preference.rank({"rows": rows})["vq_nearest"] == ("cuda", "triton")

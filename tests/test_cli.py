@@ -40,3 +40,14 @@ def test_demo_rejects_non_positive_steps(capsys):
 def test_unknown_backend_is_rejected_by_the_parser():
     with pytest.raises(SystemExit):
         cli.main(["demo", "--backend", "tpu"])
+
+
+def test_help_is_plain_text_and_every_command_describes_itself(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and ":mod:" not in top and "fastvae COMMAND --help" in top
+    for command, words in (("demo", "embedded procedural data set"), ("sample", "Draw samples from the prior")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert words in " ".join(capsys.readouterr().out.split())

@@ -1,6 +1,6 @@
 """Benchmark cases: per op, its inputs, its callables per backend, and the work one call does.
 
-A :class:`Case` is one op at one shape, dtype, mode and backend. :func:`build` turns it into a
+A :class:`Case` is one op at one shape, dtype, precision, mode and backend. :func:`build` turns it into a
 :class:`Step`: a zero-argument callable that runs the case once on the next input set of a rotating
 pool (so that, on a GPU, each timed call reads inputs that are not in the L2 cache), for ``fwd``
 without autograd, for ``fwd+bwd`` followed by ``torch.autograd.grad`` of every differentiable output
@@ -20,6 +20,10 @@ The backends of a case:
     fastvae's op with that fastvae backend forced (globally, with :func:`fastvae.set_backend`, so
     that the backward pass, which the autograd engine may run on another thread, uses it too).
 
+An fp32 VQ case has a precision: ``ieee`` (exact float32 products, PyTorch's default) or ``tf32``
+(fastvae's ``precision="tf32"``, and for every backend ``torch.backends.cuda.matmul.allow_tf32``
+on while the case runs: what the eager code, ``torch.compile`` and fastvae's torch backend read).
+
 The same builders serve ``fastvae bench`` (:mod:`fastvae.bench.runner`) and the pytest-benchmark
 suites in ``benchmarks/``, so both measure exactly the same calls.
 """
@@ -27,6 +31,7 @@ suites in ``benchmarks/``, so both measure exactly the same calls.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -114,8 +119,7 @@ def eager_vq_nearest(x: torch.Tensor, codebook: torch.Tensor) -> Tensors:
 def eager_vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> Tensors:
     """The VQ-VAE bottleneck as usually written. Returns ``(quantized, loss, indices)``.
 
-    The losses are ``F.mse_loss`` (means over elements, ``1/D`` of fastvae's means over vectors of
-    the squared norm; the work is the same).
+    The losses are ``F.mse_loss``, means over the ``N D`` elements, as fastvae's are.
     """
     indices = _eager_distances(x, codebook).argmin(dim=1)
     codes = codebook[indices]
@@ -144,13 +148,13 @@ def _fastvae_iwae(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, log
     return (fastvae.iwae_bound(fastvae.iwae_log_weights(log_px_z, z, mu, logvar), dim=0),)
 
 
-def _fastvae_vq_nearest(x: torch.Tensor, codebook: torch.Tensor) -> Tensors:
-    indices, distances = fastvae.vq_nearest(x, codebook)
+def _fastvae_vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, precision: str = "ieee") -> Tensors:
+    indices, distances = fastvae.vq_nearest(x, codebook, precision=precision)
     return distances, indices
 
 
-def _fastvae_vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> Tensors:
-    out = fastvae.vector_quantize(x, codebook, beta=BETA)
+def _fastvae_vector_quantize(x: torch.Tensor, codebook: torch.Tensor, *, precision: str = "ieee") -> Tensors:
+    out = fastvae.vector_quantize(x, codebook, beta=BETA, precision=precision)
     return out.quantized, out.loss, out.indices
 
 
@@ -194,7 +198,7 @@ class OpSpec:
         fastvae_ops: the fastvae ops (as registered with :mod:`fastvae.backend`) its calls dispatch.
         make_inputs: ``(dims, dtype, device, generator) -> inputs``, all floating and differentiable.
         eager: the plain-PyTorch function (also what ``compile`` compiles).
-        fastvae: the same computation through fastvae's public ops.
+        fastvae: the same computation through fastvae's public ops (the VQ ops take ``precision=``).
         input_elements: ``dims -> number of input elements``.
         elements_moved: for memory-bound ops, ``(dims, mode) -> elements`` the op must read and
             write (the rule is stated above :data:`OP_SPECS`); None for compute-bound ops.
@@ -328,7 +332,8 @@ class Case:
     """One op at one shape, dtype (``"fp32"``...), mode (``"fwd"``/``"fwd+bwd"``) and backend.
 
     ``backend`` is one of :data:`~fastvae.bench.shapes.BACKENDS`, or ``"auto"`` for fastvae's op
-    under its own backend choice.
+    under its own backend choice. ``precision`` is ``"ieee"`` or ``"tf32"`` for an fp32 VQ case (see
+    the module docstring), else None.
     """
 
     op: str
@@ -336,11 +341,13 @@ class Case:
     dtype: str
     mode: str
     backend: str
+    precision: str | None = None
 
     @property
     def id(self) -> str:
-        """``op-shape-dtype-mode-backend``, e.g. ``vq_nearest-N4096xK1024xD64-fp32-fwd-torch``."""
-        return f"{self.op}-{self.shape.name}-{self.dtype}-{self.mode}-{self.backend}"
+        """``op-shape-dtype[-precision]-mode-backend``, e.g. ``vq_nearest-N4096xK1024xD64-fp32-ieee-fwd-torch``."""
+        dtype = self.dtype if self.precision is None else f"{self.dtype}-{self.precision}"
+        return f"{self.op}-{self.shape.name}-{dtype}-{self.mode}-{self.backend}"
 
 
 def estimated_bytes(case: Case) -> int:
@@ -389,6 +396,20 @@ def skip_reason(case: Case, device: torch.device, *, cpu_budget_bytes: int) -> s
 
 
 @contextlib.contextmanager
+def _tf32_scope(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, ``torch.backends.cuda.matmul.allow_tf32`` on while inside, then restored."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@contextlib.contextmanager
 def fastvae_backend_scope(name: str | None) -> Iterator[None]:
     """Force fastvae backend ``name`` globally while inside (no-op for None), then restore the previous one.
 
@@ -410,7 +431,7 @@ class Step:
     """A benchmark call: each ``step()`` runs ``fn`` once on the next input set of a rotating pool.
 
     Use it inside ``with step.active():``, which forces its fastvae backend (if any) for the forward
-    and backward passes alike.
+    and backward passes alike, and TF32 matmuls for a ``tf32`` case.
 
     Args:
         fn: ``(*inputs) -> outputs`` (a tuple of tensors).
@@ -421,6 +442,7 @@ class Step:
         rotation_bytes: the pool holds enough copies of the inputs (and gradient seeds) that their
             total exceeds this many bytes (at least one set). 0: a single set.
         backend: fastvae backend to force while active, or None.
+        tf32: turn ``torch.backends.cuda.matmul.allow_tf32`` on while active.
     """
 
     def __init__(
@@ -431,10 +453,12 @@ class Step:
         mode: str,
         rotation_bytes: int = 0,
         backend: str | None = None,
+        tf32: bool = False,
     ) -> None:
         self._fn = fn
         self._backward = mode == "fwd+bwd"
         self._backend = backend
+        self._tf32 = tf32
         first = tuple(t.detach().requires_grad_(self._backward) for t in inputs)
         seeds: Tensors = ()
         if self._backward:
@@ -458,9 +482,11 @@ class Step:
         """How many input sets the pool rotates through."""
         return len(self._pool)
 
-    def active(self) -> contextlib.AbstractContextManager[None]:
-        """Context manager forcing this step's fastvae backend (see :func:`fastvae_backend_scope`)."""
-        return fastvae_backend_scope(self._backend)
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Context manager forcing this step's fastvae backend (see :func:`fastvae_backend_scope`) and TF32."""
+        with fastvae_backend_scope(self._backend), _tf32_scope(self._tf32):
+            yield
 
     def __call__(self) -> None:
         inputs, seeds = self._pool[self._next]
@@ -492,10 +518,13 @@ def build(case: Case, device: torch.device, *, rotation_bytes: int = 0) -> Step:
     elif case.backend == "compile":
         torch._dynamo.reset()
         fn = torch.compile(spec.eager, dynamic=False)
+    elif case.precision is not None:
+        fn = functools.partial(spec.fastvae, precision=case.precision)
     else:
         fn = spec.fastvae
     backend = None if case.backend in ("eager", "compile") else case.backend
-    return Step(fn, inputs, mode=case.mode, rotation_bytes=rotation_bytes, backend=backend)
+    return Step(fn, inputs, mode=case.mode, rotation_bytes=rotation_bytes, backend=backend,
+                tf32=case.precision == "tf32")
 
 
 # --- ceilings and modules ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ it came from), which :mod:`fastvae.backend` reads::
 
     python -m fastvae.bench.preference benchmarks/results/<run>/bench.json
 
-Per benchmarked op, the two backends are compared on every (shape, dtype, mode) row both measured
+Per benchmarked op, the two backends are compared on every (shape, dtype, precision, mode) row both measured
 successfully; the one with the smaller geometric-mean time ratio comes first. A benchmark op covers
 the custom ops it times (forward and backward): ``iwae`` ranks the IWAE/MIWAE ops,
 ``vector_quantize`` also ranks ``vq_code_stats``. Ops with no comparable rows keep the default order.
@@ -53,10 +53,10 @@ def rank(report: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         ``{custom op name: ("cuda", "triton") or ("triton", "cuda")}`` for every op whose benchmark has at
         least one row measured on both backends.
     """
-    times: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    times: dict[tuple[str | None, ...], dict[str, float]] = {}
     for row in report.get("rows", []):
         if row.get("backend") in _COMPILED and row.get("status") == "ok" and row.get("median_ms"):
-            key = (row["op"], row["shape"]["name"], row["dtype"], row["mode"])
+            key = (row["op"], row["shape"]["name"], row["dtype"], row.get("precision"), row["mode"])
             times.setdefault(key, {})[row["backend"]] = float(row["median_ms"])
     log_ratios: dict[str, list[float]] = {}
     for (op, *_), by_backend in times.items():

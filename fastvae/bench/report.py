@@ -2,7 +2,9 @@
 
 The report is the dictionary :func:`fastvae.bench.run` returns; its layout is documented in
 ``benchmarks/README.md``. The markdown has a header (date, commit, device, versions, ceilings,
-settings) and one table per op, then the peer comparison and the memory scaling when they ran. The
+settings, the noise threshold) and one table per op -- each row with its spread, ``noisy`` rows and
+speed-ups that involve one marked as such, user-sized rows with their CUDA graph replay time --
+then the peer comparison and the memory scaling when they ran. The
 chart (matplotlib, imported only when asked for) has one panel per op: median time per backend for
 each shape, dtype and mode, on a log scale.
 """
@@ -31,8 +33,37 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
-def _speedup(value: float | None) -> str:
-    return "-" if value is None else f"{_number(value)}x"
+def _speedup(value: float | None, noisy: bool | None = None) -> str:
+    """``1.23x``; ``1.23x (noisy)`` when a row it compares is noisy; ``-`` for None."""
+    if value is None:
+        return "-"
+    return f"{_number(value)}x" + (" (noisy)" if noisy else "")
+
+
+def _spread(row: dict[str, Any]) -> str:
+    """``min-max`` of the timed calls in ms, ``-`` when not measured."""
+    return "-" if row["min_ms"] is None else f"{_number(row['min_ms'])}-{_number(row['max_ms'])}"
+
+
+def _iqr(row: dict[str, Any]) -> str:
+    """The interquartile range as a percentage of the median, ``noisy`` appended past the threshold."""
+    if row["iqr_fraction"] is None:
+        return "-"
+    return f"{100 * row['iqr_fraction']:.0f}%" + (" noisy" if row["noisy"] else "")
+
+
+def _graph(graph: dict[str, Any] | None) -> str:
+    """A user-sized row's CUDA graph replay: ``median (host per-call minus replay)``; ``n/a`` when not measured."""
+    if graph is None:
+        return "-"
+    if graph["status"] != "ok":
+        return "n/a"
+    return (f"{_number(graph['median_ms'])} (host {_number(graph['host_overhead_ms'])}"
+            + (", noisy)" if graph["noisy"] else ")"))
+
+
+def _mib(nbytes: int | None) -> str:
+    return "-" if nbytes is None else _number(nbytes / 2**20)
 
 
 def _percent(value: float | None) -> str:
@@ -58,6 +89,7 @@ def _header(report: dict[str, Any]) -> list[str]:
     commit = report["commit"] + (" (with uncommitted changes)" if report.get("commit_dirty") else "")
     settings = report["settings"]
     rotation = settings["rotation_bytes"]
+    counts = dict.fromkeys((row["repeats"], row["warmup"]) for row in report["rows"] if row["repeats"])
     lines = [
         "# fastvae benchmark",
         "",
@@ -65,9 +97,16 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"- commit: {commit}",
         f"- device: {_device_line(report['device'])}",
         f"- versions: {versions}",
-        f"- timing: median of {settings['repeats']} timed calls, after {settings['warmup']} warm-up"
-        + (f"; inputs rotated through more than {rotation / 2**20:.0f} MiB" if rotation else "")
-        + ("; quick mode" if settings["quick"] else ""),
+        f"- selection: {settings['selection']}; {settings['compiled_graphs']} torch.compile graphs",
+        "- timing: the median of each row's timed calls ("
+        + ", ".join(f"{repeats} after {warmup} warm-up" for repeats, warmup in counts)
+        + "); the backends of one op, shape, dtype and mode timed round-robin"
+        + (f"; inputs rotated through more than {rotation / 2**20:.0f} MiB (user-sized rows: not rotated)"
+           if rotation else ""),
+        f"- spread: min-max of the timed calls, and the interquartile range over the median (IQR); a row is noisy "
+        f"when its IQR exceeds {100 * settings['noisy_iqr_fraction']:.0f}% of its median, and a speed-up involving a "
+        "noisy row says (noisy)",
+        "- graph ms: user-sized rows replayed as CUDA graphs (host = per-call median minus replay median)",
     ]
     copy = report["ceilings"]["copy"]
     if copy is not None:
@@ -85,8 +124,8 @@ def _header(report: dict[str, Any]) -> list[str]:
 
 
 def _op_table(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["shape", "dtype", "mode", "backend", "median ms", "throughput", "of ceiling", "vs eager", "vs compile",
-              "peak MiB", "status"]
+    header = ["shape", "dtype", "mode", "backend", "median ms", "min-max ms", "IQR", "throughput", "of ceiling",
+              "vs eager", "vs compile", "graph ms", "graph vs eager", "peak MiB", "status"]
     lines = []
     for row in rows:
         if row["gbps"] is not None:
@@ -95,10 +134,14 @@ def _op_table(rows: list[dict[str, Any]]) -> list[str]:
             throughput = f"{_number(row['tflops'])} TFLOP/s"
         else:
             throughput = "-"
+        graph = row["cuda_graph"]
         lines.append([
-            row["shape"]["name"], row["dtype"], row["mode"], row["backend"], _number(row["median_ms"]), throughput,
-            _percent(row["fraction_of_ceiling"]), _speedup(row["speedup_vs_eager"]),
-            _speedup(row["speedup_vs_compile"]), _number(row["peak_memory_mb"]), row["status"],
+            row["shape"]["name"], row["dtype"] + (f" {row['precision']}" if row["precision"] else ""), row["mode"],
+            row["backend"], _number(row["median_ms"]), _spread(row), _iqr(row), throughput,
+            _percent(row["fraction_of_ceiling"]), _speedup(row["speedup_vs_eager"], row["speedup_vs_eager_noisy"]),
+            _speedup(row["speedup_vs_compile"], row["speedup_vs_compile_noisy"]), _graph(graph),
+            "-" if graph is None else _speedup(graph["speedup_vs_eager"], graph["speedup_vs_eager_noisy"]),
+            _mib(row["peak_memory_bytes"]), row["status"],
         ])
     return _table(header, lines)
 
@@ -111,9 +154,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report["peer"]:
         lines += ["", "## peer: VectorQuantize with EMA, forward + backward", ""]
         lines += _table(
-            ["shape", "dtype", "impl", "backend", "median ms", "peak MiB", "vs peer", "status"],
+            ["shape", "dtype", "impl", "backend", "median ms", "min-max ms", "IQR", "peak MiB", "vs peer", "status"],
             [[row["shape"]["name"], row["dtype"], row["impl"], row["backend"] or "-", _number(row["median_ms"]),
-              _number(row["peak_memory_mb"]), _speedup(row["speedup_vs_peer"]), row["status"]]
+              _spread(row), _iqr(row), _mib(row["peak_memory_bytes"]),
+              _speedup(row["speedup_vs_peer"], row["speedup_vs_peer_noisy"]),
+              row["status"]]
              for row in report["peer"]],
         )
     if report["memory_scaling"]:

@@ -1,11 +1,18 @@
 """The benchmark run behind ``fastvae bench``: which cases, the ceilings, the rows of the report.
 
-:func:`run` measures every selected case (op x shape x dtype x mode x backend of
-:mod:`fastvae.bench.cases`), the hardware ceilings of the same run (a device-to-device copy for the
-memory-bound ops, ``torch.matmul`` of the same shape for the VQ search), optionally the peer
-comparison against vector-quantize-pytorch and the memory scaling of ``vector_quantize``, and returns
-the report (the JSON document described in ``benchmarks/README.md``). A case that runs out of memory
-is recorded as ``"OOM"`` and the run goes on.
+:func:`run` measures every case of the selected plan (:func:`fastvae.bench.shapes.plan`: op x shape x
+dtype x precision x mode, each against its backends of :mod:`fastvae.bench.cases`), the hardware
+ceilings of the same run (a device-to-device copy for the memory-bound ops, ``torch.matmul`` of the
+same shape for the VQ search), optionally the peer comparison against vector-quantize-pytorch and the
+memory scaling of ``vector_quantize``, and returns the report (the JSON document described in
+``benchmarks/README.md``).
+
+The backends of one op at one shape, dtype, precision and mode are built and warmed up one after
+the other, then timed round-robin (:func:`fastvae.bench.timing.time_round_robin`), so that the
+speed-ups between them are not an artefact of load that came and went. Each row carries the spread
+of its times and is ``noisy`` past :data:`~fastvae.bench.timing.NOISY_IQR_FRACTION`. User-sized
+rows are also timed as CUDA graph replays where there is a CUDA device (and say why not elsewhere).
+A case that runs out of memory is recorded as ``"OOM"`` and the run goes on.
 """
 
 from __future__ import annotations
@@ -28,12 +35,12 @@ import torch
 
 import fastvae
 from fastvae.bench import cases, timing
-from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SHAPES, Shape, shapes_for
+from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SELECTIONS, SHAPES, Entry, Shape, plan, precisions_for
 
-__all__ = ["BenchConfig", "SCHEMA", "largest_fitting", "run", "validate"]
+__all__ = ["BenchConfig", "SCHEMA", "default_selection", "largest_fitting", "run", "validate"]
 
 #: Version of the JSON report's layout.
-SCHEMA = 1
+SCHEMA = 2
 
 #: Bytes of the buffer the copy ceiling copies (twice this is moved per copy).
 COPY_BYTES = 512 * 2**20
@@ -46,6 +53,7 @@ SCALING_LIMIT = 2**31
 
 _PEER = "vector-quantize-pytorch"
 _CPU_NOTICE = "no CUDA device: measuring the torch paths on the CPU"
+_GRAPH_FIELDS = ("min_ms", "q25_ms", "median_ms", "q75_ms", "max_ms", "iqr_fraction", "noisy")
 
 
 @dataclass(frozen=True)
@@ -53,17 +61,19 @@ class BenchConfig:
     """What ``fastvae bench`` measures; each field is the command-line option of the same name.
 
     Attributes:
-        ops: ops to run (:data:`~fastvae.bench.shapes.OPS`).
-        shapes: shape names to run (others are dropped); None: every shape of the table on CUDA,
-            the ``cpu`` shapes on the CPU, the ``quick`` shapes with ``quick``.
-        dtypes: ``"fp32"``, ``"bf16"`` (``"fp16"`` too).
-        backends: ``"eager"``, ``"compile"``, ``"torch"``, ``"triton"``, ``"cuda"``; None: the first
-            three, plus ``triton`` and ``cuda`` where they are available and the device is CUDA.
-        modes: ``"fwd"``, ``"fwd+bwd"``.
-        quick: the quick shapes and fewer repeats.
+        ops: ops to run (:data:`~fastvae.bench.shapes.OPS`): the selection's entries of these ops.
+        shapes: shape names to run instead of the selection's (fp32 and bf16, both modes, every
+            backend); None: the selection's.
+        dtypes: ``"fp32"``, ``"bf16"`` (``"fp16"`` too) to run every entry in; None: each entry's.
+        backends: ``"eager"``, ``"compile"``, ``"torch"``, ``"triton"``, ``"cuda"`` to run every entry
+            on; None: ``eager``, ``torch``, ``triton`` and ``cuda`` where they are available and the
+            device is CUDA, and ``compile`` for the entries that compare with it.
+        modes: ``"fwd"``, ``"fwd+bwd"`` to run every entry in; None: each entry's.
+        selection: one of :data:`~fastvae.bench.shapes.SELECTIONS` (``--quick``, ``--user``,
+            ``--full``); None: :func:`default_selection`.
         device: ``"cuda"`` or ``"cpu"``; None: CUDA when a device is visible.
-        warmup: untimed calls before timing, ``>= 1``; None: 10 on CUDA, 2 on the CPU, 1 with ``quick``.
-        repeats: timed calls, ``>= 1``; None: 50 on CUDA, 10 on the CPU, 5 with ``quick``.
+        warmup: untimed calls before timing, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_warmup`.
+        repeats: timed calls, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_repeats`.
         peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on).
         memory_scaling: also find the largest N that fits for ``vector_quantize`` fwd+bwd (CUDA only).
         scaling_dtype: the dtype of the memory scaling.
@@ -74,10 +84,10 @@ class BenchConfig:
 
     ops: tuple[str, ...] = OPS
     shapes: tuple[str, ...] | None = None
-    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    dtypes: tuple[str, ...] | None = None
     backends: tuple[str, ...] | None = None
-    modes: tuple[str, ...] = MODES
-    quick: bool = False
+    modes: tuple[str, ...] | None = None
+    selection: str | None = None
     device: str | None = None
     warmup: int | None = None
     repeats: int | None = None
@@ -96,17 +106,27 @@ def _choices(values: tuple[str, ...], allowed: tuple[str, ...], option: str) -> 
         raise ValueError(f"{option}: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(allowed)})")
 
 
+def default_selection(device: str) -> str:
+    """The selection of a plain ``fastvae bench``: ``core`` on a CUDA device, ``user`` on the CPU
+    (the rows a CPU finishes in a minute or two, and where fastvae's CPU target lives)."""
+    return "core" if device == "cuda" else "user"
+
+
 def validate(config: BenchConfig) -> BenchConfig:
-    """Check ``config`` and fill in its defaults (device, warm-up, repeats, CPU memory budget).
+    """Check ``config`` and fill in its defaults (device, selection, CPU memory budget).
 
     Raises:
         ValueError: the message names the offending option (``--ops``, ``--shapes``, ...).
     """
     _choices(config.ops, OPS, "--ops")
-    _choices(config.dtypes, tuple(DTYPES), "--dtypes")
+    if config.dtypes is not None:
+        _choices(config.dtypes, tuple(DTYPES), "--dtypes")
     if config.backends is not None:
         _choices(config.backends, BACKENDS, "--backends")
-    _choices(config.modes, MODES, "--modes")
+    if config.modes is not None:
+        _choices(config.modes, MODES, "--modes")
+    if config.selection is not None:
+        _choices((config.selection,), SELECTIONS, "--selection")
     _choices((config.scaling_dtype,), tuple(DTYPES), "--scaling-dtype")
     if config.shapes is not None:
         known = {shape.name for op in config.ops for shape in SHAPES[op]}
@@ -128,14 +148,10 @@ def validate(config: BenchConfig) -> BenchConfig:
         raise ValueError(f"--cpu-memory-gb: must be > 0, got {config.cpu_memory_gb}")
     if config.plot and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("--plot: needs matplotlib, which is not installed (pip install 'fastvae[plot]')")
-    on_cuda = device == "cuda"
-    compiled = tuple(name for name in ("triton", "cuda") if on_cuda and name in fastvae.available_backends())
     return dataclasses.replace(
         config,
         device=device,
-        backends=("eager", "compile", "torch", *compiled) if config.backends is None else config.backends,
-        warmup=config.warmup or timing.default_warmup(torch.device(device), quick=config.quick),
-        repeats=config.repeats or timing.default_repeats(torch.device(device), quick=config.quick),
+        selection=config.selection or default_selection(device),
         cpu_memory_gb=config.cpu_memory_gb or cases.default_cpu_budget_bytes() / 1e9,
     )
 
@@ -261,19 +277,19 @@ def _failure(error: BaseException) -> str:
 @dataclass
 class _Measured:
     status: str
-    median_ms: float | None = None
+    spread: timing.Spread | None = None
     peak_bytes: int | None = None
 
 
 def _measure(make: Callable[[], cases.Step], device: torch.device, warmup: int, repeats: int) -> _Measured:
-    """Build a step and time it, catching an out-of-memory (``"OOM"``) or any other failure."""
+    """Build a step and time it alone, catching an out-of-memory (``"OOM"``) or any other failure."""
     step = None
     try:
         step = make()
         with step.active():
-            median = timing.median_ms(step, device, warmup=warmup, repeats=repeats)
+            (times,) = timing.time_round_robin([step], device, warmup=warmup, repeats=repeats)
             peak = timing.peak_memory_bytes(step, device)
-        return _Measured("ok", median, peak)
+        return _Measured("ok", timing.spread(times), peak)
     except Exception as error:  # one failing case must not end a long GPU run
         return _Measured(_failure(error))
     finally:
@@ -281,25 +297,43 @@ def _measure(make: Callable[[], cases.Step], device: torch.device, warmup: int, 
         _release(device)
 
 
+def _spread_json(spread: timing.Spread | None) -> dict[str, Any]:
+    """The spread fields of a row: measured, or all None."""
+    return spread.to_json() if spread is not None else dict.fromkeys(_GRAPH_FIELDS)
+
+
 def _shape_json(shape: Shape) -> dict[str, Any]:
     return {"name": shape.name, "dims": dict(shape.dims)}
 
 
-def _row(case: cases.Case, status: str) -> dict[str, Any]:
+def _graph_json(status: str, spread: timing.Spread | None = None) -> dict[str, Any]:
+    """The ``cuda_graph`` entry of a user-sized row."""
+    return {"status": status, **_spread_json(spread), "host_overhead_ms": None, "speedup_vs_eager": None,
+            "speedup_vs_eager_noisy": None}
+
+
+def _row(case: cases.Case, status: str, *, user_sized: bool = False) -> dict[str, Any]:
     return {
         "op": case.op,
         "shape": _shape_json(case.shape),
         "dtype": case.dtype,
+        "precision": case.precision,
         "mode": case.mode,
         "backend": case.backend,
+        "user_sized": user_sized,
         "status": status,
-        "median_ms": None,
+        "warmup": None,
+        "repeats": None,
+        **_spread_json(None),
         "gbps": None,
         "tflops": None,
         "fraction_of_ceiling": None,
         "speedup_vs_eager": None,
+        "speedup_vs_eager_noisy": None,
         "speedup_vs_compile": None,
-        "peak_memory_mb": None,
+        "speedup_vs_compile_noisy": None,
+        "peak_memory_bytes": None,
+        "cuda_graph": _graph_json("skipped: the call did not run") if user_sized else None,
     }
 
 
@@ -308,7 +342,9 @@ class _Ceilings:
 
     def __init__(self, device: torch.device, config: BenchConfig) -> None:
         self._device = device
-        self._config = config
+        self._warmup = config.warmup or timing.default_warmup(device, quick=config.selection == "quick")
+        self._repeats = config.repeats or timing.default_repeats(device, quick=config.selection == "quick")
+        self._cpu_memory_gb = config.cpu_memory_gb
         self.copy: dict[str, Any] | None = None
         self.matmul: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -316,10 +352,10 @@ class _Ceilings:
         """Copy bandwidth in GB/s (bytes read + written), measured on first use; None if it failed."""
         if self.copy is None:
             measured = _measure(lambda: cases.copy_step(COPY_BYTES, self._device), self._device,
-                                self._config.warmup, self._config.repeats)
-            gbps = 2 * COPY_BYTES / (measured.median_ms * 1e6) if measured.median_ms else None
-            self.copy = {"bytes_moved": 2 * COPY_BYTES, "status": measured.status, "median_ms": measured.median_ms,
-                         "gbps": gbps}
+                                self._warmup, self._repeats)
+            median = measured.spread.median_ms if measured.spread else None
+            self.copy = {"bytes_moved": 2 * COPY_BYTES, "status": measured.status, **_spread_json(measured.spread),
+                         "gbps": 2 * COPY_BYTES / (median * 1e6) if median else None}
         return self.copy["gbps"]
 
     def matmul_tflops(self, shape: Shape, dtype: str) -> float | None:
@@ -329,21 +365,21 @@ class _Ceilings:
             if self._device.type == "cuda":
                 max_output = torch.cuda.mem_get_info(self._device)[0] // 4
             else:
-                max_output = int(self._config.cpu_memory_gb * 1e9) // 4
+                max_output = int(self._cpu_memory_gb * 1e9) // 4
             dims = {**shape.dims, "N": cases.matmul_rows(shape.dims, dtype, max_output_bytes=max_output)}
             measured = _measure(
                 lambda: cases.matmul_step(dims, dtype, self._device,
                                           rotation_bytes=timing.rotation_bytes(self._device)),
-                self._device, self._config.warmup, self._config.repeats,
+                self._device, self._warmup, self._repeats,
             )
+            median = measured.spread.median_ms if measured.spread else None
             self.matmul[key] = {
                 "shape": _shape_json(shape),
                 "dtype": dtype,
                 "rows": dims["N"],
                 "status": measured.status,
-                "median_ms": measured.median_ms,
-                "tflops": cases.OP_SPECS["vq_nearest"].flops(dims) / (measured.median_ms * 1e9)
-                if measured.median_ms else None,
+                **_spread_json(measured.spread),
+                "tflops": cases.OP_SPECS["vq_nearest"].flops(dims) / (median * 1e9) if median else None,
             }
         return self.matmul[key]["tflops"]
 
@@ -366,30 +402,41 @@ def _fill_throughput(row: dict[str, Any], case: cases.Case, ceilings: _Ceilings)
 
 
 def _fill_speedups(rows: list[dict[str, Any]]) -> None:
-    """``speedup_vs_eager``/``_vs_compile``: that backend's median over this row's, same op, shape, dtype, mode."""
-    baselines: dict[tuple[Any, ...], float] = {}
-    for row in rows:
-        if row["status"] == "ok" and row["backend"] in ("eager", "compile"):
-            baselines[(row["op"], row["shape"]["name"], row["dtype"], row["mode"], row["backend"])] = row["median_ms"]
+    """Per row that ran, against the ``eager`` and ``compile`` rows of the same op, shape, dtype,
+    precision and mode: ``speedup_vs_<baseline>`` = that row's median over this row's, and
+    ``speedup_vs_<baseline>_noisy`` = either row is noisy; the same against eager for CUDA graph replays."""
+
+    def key(row: dict[str, Any], backend: str) -> tuple[Any, ...]:
+        return row["op"], row["shape"]["name"], row["dtype"], row["precision"], row["mode"], backend
+
+    baselines = {key(row, row["backend"]): row for row in rows
+                 if row["status"] == "ok" and row["backend"] in ("eager", "compile")}
     for row in rows:
         if row["status"] != "ok":
             continue
-        for baseline in ("eager", "compile"):
-            reference = baselines.get((row["op"], row["shape"]["name"], row["dtype"], row["mode"], baseline))
-            row[f"speedup_vs_{baseline}"] = reference / row["median_ms"] if reference else None
+        for name in ("eager", "compile"):
+            baseline = baselines.get(key(row, name))
+            if baseline is not None:
+                row[f"speedup_vs_{name}"] = baseline["median_ms"] / row["median_ms"]
+                row[f"speedup_vs_{name}_noisy"] = baseline["noisy"] or row["noisy"]
+        graph = row["cuda_graph"]
+        eager = baselines.get(key(row, "eager"))
+        eager_graph = None if eager is None else eager["cuda_graph"]
+        if graph and graph["status"] == "ok" and eager_graph and eager_graph["status"] == "ok":
+            graph["speedup_vs_eager"] = eager_graph["median_ms"] / graph["median_ms"]
+            graph["speedup_vs_eager_noisy"] = eager_graph["noisy"] or graph["noisy"]
 
 
-def _selected_shapes(config: BenchConfig, op: str, device: torch.device) -> list[Shape]:
-    return shapes_for(op, names=config.shapes, quick=config.quick, cpu=device.type == "cpu")
-
-
-def _cases(config: BenchConfig, device: torch.device) -> Iterator[cases.Case]:
-    for op in config.ops:
-        for shape in _selected_shapes(config, op, device):
-            for dtype in config.dtypes:
-                for mode in config.modes:
-                    for backend in config.backends:
-                        yield cases.Case(op, shape, dtype, mode, backend)
+def _groups(
+    entries: list[Entry], backends: Callable[[Entry], tuple[str, ...]]
+) -> Iterator[tuple[Entry, list[cases.Case]]]:
+    """Per entry, per dtype, precision and mode: the entry and its cases, one per backend."""
+    for entry in entries:
+        for dtype in entry.dtypes:
+            for precision in precisions_for(entry.op, dtype, entry.precisions):
+                for mode in entry.modes:
+                    yield entry, [cases.Case(entry.op, entry.shape, dtype, mode, backend, precision)
+                                  for backend in backends(entry)]
 
 
 def _peer_available() -> bool:
@@ -415,14 +462,22 @@ def _peer_row(shape: Shape, dtype: str, impl: str, backend: str | None, status: 
         "impl": impl,
         "backend": backend,
         "status": status,
-        "median_ms": None,
-        "peak_memory_mb": None,
+        **_spread_json(None),
+        "peak_memory_bytes": None,
         "speedup_vs_peer": None,
+        "speedup_vs_peer_noisy": None,
     }
 
 
-def _memory_scaling_impls(config: BenchConfig) -> list[tuple[str, str | None]]:
-    compiled = [name for name in ("triton", "cuda") if name in config.backends and name in fastvae.available_backends()]
+def _compiled_backends(device: torch.device) -> tuple[str, ...]:
+    """fastvae's compiled backends that are benchmarked here: ``triton`` and ``cuda`` where available, on CUDA."""
+    if device.type != "cuda":
+        return ()
+    return tuple(name for name in ("triton", "cuda") if name in fastvae.available_backends())
+
+
+def _memory_scaling_impls(config: BenchConfig, device: torch.device) -> list[tuple[str, str | None]]:
+    compiled = [name for name in _compiled_backends(device) if config.backends is None or name in config.backends]
     return [("fastvae", name) for name in compiled or ["auto"]] + [("eager", None), (_PEER, None)]
 
 
@@ -468,38 +523,137 @@ class _Runner:
         self.ceilings = _Ceilings(self.device, config)
         self.rotation = timing.rotation_bytes(self.device)
         self.cpu_budget = int(config.cpu_memory_gb * 1e9)
+        self.compiled = _compiled_backends(self.device)
+        self.entries = plan(config.selection, cuda=self.device.type == "cuda", ops=config.ops, names=config.shapes,
+                            dtypes=config.dtypes, modes=config.modes)
 
     def note(self, message: str) -> None:
         self.notes.append(message)
         print(message, file=self.out, flush=True)
 
-    def _timed_row(self, case: cases.Case) -> dict[str, Any]:
-        reason = cases.skip_reason(case, self.device, cpu_budget_bytes=self.cpu_budget)
-        if reason is not None:
-            return _row(case, f"skipped: {reason}")
-        measured = _measure(
-            lambda: cases.build(case, self.device, rotation_bytes=self.rotation),
-            self.device, self.config.warmup, self.config.repeats,
-        )
-        row = _row(case, measured.status)
-        if measured.status == "ok":
-            row["median_ms"] = measured.median_ms
-            row["peak_memory_mb"] = measured.peak_bytes / 2**20
-            _fill_throughput(row, case, self.ceilings)
-        return row
+    def backends(self, entry: Entry) -> tuple[str, ...]:
+        """The backends ``entry`` runs on: ``--backends``, else eager (and compile where the entry asks), torch
+        and the available compiled backends."""
+        if self.config.backends is not None:
+            return self.config.backends
+        return ("eager", *(("compile",) if entry.compile else ()), "torch", *self.compiled)
 
-    def _peer_rows(self, shapes: list[Shape], progress: _Progress) -> list[dict[str, Any]]:
+    def _timing_counts(self, *, user_sized: bool) -> tuple[int, int]:
+        """Warm-up calls and timed calls of a case: the options', else the defaults of the device and selection."""
+        quick = self.config.selection == "quick"
+        warmup = self.config.warmup or timing.default_warmup(self.device, quick=quick, user_sized=user_sized)
+        repeats = self.config.repeats or timing.default_repeats(self.device, quick=quick, user_sized=user_sized)
+        return warmup, repeats
+
+    def _prepare(self, case: cases.Case, row: dict[str, Any], rotation: int, warmup: int) -> cases.Step | None:
+        """Build ``case``'s step and run its warm-up calls; on a failure set the row's status and return None."""
+        step = None
+        try:
+            step = cases.build(case, self.device, rotation_bytes=rotation)
+            with step.active():
+                for _ in range(warmup):
+                    step()
+            return step
+        except Exception as error:  # one failing case must not end a long GPU run
+            row["status"] = _failure(error)
+            del step
+            _release(self.device)
+            return None
+
+    def _group_rows(self, entry: Entry, group: list[cases.Case], progress: _Progress) -> list[dict[str, Any]]:
+        """The rows of one op at one shape, dtype, precision and mode: every backend built and warmed
+        up, then timed round-robin, then its peak memory; user-sized ones also as CUDA graph replays."""
+        warmup, repeats = self._timing_counts(user_sized=entry.user_sized)
+        rotation = 0 if entry.user_sized else self.rotation
+        rows = [_row(case, "ok", user_sized=entry.user_sized) for case in group]
+        live: list[tuple[dict[str, Any], cases.Step]] = []
+        for case, row in zip(group, rows, strict=True):
+            progress.start(f"{case.op} {case.shape.name} {case.dtype}{f' {case.precision}' if case.precision else ''} "
+                           f"{case.mode} {case.backend}")
+            row.update(warmup=warmup, repeats=repeats)
+            reason = cases.skip_reason(case, self.device, cpu_budget_bytes=self.cpu_budget)
+            if reason is not None:
+                row["status"] = f"skipped: {reason}"
+            else:
+                step = self._prepare(case, row, rotation, warmup)
+                if step is not None:
+                    live.append((row, step))
+            progress.advance()
+        try:
+            live = self._time_live(live, repeats)
+            if entry.user_sized:
+                self._time_graphs(live, warmup, repeats)
+        finally:
+            del live
+            _release(self.device)
+        for case, row in zip(group, rows, strict=True):
+            if row["status"] == "ok":
+                _fill_throughput(row, case, self.ceilings)
+        return rows
+
+    def _time_live(self, live: list[tuple[dict[str, Any], cases.Step]], repeats: int
+                   ) -> list[tuple[dict[str, Any], cases.Step]]:
+        """Time the warmed-up steps round-robin and measure each one's peak memory; returns those still ok."""
+        if not live:
+            return live
+        try:
+            times = timing.time_round_robin([step for _, step in live], self.device, warmup=0, repeats=repeats,
+                                            scopes=[step.active for _, step in live])
+        except Exception as error:  # a failure after the warm-up: none of the interleaved times stands
+            for row, _ in live:
+                row["status"] = _failure(error)
+            return []
+        still = []
+        for (row, step), row_times in zip(live, times, strict=True):
+            row.update(_spread_json(timing.spread(row_times)))
+            try:
+                with step.active():
+                    row["peak_memory_bytes"] = timing.peak_memory_bytes(step, self.device)
+                still.append((row, step))
+            except Exception as error:  # e.g. out of memory with the other backends' inputs still held
+                row["status"] = _failure(error)
+        return still
+
+    def _time_graphs(self, live: list[tuple[dict[str, Any], cases.Step]], warmup: int, repeats: int) -> None:
+        """Capture each step as a CUDA graph and time the replays round-robin, into the rows' ``cuda_graph``."""
+        graphs = []
+        for row, step in live:
+            try:
+                with step.active():
+                    graphs.append((row, timing.capture_graph(step, self.device)))
+            except timing.GraphUnavailableError as error:
+                row["cuda_graph"] = _graph_json(f"unavailable: {error}")
+        if not graphs:
+            return
+        rows = [row for row, _ in graphs]
+        replays = [graph.replay for _, graph in graphs]
+        del graphs
+        try:
+            times = timing.time_round_robin(replays, self.device, warmup=warmup, repeats=repeats)
+        except Exception as error:  # a replay failed: record it, the per-call rows stand
+            for row in rows:
+                row["cuda_graph"] = _graph_json(_failure(error))
+            return
+        finally:
+            del replays  # the graphs and their memory pools
+        for row, row_times in zip(rows, times, strict=True):
+            spread = timing.spread(row_times)
+            row["cuda_graph"] = {**_graph_json("ok", spread), "host_overhead_ms": row["median_ms"] - spread.median_ms}
+
+    def _peer_rows(self, shapes: list[Shape], dtypes: list[str], progress: _Progress) -> list[dict[str, Any]]:
         """vector-quantize-pytorch's layer and fastvae's, EMA on, fwd+bwd per VQ shape and dtype."""
         rows = []
-        fastvae_backends = [name for name in self.config.backends if name in cases.FASTVAE_BACKENDS]
+        backends = self.config.backends or ("torch", *self.compiled)
+        fastvae_backends = [name for name in backends if name in cases.FASTVAE_BACKENDS]
         for shape in shapes:
-            for dtype in self.config.dtypes:
+            for dtype in dtypes:
                 peer = self._module_row(shape, dtype, None, progress)
                 rows.append(peer)
                 for name in fastvae_backends:
                     row = self._module_row(shape, dtype, name, progress)
                     if row["median_ms"] and peer["median_ms"]:
                         row["speedup_vs_peer"] = peer["median_ms"] / row["median_ms"]
+                        row["speedup_vs_peer_noisy"] = peer["noisy"] or row["noisy"]
                     rows.append(row)
         return rows
 
@@ -516,13 +670,13 @@ class _Runner:
             row["status"] = f"skipped: {reason}"
         else:
             module = _peer_module if backend is None else _fastvae_module
+            warmup, repeats = self._timing_counts(user_sized=False)
             measured = _measure(
                 lambda: cases.module_step(module(shape), shape.dims, dtype, self.device,
                                           rotation_bytes=self.rotation, backend=backend),
-                self.device, self.config.warmup, self.config.repeats,
+                self.device, warmup, repeats,
             )
-            peak_mb = None if measured.peak_bytes is None else measured.peak_bytes / 2**20
-            row.update(status=measured.status, median_ms=measured.median_ms, peak_memory_mb=peak_mb)
+            row.update(status=measured.status, **_spread_json(measured.spread), peak_memory_bytes=measured.peak_bytes)
         progress.advance()
         return row
 
@@ -547,7 +701,7 @@ class _Runner:
         return status == "ok"
 
     def _memory_scaling(self) -> list[dict[str, Any]]:
-        impls = _memory_scaling_impls(self.config)
+        impls = _memory_scaling_impls(self.config, self.device)
         dtype = self.config.scaling_dtype
         base = {"dtype": dtype, "K": SCALING_K, "D": SCALING_D, "resolution": SCALING_RESOLUTION}
         if self.device.type != "cuda":
@@ -581,38 +735,45 @@ class _Runner:
                 "the triton and cuda backends are not benchmarked on the CPU "
                 "(Triton's interpreter is not a performance path)"
             )
-            if config.shapes is None and not config.quick:
-                self.note("on the CPU only the CPU-sized shapes run by default; name others with --shapes")
+            if config.shapes is None and config.selection == "user":
+                self.note("on the CPU the default is the user-sized rows (--user); --full runs the CPU-sized table, "
+                          "--shapes names others")
         else:
             self.note(f"measuring on {torch.cuda.get_device_name(device)}")
             for name in ("triton", "cuda"):
                 reason = _unavailable(name)
-                if name not in config.backends and reason is not None:
+                if name not in self.compiled and reason is not None:
                     self.note(f"left out: {reason}")
-        all_cases = list(_cases(config, device))
-        peer_shapes = _selected_shapes(config, "vector_quantize", device) if config.peer else []
-        layers = 1 + sum(name in cases.FASTVAE_BACKENDS for name in config.backends)
-        peer_count = len(peer_shapes) * len(config.dtypes) * layers
-        progress = _Progress(len(all_cases) + (peer_count if _peer_available() else 0), self.err)
+        groups = list(_groups(self.entries, self.backends))
+        vq_entries = [entry for entry in self.entries if entry.op in ("vq_nearest", "vector_quantize")]
+        peer_shapes = list({entry.shape.name: entry.shape for entry in vq_entries}.values()) if config.peer else []
+        peer_dtypes = list(dict.fromkeys(dtype for entry in vq_entries for dtype in entry.dtypes))
+        peer_backends = self.config.backends or ("torch", *self.compiled)
+        layers = 1 + sum(name in cases.FASTVAE_BACKENDS for name in peer_backends)
+        peer_count = len(peer_shapes) * len(peer_dtypes) * layers
+        progress = _Progress(sum(len(group) for _, group in groups) + (peer_count if _peer_available() else 0),
+                             self.err)
         rows = []
         try:
             self.ceilings.copy_gbps()
-            for case in all_cases:
-                progress.start(f"{case.op} {case.shape.name} {case.dtype} {case.mode} {case.backend}")
-                rows.append(self._timed_row(case))
-                progress.advance()
+            for entry, group in groups:
+                rows += self._group_rows(entry, group, progress)
             _fill_speedups(rows)
             peer_rows: list[dict[str, Any]] = []
             if config.peer and _peer_available():
-                peer_rows = self._peer_rows(peer_shapes, progress)
+                peer_rows = self._peer_rows(peer_shapes, peer_dtypes, progress)
             elif config.peer:
                 self.note(f"{_PEER} is not installed: the peer comparison is skipped (pip install 'fastvae[peer]')")
                 peer_rows = [
                     _peer_row(shape, dtype, _PEER, None, f"skipped: {_PEER} not installed")
-                    for shape in peer_shapes for dtype in config.dtypes
+                    for shape in peer_shapes for dtype in peer_dtypes
                 ]
         finally:
             progress.close()
+        graph_reasons = sorted({row["cuda_graph"]["status"] for row in rows
+                                if row["cuda_graph"] and row["cuda_graph"]["status"].startswith("unavailable: ")})
+        for reason in graph_reasons:
+            self.note(f"CUDA graph replays {reason}")
         memory_scaling = self._memory_scaling() if config.memory_scaling else []
         commit, dirty = _commit()
         return {
@@ -629,10 +790,13 @@ class _Runner:
                 "vector_quantize_pytorch": _version(_PEER),
             },
             "settings": {
-                "quick": config.quick,
+                "selection": config.selection,
                 "warmup": config.warmup,
                 "repeats": config.repeats,
                 "rotation_bytes": self.rotation,
+                "noisy_iqr_fraction": timing.NOISY_IQR_FRACTION,
+                "compiled_graphs": sum(row["backend"] == "compile" and not row["status"].startswith("skipped")
+                                       for row in rows),
                 "cpu_memory_budget_gb": round(config.cpu_memory_gb, 1) if device.type == "cpu" else None,
             },
             "notes": self.notes,

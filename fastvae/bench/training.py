@@ -20,8 +20,9 @@ with three quantisers in the same model:
 
 For each variant the batch size doubles from ``start_batch`` until a step runs out of memory
 (``torch.OutOfMemoryError``: the row reads ``"OOM"``, the memory is released and the next variant
-starts) or passes ``max_batch``. Each row reports the median time of the timed steps (CUDA events
-around each step, synchronised; see :mod:`fastvae.bench.timing`), ``images_per_s = batch / median``,
+starts) or passes ``max_batch``. Each row reports the median time of the timed steps and their
+spread (CUDA events around each step, synchronised; see :mod:`fastvae.bench.timing`; ``noisy`` past
+its threshold), ``images_per_s = batch / median``,
 and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps (the
 model, its optimiser state, the batch and the step's temporaries: what training at that batch
 needs); on the CPU the live tensor bytes of one step above what was allocated before it.
@@ -47,12 +48,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fastvae
 from fastvae import models
 from fastvae.bench import cases, timing
-from fastvae.bench.report import _number, _table
+from fastvae.bench.report import _iqr, _number, _speedup, _spread, _table
 from fastvae.bench.runner import _commit, _device_info, _failure, _release, _version
 from fastvae.models.vq_vae import VQVAE
 from fastvae.nn import VectorQuantizer
@@ -109,7 +111,8 @@ class EagerVectorQuantizer(nn.Module):
     as the widely copied PyTorch VQ-VAE notebooks port it), the eager reference of the benchmark.
 
     ``distances = |x|^2 - 2 x E^T + |E|^2`` as a full ``(N, K)`` matrix, ``argmin``, one-hot
-    ``encodings (N, K)``, ``codes = encodings @ E``, losses ``mean_n |x_n - e_n|^2`` with ``.detach()``,
+    ``encodings (N, K)``, ``codes = encodings @ E``, ``F.mse_loss`` losses (means over the ``N x D``
+    elements) with ``.detach()``,
     the straight-through ``x + (codes - x).detach()``, and in training mode the EMA update from
     ``encodings.sum(0)`` and ``encodings.T @ x`` with Laplace smoothing and the dead-code restart of
     :class:`fastvae.nn.VectorQuantizer` (same formulas, same initial codebook). Input and output
@@ -149,8 +152,8 @@ class EagerVectorQuantizer(nn.Module):
         encodings = torch.zeros(flat.shape[0], self.codebook.shape[0], dtype=flat.dtype, device=flat.device)
         encodings.scatter_(1, indices.unsqueeze(1), 1.0)
         codes = encodings @ self.codebook
-        commitment = (flat - codes.detach()).pow(2).sum(1).mean()
-        codebook_loss = (rows - codes).pow(2).sum(1).mean()
+        commitment = F.mse_loss(flat, codes.detach())
+        codebook_loss = F.mse_loss(codes, rows)
         quantized = flat + (codes - flat).detach()
         usage = encodings.mean(0)
         perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum())
@@ -186,9 +189,9 @@ class PeerVectorQuantizer(nn.Module):
     """vector-quantize-pytorch's ``VectorQuantize`` (EMA codebook) behind the interface the model
     calls: ``(B, D, h, w) -> VQOutput``.
 
-    Its commitment loss is ``F.mse_loss`` (a mean over elements); times ``D`` it becomes fastvae's mean
-    over vectors of ``|x - e|^2``, so the model's loss has the same scale with every quantiser. Its
-    codebook takes no gradient (``codebook_loss`` 0); the perplexity is computed from the indices.
+    Its commitment loss is ``F.mse_loss`` (a mean over elements), the scale of fastvae's, so the
+    model's loss has the same scale with every quantiser. Its codebook takes no gradient
+    (``codebook_loss`` 0); the perplexity is computed from the indices.
     """
 
     def __init__(self, num_codes: int, dim: int, *, beta: float, decay: float, dead_code_threshold: float) -> None:
@@ -215,13 +218,12 @@ class PeerVectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> VQOutput:
         """Quantise ``z (B, D, h, w)``, updating the peer's codebook in training mode."""
         quantized, indices, loss, breakdown = self.layer(z, return_loss_breakdown=True)
-        dim = z.shape[1]
         usage = torch.bincount(indices.flatten(), minlength=self.num_codes).to(z.dtype) / indices.numel()
-        commitment = dim * breakdown.commitment
+        commitment = breakdown.commitment
         return VQOutput(
             quantized=quantized,
             indices=indices,
-            loss=dim * loss,
+            loss=loss,
             commitment_loss=commitment,
             codebook_loss=torch.zeros_like(commitment),
             perplexity=torch.exp(torch.special.entr(usage).sum()),
@@ -346,10 +348,11 @@ def _row(variant: str, batch: int, positions: int, status: str) -> dict[str, Any
         "batch_size": batch,
         "code_vectors": batch * positions,
         "status": status,
-        "median_ms": None,
+        **dict.fromkeys(("min_ms", "q25_ms", "median_ms", "q75_ms", "max_ms", "iqr_fraction", "noisy")),
         "images_per_s": None,
         "peak_memory_mb": None,
         "speedup_vs_eager": None,
+        "speedup_vs_eager_noisy": None,
     }
 
 
@@ -391,12 +394,14 @@ class _Run:
                                      self.device)
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
-                median = timing.median_ms(step, self.device, warmup=self.config.warmup, repeats=self.config.repeats)
+                (times,) = timing.time_round_robin([step], self.device, warmup=self.config.warmup,
+                                                   repeats=self.config.repeats)
                 if self.device.type == "cuda":
                     peak = torch.cuda.max_memory_allocated(self.device)
                 else:
                     peak = timing.peak_memory_bytes(step, self.device)
-            row.update(median_ms=median, images_per_s=batch / (median / 1e3), peak_memory_mb=peak / 2**20)
+            spread = timing.spread(times)
+            row.update(**spread.to_json(), images_per_s=batch / (spread.median_ms / 1e3), peak_memory_mb=peak / 2**20)
         except Exception as error:  # noqa: BLE001 -- an out-of-memory (or any failure) ends this variant, not the run
             row["status"] = _failure(error)
         finally:
@@ -434,10 +439,12 @@ class _Run:
             self.note(f"measuring on {torch.cuda.get_device_name(device)}; fastvae backends available: "
                       f"{', '.join(fastvae.available_backends())}")
         rows = [row for variant in config.variants for row in self._variant_rows(variant)]
-        eager = {row["batch_size"]: row["median_ms"] for row in rows if row["variant"] == "eager" and row["median_ms"]}
+        eager = {row["batch_size"]: row for row in rows if row["variant"] == "eager" and row["median_ms"]}
         for row in rows:
             if row["median_ms"] and row["batch_size"] in eager:
-                row["speedup_vs_eager"] = eager[row["batch_size"]] / row["median_ms"]
+                baseline = eager[row["batch_size"]]
+                row["speedup_vs_eager"] = baseline["median_ms"] / row["median_ms"]
+                row["speedup_vs_eager_noisy"] = baseline["noisy"] or row["noisy"]
         largest = {}
         for variant in config.variants:
             fitted = [row["batch_size"] for row in rows if row["variant"] == variant and row["status"] == "ok"]
@@ -468,6 +475,7 @@ class _Run:
                 "optimizer": f"Adam(lr={LEARNING_RATE})",
                 "warmup": config.warmup,
                 "repeats": config.repeats,
+                "noisy_iqr_fraction": timing.NOISY_IQR_FRACTION,
                 "start_batch": config.start_batch,
                 "max_batch": config.max_batch,
                 "peak_memory": "torch.cuda.max_memory_allocated over the warm-up and timed steps"
@@ -521,18 +529,20 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         (
             f"- timing: median of {settings['repeats']} training steps (forward, backward, optimiser step) after "
-            f"{settings['warmup']} warm-up; images/s = batch / median"
+            f"{settings['warmup']} warm-up; images/s = batch / median; a row is noisy when the interquartile "
+            f"range of its steps exceeds {100 * settings['noisy_iqr_fraction']:.0f}% of the median"
         ),
         f"- peak memory: {settings['peak_memory']}",
         *(f"- note: {note}" for note in report["notes"]),
         "",
     ]
     lines += _table(
-        ["variant", "quantizer", "batch", "code vectors", "median ms", "images/s", "vs eager", "peak MiB", "status"],
+        ["variant", "quantizer", "batch", "code vectors", "median ms", "min-max ms", "IQR", "images/s", "vs eager",
+         "peak MiB", "status"],
         [[row["variant"], row["quantizer"], str(row["batch_size"]), f"{row['code_vectors']:,}",
-          _number(row["median_ms"]), _number(row["images_per_s"]),
-          "-" if row["speedup_vs_eager"] is None else f"{_number(row['speedup_vs_eager'])}x",
-          _number(row["peak_memory_mb"]), row["status"]]
+          _number(row["median_ms"]), _spread(row), _iqr(row), _number(row["images_per_s"]),
+          _speedup(row["speedup_vs_eager"], row["speedup_vs_eager_noisy"]), _number(row["peak_memory_mb"]),
+          row["status"]]
          for row in report["rows"]],
     )
     lines += ["", "Largest batch that trained: " + ", ".join(
