@@ -2,7 +2,10 @@
 
 Each kernel module lists the launch configurations its host functions use in ``AOT_CONFIGS``; this
 compiles each one with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))`` for every
-requested architecture, reads registers and local memory (spills) of the resulting cubin with
+requested architecture and both specialisations the JIT applies at run time: ``aligned`` (every
+pointer 16-byte aligned and every integer argument divisible by 16, except those the kernel lists in
+``do_not_specialize``: the variant aligned, contiguous rows of a multiple of 16 elements get) and
+``unaligned`` (nothing known: odd sizes and misaligned pointers). It reads registers and local memory (spills) of the resulting cubin with
 ``cuobjdump -res-usage`` and shared memory from Triton's metadata, and reports them. It fails (exit status 1) on a compile error, on spills in any configuration, and
 when a module that promises tensor-core code (``WGMMA_KERNELS``) shows no ``wgmma`` on sm_90.
 
@@ -51,6 +54,7 @@ class AotResult(NamedTuple):
     kernel: str
     arch: int
     config: str
+    specialization: str
     registers: int
     shared_bytes: int
     stack_bytes: int
@@ -93,16 +97,45 @@ def _kernel_name(config: AotConfig) -> str:
     return getattr(config.kernel, "__name__", None) or config.kernel.fn.__name__
 
 
-def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
-    """Compile ``config`` for sm_``arch`` and measure it."""
+#: The run-time specialisations compiled for every configuration (see the module docstring).
+SPECIALIZATIONS: tuple[str, ...] = ("aligned", "unaligned")
+
+
+def not_specialized(kernel: Any) -> set[str]:
+    """Names of the arguments ``kernel`` excludes from specialisation (its ``do_not_specialize``)."""
+    names = list(kernel.arg_names)
+    return {names[item] if isinstance(item, int) else item for item in (getattr(kernel, "do_not_specialize", None) or ())}
+
+
+def specialization_attrs(config: AotConfig, specialization: str, target: Any) -> dict[tuple[int, ...], Any]:
+    """Triton's ``attrs`` for ``config`` under ``specialization``: ``tt.divisibility = 16`` on every
+    pointer and integer argument the JIT would mark so (``aligned``), or none (``unaligned``)."""
+    if specialization == "unaligned":
+        return {}
+    from triton.compiler import make_backend
+
+    divisible = make_backend(target).parse_attr("D")
+    skipped = not_specialized(config.kernel)
+    names = list(config.kernel.arg_names)
+    return {
+        (names.index(name),): divisible
+        for name, kind in config.signature.items()
+        if name not in skipped and (kind.startswith("*") or kind in ("i32", "i64"))
+    }
+
+
+def compile_config(module: str, config: AotConfig, arch: int, specialization: str = "aligned") -> AotResult:
+    """Compile ``config`` for sm_``arch`` under ``specialization`` (one of :data:`SPECIALIZATIONS`) and measure it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=config.constexprs)
+    target = GPUTarget("cuda", arch, 32)
+    attrs = specialization_attrs(config, specialization, target)
+    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=config.constexprs, attrs=attrs)
     compiled = triton.compile(
         source,
-        target=GPUTarget("cuda", arch, 32),
+        target=target,
         options={"num_warps": config.num_warps, "num_stages": config.num_stages},
     )
     ptx = compiled.asm["ptx"]
@@ -113,6 +146,7 @@ def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
         module=module,
         kernel=_kernel_name(config),
         arch=arch,
+        specialization=specialization,
         config=f"{pointers}; {constants}; warps={config.num_warps}, stages={config.num_stages}",
         registers=registers,
         shared_bytes=int(compiled.metadata.shared),
@@ -122,22 +156,28 @@ def compile_config(module: str, config: AotConfig, arch: int) -> AotResult:
     )
 
 
-def run(archs: Sequence[int], modules: Sequence[str] = MODULES) -> tuple[list[AotResult], list[str]]:
-    """Compile every configuration of ``modules`` for ``archs``; returns (results, failures)."""
+def run(
+    archs: Sequence[int], modules: Sequence[str] = MODULES, specializations: Sequence[str] = SPECIALIZATIONS
+) -> tuple[list[AotResult], list[str]]:
+    """Compile every configuration of ``modules`` for ``archs`` and ``specializations``; returns (results, failures)."""
     results: list[AotResult] = []
     failures: list[str] = []
     for name in modules:
         module = importlib.import_module(f"fastvae.kernels.{name}")
         for config in module.AOT_CONFIGS:
             for arch in archs:
-                try:
-                    result = compile_config(name, config, arch)
-                except Exception as error:  # noqa: BLE001 - every compile failure is reported
-                    failures.append(f"{name}.{_kernel_name(config)} sm_{arch}: {error}")
-                    continue
-                results.append(result)
-                if result.spill_bytes:
-                    failures.append(f"{name}.{result.kernel} sm_{arch} [{result.config}]: {result.spill_bytes} bytes spilled")
+                for specialization in specializations:
+                    try:
+                        result = compile_config(name, config, arch, specialization)
+                    except Exception as error:  # noqa: BLE001 - every compile failure is reported
+                        failures.append(f"{name}.{_kernel_name(config)} sm_{arch} {specialization}: {error}")
+                        continue
+                    results.append(result)
+                    if result.spill_bytes:
+                        failures.append(
+                            f"{name}.{result.kernel} sm_{arch} {specialization} [{result.config}]: "
+                            f"{result.spill_bytes} bytes spilled"
+                        )
         for kernel in getattr(module, "WGMMA_KERNELS", ()):
             if 90 in archs and not any(r.wgmma for r in results if r.module == name and r.kernel == kernel and r.arch == 90):
                 failures.append(f"{name}.{kernel}: no wgmma instruction in its sm_90 code")
@@ -149,13 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastvae.kernels.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="SM architectures (default 80 90)")
     parser.add_argument("--module", nargs="+", default=list(MODULES), choices=MODULES, help="kernel modules")
+    parser.add_argument("--specialization", nargs="+", default=list(SPECIALIZATIONS), choices=SPECIALIZATIONS,
+                        help="run-time specialisations to compile (default both)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
-    results, failures = run(args.arch, args.module)
-    print(f"{'kernel':44} {'arch':>5} {'regs':>4} {'smem B':>6} {'stack B':>7} {'spill B':>7} {'wgmma':>5}  config")
+    results, failures = run(args.arch, args.module, args.specialization)
+    print(f"{'kernel':44} {'arch':>5} {'spec':>9} {'regs':>4} {'smem B':>6} {'stack B':>7} {'spill B':>7} {'wgmma':>5}  config")
     for r in results:
         print(
-            f"{r.module + '.' + r.kernel:44} {'sm_' + str(r.arch):>5} {r.registers:4d} {r.shared_bytes:6d} "
+            f"{r.module + '.' + r.kernel:44} {'sm_' + str(r.arch):>5} {r.specialization:>9} {r.registers:4d} {r.shared_bytes:6d} "
             f"{r.stack_bytes:7d} {r.spill_bytes:7d} {'yes' if r.wgmma else 'no':>5}  {r.config}"
         )
     if args.json:

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.kernels import on_input_device
 from fastvae.kernels.aot import AotConfig
 
 _LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
@@ -126,7 +127,7 @@ def _normals(seed, rows, d0, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
 # --- reparameterize and reparameterize_kl ----------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "seed"])
 def _reparameterize_fwd_kernel(
     mu_ptr,
     logvar_ptr,
@@ -170,7 +171,7 @@ def _reparameterize_fwd_kernel(
         tl.store(kl_ptr + rows, (0.5 * kl).to(kl_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "seed", "stride_gkl"])
 def _reparameterize_bwd_kernel(
     grad_z_ptr,
     grad_kl_ptr,
@@ -217,7 +218,7 @@ def _reparameterize_bwd_kernel(
 # --- gaussian_kl -----------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _gaussian_kl_fwd_kernel(
     mu_ptr,
     logvar_ptr,
@@ -254,7 +255,7 @@ def _gaussian_kl_fwd_kernel(
     tl.store(kl_ptr + rows, (0.5 * kl).to(kl_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "stride_g"])
 def _gaussian_kl_bwd_kernel(
     grad_ptr,
     mu_ptr,
@@ -306,7 +307,7 @@ def _gaussian_kl_bwd_kernel(
 # --- gaussian_log_prob -----------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _gaussian_log_prob_fwd_kernel(
     x_ptr,
     mu_ptr,
@@ -343,7 +344,7 @@ def _gaussian_log_prob_fwd_kernel(
     tl.store(out_ptr + rows, (-0.5 * total).to(out_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "stride_g"])
 def _gaussian_log_prob_bwd_kernel(
     grad_ptr,
     x_ptr,
@@ -418,6 +419,7 @@ def _tile_grid(n_rows: int, dim: int, block_r: int, block_d: int) -> tuple[int, 
 # --- host functions --------------------------------------------------------------------------------
 
 
+@on_input_device
 def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
     """``z = mu + exp(logvar / 2) * eps``, eps from the stream of ``seed`` when None. (R, D) -> (R, D)."""
     n_rows, dim = mu.shape
@@ -432,6 +434,7 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
     return z
 
 
+@on_input_device
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Gradient of :func:`reparameterize_fwd` (stream noise) for logvar: ``g * exp(logvar/2) * eps / 2``."""
     n_rows, dim = logvar.shape
@@ -446,6 +449,7 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) ->
     return grad_logvar
 
 
+@on_input_device
 def reparameterize_kl_fwd(
     mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -463,6 +467,7 @@ def reparameterize_kl_fwd(
     return z, kl
 
 
+@on_input_device
 def reparameterize_kl_bwd(
     grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, seed: int
 ) -> list[torch.Tensor]:
@@ -479,6 +484,7 @@ def reparameterize_kl_bwd(
     return [grad_mu, grad_logvar]
 
 
+@on_input_device
 def gaussian_kl_fwd(
     mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor | None, logvar_p: torch.Tensor | None
 ) -> torch.Tensor:
@@ -496,6 +502,7 @@ def gaussian_kl_fwd(
     return kl
 
 
+@on_input_device
 def gaussian_kl_bwd(
     grad: torch.Tensor,
     mu: torch.Tensor,
@@ -519,6 +526,7 @@ def gaussian_kl_bwd(
     return grads
 
 
+@on_input_device
 def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
     """Per-row ``log N(x; mu, e^logvar)`` summed over D; mu = 0 and logvar = 0 where None. (R, D) -> (R,)."""
     n_rows, dim = x.shape
@@ -534,6 +542,7 @@ def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torc
     return out
 
 
+@on_input_device
 def gaussian_log_prob_bwd(
     grad: torch.Tensor, x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None
 ) -> list[torch.Tensor]:

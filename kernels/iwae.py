@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.kernels import on_input_device
 from fastvae.kernels.aot import AotConfig
 
 __all__ = [
@@ -56,7 +57,7 @@ def _finite_or_zero(x):
     return tl.where(tl.abs(x) == float("inf"), 0.0, x)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "B", "K_CHUNK"])
 def _iwae_log_weights_fwd_kernel(
     log_px_z_ptr,
     z_ptr,
@@ -116,7 +117,7 @@ def _iwae_log_weights_fwd_kernel(
         tl.store(log_w_ptr + kb, (log_px_z + 0.5 * terms).to(log_w_ptr.dtype.element_ty), mask=kb_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "B"])
 def _iwae_log_weights_bwd_kernel(
     grad_ptr,
     z_ptr,
@@ -165,7 +166,7 @@ def _iwae_log_weights_bwd_kernel(
     tl.store(grad_logvar_ptr + bd, (0.5 * acc_logvar).to(grad_logvar_ptr.dtype.element_ty), mask=bd_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "M"])
 def _iwae_bound_fwd_kernel(
     log_w_ptr,
     bound_ptr,
@@ -206,7 +207,7 @@ def _iwae_bound_fwd_kernel(
     tl.store(bound_ptr + b, bound.to(bound_ptr.dtype.element_ty), mask=b_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "M", "K_CHUNK"])
 def _iwae_bound_bwd_kernel(
     grad_ptr,
     log_w_ptr,
@@ -290,6 +291,7 @@ def _k_chunk(samples: int, block_k: int, programs: int) -> int:
 # --- host functions ---------------------------------------------------------------------------------
 
 
+@on_input_device
 def iwae_log_weights_fwd(
     log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 ) -> torch.Tensor:
@@ -319,6 +321,7 @@ def iwae_log_weights_fwd(
     return log_w
 
 
+@on_input_device
 def iwae_log_weights_bwd(
     grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 ) -> list[torch.Tensor]:
@@ -382,6 +385,7 @@ def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor, group
     return grad_log_w
 
 
+@on_input_device
 def iwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``log (1/K) sum_k exp(log_w[k])``, streamed over the ``K`` samples.
 
@@ -395,6 +399,7 @@ def iwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _bound_fwd(log_w, 1)
 
 
+@on_input_device
 def iwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """Gradient of :func:`iwae_bound_fwd`: ``grad * exp(log_w - lse)``, the normalised weights.
 
@@ -407,6 +412,7 @@ def iwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -
     return _bound_bwd(grad, log_w, lse, 1)
 
 
+@on_input_device
 def miwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean_m log (1/K) sum_k exp(log_w[k, m])``, each log-sum-exp streamed over the ``K`` samples.
 
@@ -422,6 +428,7 @@ def miwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return bound, lse.view(groups, batch)
 
 
+@on_input_device
 def miwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """Gradient of :func:`miwae_bound_fwd`: ``grad / M * exp(log_w - lse)``.
 

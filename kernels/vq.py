@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastvae.kernels import on_input_device
 from fastvae.kernels.aot import AotConfig
 
 __all__ = ["vector_quantize_bwd", "vector_quantize_fwd", "vq_code_stats_fwd", "vq_nearest_fwd"]
@@ -76,7 +77,7 @@ def _dot_acc(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_codes"])
 def _vq_code_norms_kernel(codebook_ptr, half_sq_ptr, num_codes, dim, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """``half_sq[k] = |e_k|^2 / 2`` in the accumulation dtype (that of ``half_sq_ptr``)."""
     acc_type = half_sq_ptr.dtype.element_ty
@@ -94,7 +95,7 @@ def _vq_code_norms_kernel(codebook_ptr, half_sq_ptr, num_codes, dim, BLOCK_K: tl
     tl.store(half_sq_ptr + code_start + local_codes, 0.5 * total, mask=code_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "num_codes", "tiles_per_split"])
 def _vq_nearest_fwd_kernel(
     x_ptr,
     codebook_ptr,
@@ -168,7 +169,7 @@ def _vq_nearest_fwd_kernel(
     tl.store(part_index_ptr + out, best_index, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _vq_nearest_epilogue_kernel(
     x_ptr,
     codebook_ptr,
@@ -231,7 +232,7 @@ def _vq_nearest_epilogue_kernel(
         tl.store(distance_ptr + row_start + local_rows, distance, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_blocks", "num_codes", "num_rows"])
 def _vector_quantize_stats_kernel(
     block_sum_ptr,
     usage_ptr,
@@ -262,7 +263,7 @@ def _vector_quantize_stats_kernel(
     tl.store(perplexity_ptr, tl.exp(tl.sum(entropy, axis=0)))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _vector_quantize_bwd_kernel(
     grad_quantized_ptr,
     grad_commitment_ptr,
@@ -303,7 +304,7 @@ def _vector_quantize_bwd_kernel(
         tl.atomic_add(grad_codebook_ptr + d_start + code_offsets, codebook_scale * diff, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def _vq_code_stats_fwd_kernel(
     x_ptr, index_ptr, counts_ptr, sums_ptr, num_rows, dim, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
 ):
@@ -432,6 +433,7 @@ def _check(x: torch.Tensor, codebook: torch.Tensor) -> None:
 # --- host functions -------------------------------------------------------------------------------------
 
 
+@on_input_device
 def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of every row of ``x (N, D)`` in ``codebook (K, D)``, lowest index on ties.
 
@@ -469,6 +471,7 @@ def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> t
     return indices, distances
 
 
+@on_input_device
 def vector_quantize_fwd(
     x: torch.Tensor, codebook: torch.Tensor, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -516,6 +519,7 @@ def vector_quantize_fwd(
     return quantized, indices, *statistics
 
 
+@on_input_device
 def vector_quantize_bwd(
     grad_quantized: torch.Tensor,
     grad_commitment: torch.Tensor,
@@ -548,6 +552,7 @@ def vector_quantize_bwd(
     return [grad_x, grad_codebook.to(codebook.dtype)]
 
 
+@on_input_device
 def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code row counts ``(K,)`` and row sums ``(K, D)`` in the accumulation dtype, by atomics."""
     x = x.contiguous()
