@@ -5,7 +5,9 @@ compiles each one with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))
 requested architecture and both specialisations the JIT applies at run time: ``aligned`` (every
 pointer 16-byte aligned and every integer argument divisible by 16, except those the kernel lists in
 ``do_not_specialize``: the variant aligned, contiguous rows of a multiple of 16 elements get) and
-``unaligned`` (nothing known: odd sizes and misaligned pointers). It reads registers and local memory (spills) of the resulting cubin with
+``unaligned`` (nothing known: odd sizes and misaligned pointers). Kernels that take their rows'
+alignment as the ``ALIGNED`` constexpr (and list those pointers in ``do_not_specialize_on_alignment``)
+get ``ALIGNED=True`` in the first and ``False`` in the second, as their host functions pass it. It reads registers and local memory (spills) of the resulting cubin with
 ``cuobjdump -res-usage`` and shared memory from Triton's metadata, and reports them. It fails (exit status 1) on a compile error, on spills in any configuration, and
 when a module that promises tensor-core code (``WGMMA_KERNELS``) shows no ``wgmma`` on sm_90.
 
@@ -107,6 +109,14 @@ def not_specialized(kernel: Any) -> set[str]:
     return {names[item] if isinstance(item, int) else item for item in (getattr(kernel, "do_not_specialize", None) or ())}
 
 
+def not_aligned(kernel: Any) -> set[str]:
+    """Names of the pointer arguments ``kernel`` excludes from alignment specialisation
+    (its ``do_not_specialize_on_alignment``: their alignment comes in as the ``ALIGNED`` constexpr)."""
+    names = list(kernel.arg_names)
+    items = getattr(kernel, "do_not_specialize_on_alignment", None) or ()
+    return {names[item] if isinstance(item, int) else item for item in items}
+
+
 def specialization_attrs(config: AotConfig, specialization: str, target: Any) -> dict[tuple[int, ...], Any]:
     """Triton's ``attrs`` for ``config`` under ``specialization``: ``tt.divisibility = 16`` on every
     pointer and integer argument the JIT would mark so (``aligned``), or none (``unaligned``)."""
@@ -115,13 +125,21 @@ def specialization_attrs(config: AotConfig, specialization: str, target: Any) ->
     from triton.compiler import make_backend
 
     divisible = make_backend(target).parse_attr("D")
-    skipped = not_specialized(config.kernel)
+    skipped = not_specialized(config.kernel) | not_aligned(config.kernel)
     names = list(config.kernel.arg_names)
     return {
         (names.index(name),): divisible
         for name, kind in config.signature.items()
         if name not in skipped and (kind.startswith("*") or kind in ("i32", "i64"))
     }
+
+
+def specialization_constexprs(config: AotConfig, specialization: str) -> dict[str, Any]:
+    """``config``'s constexprs under ``specialization``: a kernel that takes ``ALIGNED`` (its host
+    function's verdict on pointer alignment and row length) gets it True when ``aligned``."""
+    if "ALIGNED" not in config.signature:
+        return dict(config.constexprs)
+    return {**config.constexprs, "ALIGNED": specialization == "aligned"}
 
 
 def compile_config(module: str, config: AotConfig, arch: int, specialization: str = "aligned") -> AotResult:
@@ -132,7 +150,8 @@ def compile_config(module: str, config: AotConfig, arch: int, specialization: st
 
     target = GPUTarget("cuda", arch, 32)
     attrs = specialization_attrs(config, specialization, target)
-    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=config.constexprs, attrs=attrs)
+    constexprs = specialization_constexprs(config, specialization)
+    source = ASTSource(fn=config.kernel, signature=config.signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(
         source,
         target=target,
@@ -141,7 +160,7 @@ def compile_config(module: str, config: AotConfig, arch: int, specialization: st
     ptx = compiled.asm["ptx"]
     registers, stack, spills = _resources(compiled.asm["cubin"])
     pointers = "/".join(sorted({t[1:] for t in config.signature.values() if t.startswith("*")}))
-    constants = ", ".join(f"{k}={v}" for k, v in config.constexprs.items())
+    constants = ", ".join(f"{k}={v}" for k, v in constexprs.items())
     return AotResult(
         module=module,
         kernel=_kernel_name(config),

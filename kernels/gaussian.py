@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.kernels import on_input_device
+from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
 from fastvae.kernels.aot import AotConfig
 
 _LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
@@ -99,12 +99,14 @@ def _cos_sin_2pi(u):
 
 
 @triton.jit
-def _normals(seed, rows, d0, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _normals(seed_lo, seed_hi, rows, d0, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """The stream's normals of ``rows`` (int64, ``(BLOCK_R,)``) at columns ``d0 .. d0 + BLOCK_D``.
 
-    ``d0`` is a multiple of 4. Returns float32 ``(BLOCK_R, BLOCK_D)``: one Philox call per group of
-    four columns, lane ``k`` of a group taking Box-Muller normal ``n_k``.
+    ``d0`` is a multiple of 4. ``seed_lo`` and ``seed_hi`` are the seed's low and high 32-bit words
+    as int32 (see :func:`_seed_words`). Returns float32 ``(BLOCK_R, BLOCK_D)``: one Philox call per
+    group of four columns, lane ``k`` of a group taking Box-Muller normal ``n_k``.
     """
+    seed = (seed_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | seed_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
     BLOCK_G: tl.constexpr = BLOCK_D // 4
     groups = d0 // 4 + tl.arange(0, BLOCK_G)
     c0 = tl.broadcast_to(groups[None, :].to(tl.uint32), (BLOCK_R, BLOCK_G))
@@ -127,7 +129,10 @@ def _normals(seed, rows, d0, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
 # --- reparameterize and reparameterize_kl ----------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["n_rows", "seed"])
+@triton.jit(
+    do_not_specialize=["n_rows", "dim", "seed_lo", "seed_hi"],
+    do_not_specialize_on_alignment=["mu_ptr", "logvar_ptr", "eps_ptr", "z_ptr"],
+)
 def _reparameterize_fwd_kernel(
     mu_ptr,
     logvar_ptr,
@@ -136,9 +141,11 @@ def _reparameterize_fwd_kernel(
     kl_ptr,
     n_rows,
     dim,
-    seed,
+    seed_lo,
+    seed_hi,
     HAS_EPS: tl.constexpr,
     HAS_KL: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -147,21 +154,28 @@ def _reparameterize_fwd_kernel(
     Grid: (row blocks, D tiles); each program strides over D by the second grid axis, which is 1 with
     HAS_KL so that one program sums a whole row.
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
+    eps_ptr = _block_base(eps_ptr, row_start * dim, ALIGNED)
+    z_ptr = _block_base(z_ptr, row_start * dim, ALIGNED)
     kl = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if mu_ptr.dtype.element_ty == tl.float64:
         kl = kl.to(tl.float64)
     for d0 in range(tl.program_id(1) * BLOCK_D, dim, tl.num_programs(1) * BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
         if HAS_EPS:
             eps = _widen(tl.load(eps_ptr + offsets, mask=mask, other=0.0))
         else:
-            eps = _normals(seed, rows, d0, BLOCK_R, BLOCK_D).to(mu.dtype)
+            eps = _normals(seed_lo, seed_hi, rows, d0, BLOCK_R, BLOCK_D).to(mu.dtype)
         z = mu + tl.exp(0.5 * logvar) * eps
         tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
         if HAS_KL:
@@ -171,7 +185,11 @@ def _reparameterize_fwd_kernel(
         tl.store(kl_ptr + rows, (0.5 * kl).to(kl_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["n_rows", "seed", "stride_gkl"])
+@triton.jit(
+    do_not_specialize=["n_rows", "dim", "seed_lo", "seed_hi", "stride_gkl"],
+    # grad_kl is read through its (run-time) stride: its alignment buys nothing.
+    do_not_specialize_on_alignment=["grad_kl_ptr", "mu_ptr", "logvar_ptr", "grad_mu_ptr", "grad_logvar_ptr"],
+)
 def _reparameterize_bwd_kernel(
     grad_z_ptr,
     grad_kl_ptr,
@@ -181,11 +199,13 @@ def _reparameterize_bwd_kernel(
     grad_logvar_ptr,
     n_rows,
     dim,
-    seed,
+    seed_lo,
+    seed_hi,
     stride_gz_r,
     stride_gz_d,
     stride_gkl,
     HAS_KL: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -195,18 +215,25 @@ def _reparameterize_bwd_kernel(
     ``d logvar += g_kl (e^logvar - 1) / 2``. The incoming gradients may have any strides (autograd
     hands over expanded ones for summed outputs). Grid: (row blocks, D tiles), striding over D.
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
+    grad_mu_ptr = _block_base(grad_mu_ptr, row_start * dim, ALIGNED)
+    grad_logvar_ptr = _block_base(grad_logvar_ptr, row_start * dim, ALIGNED)
     if HAS_KL:
         grad_kl = _widen(tl.load(grad_kl_ptr + rows * stride_gkl, mask=row_mask, other=0.0))[:, None]
     for d0 in range(tl.program_id(1) * BLOCK_D, dim, tl.num_programs(1) * BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         grad_z_offsets = rows[:, None] * stride_gz_r + cols[None, :] * stride_gz_d
         grad_z = _widen(tl.load(grad_z_ptr + grad_z_offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
-        eps = _normals(seed, rows, d0, BLOCK_R, BLOCK_D).to(logvar.dtype)
+        eps = _normals(seed_lo, seed_hi, rows, d0, BLOCK_R, BLOCK_D).to(logvar.dtype)
         grad_logvar = grad_z * tl.exp(0.5 * logvar) * eps
         if HAS_KL:
             mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
@@ -218,7 +245,10 @@ def _reparameterize_bwd_kernel(
 # --- gaussian_kl -----------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["n_rows"])
+@triton.jit(
+    do_not_specialize=["n_rows", "dim"],
+    do_not_specialize_on_alignment=["mu_ptr", "logvar_ptr", "mu_p_ptr", "logvar_p_ptr"],
+)
 def _gaussian_kl_fwd_kernel(
     mu_ptr,
     logvar_ptr,
@@ -228,19 +258,27 @@ def _gaussian_kl_fwd_kernel(
     n_rows,
     dim,
     HAS_PRIOR: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Row KL to N(0, I), or with HAS_PRIOR to ``N(mu_p, e^logvar_p)``. Grid: (row blocks,)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
+    mu_p_ptr = _block_base(mu_p_ptr, row_start * dim, ALIGNED)
+    logvar_p_ptr = _block_base(logvar_p_ptr, row_start * dim, ALIGNED)
     kl = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if mu_ptr.dtype.element_ty == tl.float64:
         kl = kl.to(tl.float64)
     for d0 in range(0, dim, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         # Masked elements load zeros everywhere, whose terms are 0.
         mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
@@ -255,7 +293,14 @@ def _gaussian_kl_fwd_kernel(
     tl.store(kl_ptr + rows, (0.5 * kl).to(kl_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["n_rows", "stride_g"])
+@triton.jit(
+    do_not_specialize=["n_rows", "dim", "stride_g"],
+    # grad is read through its (run-time) stride: its alignment buys nothing.
+    do_not_specialize_on_alignment=[
+        "grad_ptr", "mu_ptr", "logvar_ptr", "mu_p_ptr", "logvar_p_ptr",
+        "grad_mu_ptr", "grad_logvar_ptr", "grad_mu_p_ptr", "grad_logvar_p_ptr",
+    ],
+)
 def _gaussian_kl_bwd_kernel(
     grad_ptr,
     mu_ptr,
@@ -270,6 +315,7 @@ def _gaussian_kl_bwd_kernel(
     dim,
     stride_g,
     HAS_PRIOR: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -278,13 +324,25 @@ def _gaussian_kl_bwd_kernel(
     ``grad`` has row stride ``stride_g`` (0 when autograd expands the gradient of a sum).
     Grid: (row blocks, D tiles).
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    start = row_start * dim
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
+    mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
+    logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
+    grad_mu_ptr = _block_base(grad_mu_ptr, start, ALIGNED)
+    grad_logvar_ptr = _block_base(grad_logvar_ptr, start, ALIGNED)
+    grad_mu_p_ptr = _block_base(grad_mu_p_ptr, start, ALIGNED)
+    grad_logvar_p_ptr = _block_base(grad_logvar_p_ptr, start, ALIGNED)
     grad = _widen(tl.load(grad_ptr + rows * stride_g, mask=row_mask, other=0.0))[:, None]
     for d0 in range(tl.program_id(1) * BLOCK_D, dim, tl.num_programs(1) * BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
         if HAS_PRIOR:
@@ -307,7 +365,7 @@ def _gaussian_kl_bwd_kernel(
 # --- gaussian_log_prob -----------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["n_rows"])
+@triton.jit(do_not_specialize=["n_rows", "dim"], do_not_specialize_on_alignment=["x_ptr", "mu_ptr", "logvar_ptr"])
 def _gaussian_log_prob_fwd_kernel(
     x_ptr,
     mu_ptr,
@@ -317,6 +375,7 @@ def _gaussian_log_prob_fwd_kernel(
     dim,
     HAS_MU: tl.constexpr,
     HAS_LOGVAR: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -324,15 +383,21 @@ def _gaussian_log_prob_fwd_kernel(
 
     Grid: (row blocks,).
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    x_ptr = _block_base(x_ptr, row_start * dim, ALIGNED)
+    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
     total = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if x_ptr.dtype.element_ty == tl.float64:
         total = total.to(tl.float64)
     for d0 in range(0, dim, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         diff = _widen(tl.load(x_ptr + offsets, mask=mask, other=0.0))
         if HAS_MU:
             diff -= _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
@@ -344,7 +409,13 @@ def _gaussian_log_prob_fwd_kernel(
     tl.store(out_ptr + rows, (-0.5 * total).to(out_ptr.dtype.element_ty), mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["n_rows", "stride_g"])
+@triton.jit(
+    do_not_specialize=["n_rows", "dim", "stride_g"],
+    # grad is read through its (run-time) stride: its alignment buys nothing.
+    do_not_specialize_on_alignment=[
+        "grad_ptr", "x_ptr", "mu_ptr", "logvar_ptr", "grad_x_ptr", "grad_mu_ptr", "grad_logvar_ptr"
+    ],
+)
 def _gaussian_log_prob_bwd_kernel(
     grad_ptr,
     x_ptr,
@@ -358,6 +429,7 @@ def _gaussian_log_prob_bwd_kernel(
     stride_g,
     HAS_MU: tl.constexpr,
     HAS_LOGVAR: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -365,13 +437,23 @@ def _gaussian_log_prob_bwd_kernel(
 
     ``grad`` has row stride ``stride_g``. Grid: (row blocks, D tiles).
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
     row_mask = rows < n_rows
+    start = row_start * dim
+    x_ptr = _block_base(x_ptr, start, ALIGNED)
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
+    grad_x_ptr = _block_base(grad_x_ptr, start, ALIGNED)
+    grad_mu_ptr = _block_base(grad_mu_ptr, start, ALIGNED)
+    grad_logvar_ptr = _block_base(grad_logvar_ptr, start, ALIGNED)
     grad = _widen(tl.load(grad_ptr + rows * stride_g, mask=row_mask, other=0.0))[:, None]
     for d0 in range(tl.program_id(1) * BLOCK_D, dim, tl.num_programs(1) * BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        offsets = rows[:, None] * dim + cols[None, :]
+        offsets = local[:, None] * dim + cols[None, :]
         diff = _widen(tl.load(x_ptr + offsets, mask=mask, other=0.0))
         if HAS_MU:
             diff -= _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
@@ -406,6 +488,16 @@ def _blocks(dim: int, dtype: torch.dtype) -> tuple[int, int]:
     return _TILE.get(dtype, _TILE_DEFAULT) // block_d, block_d
 
 
+def _seed_words(seed: int) -> tuple[int, int]:
+    """``seed`` (in ``[0, 2**63)``) as its low and high 32-bit words, each read as a signed int32.
+
+    Passed this way every seed launches the same JIT variant: a seed below 2**31 would otherwise
+    be an i32 argument and a larger one an i64, two compiles of each sampling kernel.
+    """
+    lo, hi = seed & 0xFFFFFFFF, seed >> 32
+    return lo - (lo >> 31 << 32), hi - (hi >> 31 << 32)
+
+
 def _row_grid(n_rows: int, block_r: int) -> tuple[int]:
     """One program per ``block_r`` rows, for the row-sum kernels."""
     return (triton.cdiv(n_rows, block_r),)
@@ -428,8 +520,9 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
         return z
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_fwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
-        mu, logvar, mu if eps is None else eps, z, z, n_rows, dim, seed,
-        HAS_EPS=eps is not None, HAS_KL=False, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        mu, logvar, mu if eps is None else eps, z, z, n_rows, dim, *_seed_words(seed),
+        HAS_EPS=eps is not None, HAS_KL=False, ALIGNED=aligned_rows(dim, mu, logvar, z, *([] if eps is None else [eps])),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return z
 
@@ -443,8 +536,8 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) ->
         return grad_logvar
     block_r, block_d = _blocks(dim, logvar.dtype)
     _reparameterize_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
-        grad_z, grad_z, logvar, logvar, grad_logvar, grad_logvar, n_rows, dim, seed, *grad_z.stride(), 0,
-        HAS_KL=False, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        grad_z, grad_z, logvar, logvar, grad_logvar, grad_logvar, n_rows, dim, *_seed_words(seed), *grad_z.stride(), 0,
+        HAS_KL=False, ALIGNED=aligned_rows(dim, logvar, grad_logvar), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return grad_logvar
 
@@ -461,8 +554,9 @@ def reparameterize_kl_fwd(
         return z, kl
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_fwd_kernel[(triton.cdiv(n_rows, block_r), 1)](
-        mu, logvar, mu if eps is None else eps, z, kl, n_rows, dim, seed,
-        HAS_EPS=eps is not None, HAS_KL=True, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        mu, logvar, mu if eps is None else eps, z, kl, n_rows, dim, *_seed_words(seed),
+        HAS_EPS=eps is not None, HAS_KL=True, ALIGNED=aligned_rows(dim, mu, logvar, z, *([] if eps is None else [eps])),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return z, kl
 
@@ -478,8 +572,8 @@ def reparameterize_kl_bwd(
         return [grad_mu, grad_logvar]
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
-        grad_z, grad_kl, mu, logvar, grad_mu, grad_logvar, n_rows, dim, seed, *grad_z.stride(), grad_kl.stride(0),
-        HAS_KL=True, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        grad_z, grad_kl, mu, logvar, grad_mu, grad_logvar, n_rows, dim, *_seed_words(seed), *grad_z.stride(), grad_kl.stride(0),
+        HAS_KL=True, ALIGNED=aligned_rows(dim, mu, logvar, grad_mu, grad_logvar), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return [grad_mu, grad_logvar]
 
@@ -497,7 +591,8 @@ def gaussian_kl_fwd(
     block_r, block_d = _blocks(dim, mu.dtype)
     _gaussian_kl_fwd_kernel[_row_grid(n_rows, block_r)](
         mu, logvar, mu_p if has_prior else mu, logvar_p if has_prior else logvar, kl, n_rows, dim,
-        HAS_PRIOR=has_prior, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        HAS_PRIOR=has_prior, ALIGNED=aligned_rows(dim, mu, logvar, *((mu_p, logvar_p) if has_prior else ())),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return kl
 
@@ -521,7 +616,7 @@ def gaussian_kl_bwd(
     block_r, block_d = _blocks(dim, mu.dtype)
     _gaussian_kl_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
         grad, mu, logvar, *prior, *grads[:2], *prior_grads, n_rows, dim, grad.stride(0),
-        HAS_PRIOR=has_prior, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        HAS_PRIOR=has_prior, ALIGNED=aligned_rows(dim, mu, logvar, *prior, *grads), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return grads
 
@@ -536,7 +631,8 @@ def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torc
     block_r, block_d = _blocks(dim, x.dtype)
     _gaussian_log_prob_fwd_kernel[_row_grid(n_rows, block_r)](
         x, x if mu is None else mu, x if logvar is None else logvar, out, n_rows, dim,
-        HAS_MU=mu is not None, HAS_LOGVAR=logvar is not None, BLOCK_R=block_r, BLOCK_D=block_d,
+        HAS_MU=mu is not None, HAS_LOGVAR=logvar is not None,
+        ALIGNED=aligned_rows(dim, x, *(t for t in (mu, logvar) if t is not None)), BLOCK_R=block_r, BLOCK_D=block_d,
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
@@ -558,7 +654,8 @@ def gaussian_log_prob_bwd(
     _gaussian_log_prob_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
         grad, x, x if mu is None else mu, x if logvar is None else logvar,
         grad_x, grad_x if grad_mu is None else grad_mu, grad_x if grad_logvar is None else grad_logvar, n_rows, dim,
-        grad.stride(0), HAS_MU=mu is not None, HAS_LOGVAR=logvar is not None, BLOCK_R=block_r, BLOCK_D=block_d,
+        grad.stride(0), HAS_MU=mu is not None, HAS_LOGVAR=logvar is not None,
+        ALIGNED=aligned_rows(dim, x, *(t for t in (mu, logvar) if t is not None), *grads), BLOCK_R=block_r, BLOCK_D=block_d,
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return grads
@@ -593,14 +690,15 @@ _VARIANTS: dict[object, list[dict[str, bool]]] = {
 
 
 def _config(kernel, pointer: str, constexprs: dict[str, object]) -> AotConfig:
-    """``kernel`` launched on ``pointer``-typed tensors (``dim`` i32, other integers i64) with ``constexprs``."""
+    """``kernel`` launched on ``pointer``-typed tensors (``dim`` and the seed words i32, other integers
+    i64) with ``constexprs``."""
 
     def kind(name: str) -> str:
         if name in constexprs:
             return "constexpr"
         if name.endswith("_ptr"):
             return pointer
-        return "i32" if name == "dim" else "i64"
+        return "i32" if name in ("dim", "seed_lo", "seed_hi") else "i64"
 
     signature = {name: kind(name) for name in inspect.signature(kernel.fn).parameters}
     return AotConfig(kernel, signature, constexprs, num_warps=NUM_WARPS)
@@ -614,10 +712,10 @@ def _aot_configs() -> list[AotConfig]:
         for pointer, dtype in (("*fp32", torch.float32), ("*bf16", torch.bfloat16), ("*fp16", torch.float16)):
             for block_d in BLOCK_DS:
                 block_r, _ = _blocks(block_d, dtype)
-                configs.append(_config(kernel, pointer, dict(variants[0], BLOCK_R=block_r, BLOCK_D=block_d)))
+                configs.append(_config(kernel, pointer, dict(variants[0], ALIGNED=True, BLOCK_R=block_r, BLOCK_D=block_d)))
         block_r, block_d = _blocks(BLOCK_DS[0], torch.float32)
         for variant in variants[1:]:
-            configs.append(_config(kernel, "*fp32", dict(variant, BLOCK_R=block_r, BLOCK_D=block_d)))
+            configs.append(_config(kernel, "*fp32", dict(variant, ALIGNED=True, BLOCK_R=block_r, BLOCK_D=block_d)))
     return configs
 
 

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.kernels import on_input_device
+from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
 from fastvae.kernels.aot import AotConfig
 
 __all__ = ["vector_quantize_bwd", "vector_quantize_fwd", "vq_code_stats_fwd", "vq_nearest_fwd"]
@@ -77,15 +77,18 @@ def _dot_acc(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     return acc
 
 
-@triton.jit(do_not_specialize=["num_codes"])
-def _vq_code_norms_kernel(codebook_ptr, half_sq_ptr, num_codes, dim, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+@triton.jit(do_not_specialize=["num_codes", "dim"], do_not_specialize_on_alignment=["codebook_ptr"])
+def _vq_code_norms_kernel(
+    codebook_ptr, half_sq_ptr, num_codes, dim, ALIGNED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """``half_sq[k] = |e_k|^2 / 2`` in the accumulation dtype (that of ``half_sq_ptr``)."""
     acc_type = half_sq_ptr.dtype.element_ty
+    dim = _row_length(dim, ALIGNED)
     code_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     local_codes = tl.arange(0, BLOCK_K)
     code_mask = local_codes < num_codes - code_start
     cols = tl.arange(0, BLOCK_D)
-    e_block = codebook_ptr + code_start * dim
+    e_block = _block_base(codebook_ptr, code_start * dim, ALIGNED)
     e_offsets = local_codes[:, None] * dim + cols[None, :]
     total = tl.zeros((BLOCK_K,), acc_type)
     for d_start in range(0, dim, BLOCK_D):
@@ -169,7 +172,9 @@ def _vq_nearest_fwd_kernel(
     tl.store(part_index_ptr + out, best_index, mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["num_rows"])
+@triton.jit(
+    do_not_specialize=["num_rows", "dim", "num_splits"], do_not_specialize_on_alignment=["x_ptr", "quantized_ptr"]
+)
 def _vq_nearest_epilogue_kernel(
     x_ptr,
     codebook_ptr,
@@ -183,6 +188,7 @@ def _vq_nearest_epilogue_kernel(
     num_rows,
     dim,
     num_splits,
+    ALIGNED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     QUANTIZE: tl.constexpr,
@@ -195,6 +201,7 @@ def _vq_nearest_epilogue_kernel(
     ``block_sum[block]``, and count the codes' usage into int32 ``usage`` by atomics.
     """
     acc_type = part_score_ptr.dtype.element_ty
+    dim = _row_length(dim, ALIGNED)
     row_block = tl.program_id(0).to(tl.int64)
     row_start = row_block * BLOCK_N
     local_rows = tl.arange(0, BLOCK_N)
@@ -214,17 +221,19 @@ def _vq_nearest_epilogue_kernel(
     tl.store(index_ptr + row_start + local_rows, best_index.to(tl.int64), mask=row_mask)
 
     cols = tl.arange(0, BLOCK_D)
+    x_block = _block_base(x_ptr, row_start * dim, ALIGNED)
+    quantized_block = _block_base(quantized_ptr, row_start * dim, ALIGNED)
     x_offsets = local_rows[:, None] * dim + cols[None, :]
     code_offsets = best_index.to(tl.int64)[:, None] * dim + cols[None, :]
     distance = tl.zeros((BLOCK_N,), acc_type)
     for d_start in range(0, dim, BLOCK_D):
         mask = _tile_mask(row_mask, cols, dim - d_start, False)
-        x = tl.load(x_ptr + (row_start * dim + d_start) + x_offsets, mask=mask, other=0.0)
+        x = tl.load(x_block + d_start + x_offsets, mask=mask, other=0.0)
         e = tl.load(codebook_ptr + d_start + code_offsets, mask=mask, other=0.0)
         diff = x.to(acc_type) - e.to(acc_type)
         distance += tl.sum(diff * diff, axis=1)
         if QUANTIZE:
-            tl.store(quantized_ptr + (row_start * dim + d_start) + x_offsets, e, mask=mask)
+            tl.store(quantized_block + d_start + x_offsets, e, mask=mask)
     if QUANTIZE:
         tl.store(block_sum_ptr + row_block, tl.sum(tl.where(row_mask, distance, 0.0), axis=0) / dim)
         tl.atomic_add(usage_ptr + best_index, 1, mask=row_mask)
@@ -304,23 +313,33 @@ def _vector_quantize_bwd_kernel(
         tl.atomic_add(grad_codebook_ptr + d_start + code_offsets, codebook_scale * diff, mask=mask)
 
 
-@triton.jit(do_not_specialize=["num_rows"])
+@triton.jit(do_not_specialize=["num_rows", "dim"], do_not_specialize_on_alignment=["x_ptr"])
 def _vq_code_stats_fwd_kernel(
-    x_ptr, index_ptr, counts_ptr, sums_ptr, num_rows, dim, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+    x_ptr,
+    index_ptr,
+    counts_ptr,
+    sums_ptr,
+    num_rows,
+    dim,
+    ALIGNED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """``counts[k] += 1`` and ``sums[k] += x_n`` for every row ``n`` with ``k = indices[n]``, by atomics."""
     acc_type = sums_ptr.dtype.element_ty
+    dim = _row_length(dim, ALIGNED)
     row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
     local_rows = tl.arange(0, BLOCK_N)
     row_mask = local_rows < num_rows - row_start
     codes = tl.load(index_ptr + row_start + local_rows, mask=row_mask, other=0)
     tl.atomic_add(counts_ptr + codes, tl.full((BLOCK_N,), 1.0, acc_type), mask=row_mask)
     cols = tl.arange(0, BLOCK_D)
+    x_block = _block_base(x_ptr, row_start * dim, ALIGNED)
     offsets = local_rows[:, None] * dim + cols[None, :]
     code_offsets = codes[:, None] * dim + cols[None, :]
     for d_start in range(0, dim, BLOCK_D):
         mask = _tile_mask(row_mask, cols, dim - d_start, False)
-        x = tl.load(x_ptr + (row_start * dim + d_start) + offsets, mask=mask, other=0.0).to(acc_type)
+        x = tl.load(x_block + d_start + offsets, mask=mask, other=0.0).to(acc_type)
         tl.atomic_add(sums_ptr + d_start + code_offsets, x, mask=mask)
 
 
@@ -392,7 +411,7 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[to
     acc = _accumulation(x.dtype)
     half_sq = torch.empty(num_codes, dtype=acc, device=x.device)
     _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
-        codebook, half_sq, num_codes, dim, BLOCK_K=NORM_BLOCK_K, BLOCK_D=ROW_BLOCK_D
+        codebook, half_sq, num_codes, dim, ALIGNED=aligned_rows(dim, codebook), BLOCK_K=NORM_BLOCK_K, BLOCK_D=ROW_BLOCK_D
     )
     config = search_config(dim, x.dtype, precision)
     row_blocks = triton.cdiv(num_rows, config.block_n)
@@ -464,6 +483,7 @@ def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> t
         num_rows,
         dim,
         splits,
+        ALIGNED=aligned_rows(dim, x),
         BLOCK_N=ROW_BLOCK_N,
         BLOCK_D=ROW_BLOCK_D,
         QUANTIZE=False,
@@ -509,6 +529,7 @@ def vector_quantize_fwd(
         num_rows,
         dim,
         splits,
+        ALIGNED=aligned_rows(dim, x, quantized),
         BLOCK_N=ROW_BLOCK_N,
         BLOCK_D=ROW_BLOCK_D,
         QUANTIZE=True,
@@ -562,7 +583,8 @@ def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) ->
     sums = torch.zeros((num_codes, dim), dtype=acc, device=x.device)
     if num_rows > 0:
         _vq_code_stats_fwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
-            x, indices.contiguous(), counts, sums, num_rows, dim, BLOCK_N=ROW_BLOCK_N, BLOCK_D=ROW_BLOCK_D
+            x, indices.contiguous(), counts, sums, num_rows, dim, ALIGNED=aligned_rows(dim, x),
+            BLOCK_N=ROW_BLOCK_N, BLOCK_D=ROW_BLOCK_D,
         )
     return counts, sums
 
@@ -620,7 +642,7 @@ def _aot_configs() -> list[AotConfig]:
                 _vq_code_norms_kernel,
                 _pointers(codebook_ptr=t, half_sq_ptr=acc),
                 ("num_codes", "dim"),
-                {"BLOCK_K": NORM_BLOCK_K, "BLOCK_D": ROW_BLOCK_D},
+                {"ALIGNED": True, "BLOCK_K": NORM_BLOCK_K, "BLOCK_D": ROW_BLOCK_D},
             )
         )
         for quantize in (False, True):
@@ -640,7 +662,7 @@ def _aot_configs() -> list[AotConfig]:
                     _vq_nearest_epilogue_kernel,
                     pointers,
                     ("num_rows", "dim", "num_splits"),
-                    {**rows, "QUANTIZE": quantize},
+                    {"ALIGNED": True, **rows, "QUANTIZE": quantize},
                 )
             )
         pointers = _pointers(
@@ -666,7 +688,7 @@ def _aot_configs() -> list[AotConfig]:
         )
         configs.append(_aot(_vector_quantize_bwd_kernel, pointers, ("num_rows", "dim"), rows))
         pointers = _pointers(x_ptr=t, index_ptr="i64", counts_ptr=acc, sums_ptr=acc)
-        configs.append(_aot(_vq_code_stats_fwd_kernel, pointers, ("num_rows", "dim"), rows))
+        configs.append(_aot(_vq_code_stats_fwd_kernel, pointers, ("num_rows", "dim"), {"ALIGNED": True, **rows}))
     return configs
 
 

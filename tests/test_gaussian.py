@@ -289,6 +289,18 @@ def test_gradcheck_gaussian_log_prob(backend):
     assert torch.autograd.gradcheck(fastvae.gaussian_log_prob, (x, mu_b, logvar_b))
 
 
+@pytest.mark.parametrize("seed", [2**31 + 12345, 2**32 - 1, 2**63 - 1], ids=["lo_bit31", "lo_all_ones", "max"])
+def test_seeds_with_the_top_bit_of_a_word_set_follow_the_stream(backend, seed):
+    # Kernels take the seed as two int32 words; a word >= 2**31 must still key the same stream.
+    mu = randn(6, 9, seed=1)
+    logvar = randn(6, 9, seed=2, scale=0.5).requires_grad_()
+    eps = normal_stream(6, 9, seed).to(torch.float64)
+    z = fastvae.reparameterize(mu, logvar, seed=seed)
+    check(z, f64(mu) + (0.5 * f64(logvar)).exp() * eps, torch.float32)
+    z.backward(torch.ones_like(z))
+    check(logvar.grad, 0.5 * (0.5 * f64(logvar)).exp() * eps, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("dim", [1, 5, 129])
 def test_reparameterize_grad_is_noise_times_half_std(backend, dtype, dim):
@@ -744,3 +756,30 @@ def test_gaussian_log_prob_rejects_bad_inputs():
         fastvae.gaussian_log_prob(x, torch.zeros(2, 3, 4))  # would broadcast x itself
     with pytest.raises(ValueError, match="logvar"):
         fastvae.gaussian_log_prob(x, None, torch.zeros(3, 4, device="meta"))
+
+
+def test_seeds_and_unaligned_row_lengths_share_one_jit_variant(monkeypatch):
+    # A GPU compiles each distinct specialisation key once. Every seed (below or above 2**31) and every
+    # row length that is not a multiple of 16 (1 included) must reuse one variant per dtype and tile,
+    # and an aligned row length one more: keys counted as the JIT computes them (tests/jit_variants.py).
+    import collections
+
+    import jit_variants
+    from conftest import COUNTING_VARIANTS
+
+    if not COUNTING_VARIANTS:
+        pytest.skip("variants are counted under the Triton interpreter only")
+    launched = collections.defaultdict(set)
+    monkeypatch.setattr(jit_variants, "VARIANTS", launched)
+    with fastvae.use_backend("triton"):
+        for seed in (5, 2**31 + 7, 2**40 + 3, 2**63 - 1):
+            for dim in (1, 5, 7, 13):
+                mu = randn(6, dim, seed=1).requires_grad_()
+                logvar = randn(6, dim, seed=2).requires_grad_()
+                z, kl = fastvae.reparameterize_kl(mu, logvar, seed=seed)
+                (z.sum() + kl.sum()).backward()
+        for dim in (1, 5, 7, 13):
+            fastvae.gaussian_kl(randn(6, dim, seed=3), randn(6, dim, seed=4))
+    assert len(launched["_reparameterize_fwd_kernel"]) == 1
+    assert len(launched["_reparameterize_bwd_kernel"]) == 1
+    assert len(launched["_gaussian_kl_fwd_kernel"]) == 1
