@@ -17,6 +17,7 @@ import torch
 
 from fastvae import backend
 from fastvae.ops import _checks
+from fastvae.ops._dispatch import dispatched
 from fastvae.ops._seed import seed_tensor
 from fastvae.reference import gaussian as reference
 
@@ -82,6 +83,9 @@ def _(grad_z, logvar, seed):
     return torch.empty_like(logvar)
 
 
+_reparameterize_backward = dispatched(_reparameterize_backward)
+
+
 def _reparameterize_setup(ctx, inputs, output):
     _, logvar, eps, seed = inputs
     ctx.save_for_backward(logvar, eps, seed)
@@ -96,9 +100,7 @@ def _reparameterize_grad(ctx, grad_z):
     return grad_z, grad_logvar, None, None
 
 
-torch.library.register_autograd(
-    "fastvae::reparameterize", _reparameterize_grad, setup_context=_reparameterize_setup
-)
+_reparameterize = dispatched(_reparameterize, setup_context=_reparameterize_setup, backward=_reparameterize_grad)
 
 
 # --- reparameterize_kl ----------------------------------------------------------------------------
@@ -128,6 +130,9 @@ def _(grad_z, grad_kl, mu, logvar, seed):
     return [torch.empty_like(mu), torch.empty_like(logvar)]
 
 
+_reparameterize_kl_backward = dispatched(_reparameterize_kl_backward)
+
+
 def _reparameterize_kl_setup(ctx, inputs, output):
     mu, logvar, eps, seed = inputs
     ctx.save_for_backward(mu, logvar, eps, seed)
@@ -145,9 +150,7 @@ def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
     return grad_z + grad_mu_kl, grad_logvar_z + grad_logvar_kl, grad_eps, None
 
 
-torch.library.register_autograd(
-    "fastvae::reparameterize_kl", _reparameterize_kl_grad, setup_context=_reparameterize_kl_setup
-)
+_reparameterize_kl = dispatched(_reparameterize_kl, setup_context=_reparameterize_kl_setup, backward=_reparameterize_kl_grad)
 
 
 # --- gaussian_kl ----------------------------------------------------------------------------------
@@ -181,6 +184,9 @@ def _(grad, mu, logvar, mu_p, logvar_p):
     return [torch.empty_like(mu) for _ in range(2 if mu_p is None else 4)]
 
 
+_gaussian_kl_backward = dispatched(_gaussian_kl_backward)
+
+
 def _gaussian_kl_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -191,7 +197,7 @@ def _gaussian_kl_grad(ctx, grad):
     return tuple(grads) + (None, None) * (mu_p is None)
 
 
-torch.library.register_autograd("fastvae::gaussian_kl", _gaussian_kl_grad, setup_context=_gaussian_kl_setup)
+_gaussian_kl = dispatched(_gaussian_kl, setup_context=_gaussian_kl_setup, backward=_gaussian_kl_grad)
 
 
 # --- gaussian_log_prob ----------------------------------------------------------------------------
@@ -221,6 +227,9 @@ def _(grad, x, mu, logvar):
     return [torch.empty_like(x) for _ in range(1 + (mu is not None) + (logvar is not None))]
 
 
+_gaussian_log_prob_backward = dispatched(_gaussian_log_prob_backward)
+
+
 def _gaussian_log_prob_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -234,9 +243,7 @@ def _gaussian_log_prob_grad(ctx, grad):
     return grad_x, grad_mu, grad_logvar
 
 
-torch.library.register_autograd(
-    "fastvae::gaussian_log_prob", _gaussian_log_prob_grad, setup_context=_gaussian_log_prob_setup
-)
+_gaussian_log_prob = dispatched(_gaussian_log_prob, setup_context=_gaussian_log_prob_setup, backward=_gaussian_log_prob_grad)
 
 
 # --- public functions -----------------------------------------------------------------------------

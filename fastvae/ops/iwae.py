@@ -13,6 +13,7 @@ import torch
 
 from fastvae import backend
 from fastvae.ops import _checks
+from fastvae.ops._dispatch import dispatched
 from fastvae.reference import iwae as reference
 
 __all__ = ["iwae_log_weights", "iwae_bound", "miwae_bound"]
@@ -59,6 +60,9 @@ def _(grad, z, mu, logvar):
     return [torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)]
 
 
+_iwae_log_weights_backward = dispatched(_iwae_log_weights_backward)
+
+
 def _iwae_log_weights_setup(ctx, inputs, output):
     _, z, mu, logvar = inputs
     ctx.save_for_backward(z, mu, logvar)
@@ -70,9 +74,7 @@ def _iwae_log_weights_grad(ctx, grad):
     return grad, grad_z, grad_mu, grad_logvar
 
 
-torch.library.register_autograd(
-    "fastvae::iwae_log_weights", _iwae_log_weights_grad, setup_context=_iwae_log_weights_setup
-)
+_iwae_log_weights = dispatched(_iwae_log_weights, setup_context=_iwae_log_weights_setup, backward=_iwae_log_weights_grad)
 
 
 # --- iwae_bound -----------------------------------------------------------------------------------
@@ -103,6 +105,9 @@ def _(grad, log_w, lse):
     return torch.empty_like(log_w)
 
 
+_iwae_bound_backward = dispatched(_iwae_bound_backward)
+
+
 def _bound_setup(ctx, inputs, output):
     """Shared by both bounds: save log_w and the log-sum-exp output, which takes no gradient."""
     ctx.mark_non_differentiable(output[1])
@@ -114,7 +119,7 @@ def _iwae_bound_grad(ctx, grad, _grad_lse):
     return _iwae_bound_backward(grad, log_w, lse)
 
 
-torch.library.register_autograd("fastvae::iwae_bound", _iwae_bound_grad, setup_context=_bound_setup)
+_iwae_bound = dispatched(_iwae_bound, setup_context=_bound_setup, backward=_iwae_bound_grad)
 
 
 # --- miwae_bound ----------------------------------------------------------------------------------
@@ -140,12 +145,15 @@ def _(grad, log_w, lse):
     return torch.empty_like(log_w)
 
 
+_miwae_bound_backward = dispatched(_miwae_bound_backward)
+
+
 def _miwae_bound_grad(ctx, grad, _grad_lse):
     log_w, lse = ctx.saved_tensors
     return _miwae_bound_backward(grad, log_w, lse)
 
 
-torch.library.register_autograd("fastvae::miwae_bound", _miwae_bound_grad, setup_context=_bound_setup)
+_miwae_bound = dispatched(_miwae_bound, setup_context=_bound_setup, backward=_miwae_bound_grad)
 
 
 # --- public functions -----------------------------------------------------------------------------

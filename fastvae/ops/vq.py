@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from fastvae import backend
 from fastvae.ops import _checks
+from fastvae.ops._dispatch import dispatched
 from fastvae.reference import vq as reference
 
 __all__ = ["VQOutput", "vq_nearest", "vector_quantize", "vq_code_stats"]
@@ -82,7 +83,7 @@ def _vq_nearest_grad(ctx, grad_distances, _grad_indices):
     return scaled, grad_codebook, None
 
 
-torch.library.register_autograd("fastvae::vq_nearest", _vq_nearest_grad, setup_context=_vq_nearest_setup)
+_vq_nearest = dispatched(_vq_nearest, setup_context=_vq_nearest_setup, backward=_vq_nearest_grad)
 
 
 # --- vector_quantize ------------------------------------------------------------------------------
@@ -124,6 +125,9 @@ def _(grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices)
     return [torch.empty_like(x), torch.empty_like(codebook)]
 
 
+_vector_quantize_backward = dispatched(_vector_quantize_backward)
+
+
 def _vector_quantize_setup(ctx, inputs, output):
     _, indices, _, _, perplexity = output
     ctx.mark_non_differentiable(indices, perplexity)
@@ -144,9 +148,7 @@ def _vector_quantize_grad(ctx, grad_quantized, _grad_indices, grad_commitment, g
     return grad_x, grad_codebook, None
 
 
-torch.library.register_autograd(
-    "fastvae::vector_quantize", _vector_quantize_grad, setup_context=_vector_quantize_setup
-)
+_vector_quantize = dispatched(_vector_quantize, setup_context=_vector_quantize_setup, backward=_vector_quantize_grad)
 
 
 # --- vq_code_stats --------------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def _vq_code_stats_grad(ctx, _grad_counts, _grad_sums):
     raise RuntimeError("fastvae.vq_code_stats is not differentiable")
 
 
-torch.library.register_autograd("fastvae::vq_code_stats", _vq_code_stats_grad, setup_context=_vq_code_stats_setup)
+_vq_code_stats = dispatched(_vq_code_stats, setup_context=_vq_code_stats_setup, backward=_vq_code_stats_grad)
 
 
 # --- public functions -----------------------------------------------------------------------------
