@@ -69,6 +69,21 @@ def _kl_standard_terms(mu, logvar):
 
 
 @triton.jit
+def _row_block(n_rows, dim, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's ``BLOCK_R`` rows: ``(dim, start, local, rows, row_mask)``.
+
+    ``dim`` carries the ALIGNED hint (:func:`~fastvae.kernels._row_length`), ``start`` is the
+    element offset of the block's first row (for :func:`~fastvae.kernels._block_base`), ``local`` the
+    rows within the block and ``rows`` the global ones (int64), ``row_mask`` which of them exist.
+    """
+    dim = _row_length(dim, ALIGNED)
+    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
+    local = tl.arange(0, BLOCK_R).to(tl.int64)
+    rows = row_start + local
+    return dim, row_start * dim, local, rows, rows < n_rows
+
+
+@triton.jit
 def _uniform(word):
     """A Philox word as a float32 uniform in (0, 1): ``((w >> 9) + 0.5) * 2**-23``, exact."""
     return ((word >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
@@ -154,15 +169,11 @@ def _reparameterize_fwd_kernel(
     Grid: (row blocks, D tiles); each program strides over D by the second grid axis, which is 1 with
     HAS_KL so that one program sums a whole row.
     """
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
-    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
-    eps_ptr = _block_base(eps_ptr, row_start * dim, ALIGNED)
-    z_ptr = _block_base(z_ptr, row_start * dim, ALIGNED)
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
+    eps_ptr = _block_base(eps_ptr, start, ALIGNED)
+    z_ptr = _block_base(z_ptr, start, ALIGNED)
     kl = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if mu_ptr.dtype.element_ty == tl.float64:
         kl = kl.to(tl.float64)
@@ -215,15 +226,11 @@ def _reparameterize_bwd_kernel(
     ``d logvar += g_kl (e^logvar - 1) / 2``. The incoming gradients may have any strides (autograd
     hands over expanded ones for summed outputs). Grid: (row blocks, D tiles), striding over D.
     """
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
-    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
-    grad_mu_ptr = _block_base(grad_mu_ptr, row_start * dim, ALIGNED)
-    grad_logvar_ptr = _block_base(grad_logvar_ptr, row_start * dim, ALIGNED)
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
+    grad_mu_ptr = _block_base(grad_mu_ptr, start, ALIGNED)
+    grad_logvar_ptr = _block_base(grad_logvar_ptr, start, ALIGNED)
     if HAS_KL:
         grad_kl = _widen(tl.load(grad_kl_ptr + rows * stride_gkl, mask=row_mask, other=0.0))[:, None]
     for d0 in range(tl.program_id(1) * BLOCK_D, dim, tl.num_programs(1) * BLOCK_D):
@@ -263,15 +270,11 @@ def _gaussian_kl_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Row KL to N(0, I), or with HAS_PRIOR to ``N(mu_p, e^logvar_p)``. Grid: (row blocks,)."""
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
-    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
-    mu_p_ptr = _block_base(mu_p_ptr, row_start * dim, ALIGNED)
-    logvar_p_ptr = _block_base(logvar_p_ptr, row_start * dim, ALIGNED)
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
+    mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
+    logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
     kl = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if mu_ptr.dtype.element_ty == tl.float64:
         kl = kl.to(tl.float64)
@@ -324,12 +327,7 @@ def _gaussian_kl_bwd_kernel(
     ``grad`` has row stride ``stride_g`` (0 when autograd expands the gradient of a sum).
     Grid: (row blocks, D tiles).
     """
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    start = row_start * dim
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
     mu_ptr = _block_base(mu_ptr, start, ALIGNED)
     logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
     mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
@@ -383,14 +381,10 @@ def _gaussian_log_prob_fwd_kernel(
 
     Grid: (row blocks,).
     """
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    x_ptr = _block_base(x_ptr, row_start * dim, ALIGNED)
-    mu_ptr = _block_base(mu_ptr, row_start * dim, ALIGNED)
-    logvar_ptr = _block_base(logvar_ptr, row_start * dim, ALIGNED)
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
+    x_ptr = _block_base(x_ptr, start, ALIGNED)
+    mu_ptr = _block_base(mu_ptr, start, ALIGNED)
+    logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
     total = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if x_ptr.dtype.element_ty == tl.float64:
         total = total.to(tl.float64)
@@ -437,12 +431,7 @@ def _gaussian_log_prob_bwd_kernel(
 
     ``grad`` has row stride ``stride_g``. Grid: (row blocks, D tiles).
     """
-    dim = _row_length(dim, ALIGNED)
-    row_start = tl.program_id(0).to(tl.int64) * BLOCK_R
-    local = tl.arange(0, BLOCK_R).to(tl.int64)
-    rows = row_start + local
-    row_mask = rows < n_rows
-    start = row_start * dim
+    dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
     x_ptr = _block_base(x_ptr, start, ALIGNED)
     mu_ptr = _block_base(mu_ptr, start, ALIGNED)
     logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
