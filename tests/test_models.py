@@ -8,6 +8,7 @@ rebuilt from its config, so a model that breaks the shared contract fails here w
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +154,23 @@ def test_config_rebuilds_the_same_model(name: str) -> None:
     )
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     again.load_state_dict(model.state_dict())
+
+
+def test_models_import_the_ops_not_the_package_root() -> None:
+    # The dependency direction (DESIGN.md): models -> ops, never back up to fastvae/__init__.py, which
+    # imports the models (an import cycle that only works while nothing runs at import time).
+    import ast
+    import pkgutil
+
+    import fastvae as package
+
+    root = Path(package.__file__).parent
+    submodules = {info.name for info in pkgutil.iter_modules([str(root)])}
+    offenders = []
+    for path in sorted((root / "models").glob("*.py")) + sorted((root / "nn").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(alias.name == "fastvae" for alias in node.names):
+                offenders.append(f"{path.name}: import fastvae")
+            if isinstance(node, ast.ImportFrom) and node.module == "fastvae":
+                offenders += [f"{path.name}: from fastvae import {a.name}" for a in node.names if a.name not in submodules]
+    assert offenders == []

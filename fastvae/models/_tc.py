@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import torch
 
-import fastvae
+from fastvae import ops
 
 __all__ = [
     "ESTIMATORS",
@@ -87,7 +87,7 @@ def pairwise_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     """
     b, d = z.shape
     points = z[:, None, :, None].expand(b, b, d, 1)
-    return fastvae.gaussian_log_prob(points, mu[None, :, :, None], logvar[None, :, :, None])
+    return ops.gaussian_log_prob(points, mu[None, :, :, None], logvar[None, :, :, None])
 
 
 def log_importance_weights(
@@ -165,8 +165,8 @@ def decompose_kl(
     pairwise = pairwise_log_density(z, mu, logvar)
     log_qz = group_log_density(pairwise, log_weights, (z.shape[-1],)).squeeze(-1)
     log_qz_dims = group_log_density(pairwise, log_weights).sum(-1)
-    log_qz_x = fastvae.gaussian_log_prob(z, mu, logvar)
-    log_pz = fastvae.gaussian_log_prob(z)
+    log_qz_x = ops.gaussian_log_prob(z, mu, logvar)
+    log_pz = ops.gaussian_log_prob(z)
     terms = {"mi": log_qz_x - log_qz, "tc": log_qz - log_qz_dims, "dwkl": log_qz_dims - log_pz}
     if group_sizes is not None:
         log_qz_groups = group_log_density(pairwise, log_weights, group_sizes).sum(-1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models.nets import build_decoder, build_encoder
 
 __all__ = ["LIKELIHOODS", "GaussianVAE", "ModelOutput", "ObservationModel", "VAEModel"]
@@ -171,7 +171,7 @@ class ObservationModel(VAEModel):
             return nll.flatten(-len(self.input_shape)).sum(-1)
         flat_x = x.float().flatten(-len(self.input_shape))
         logvar = torch.full_like(flat_x, 2.0 * math.log(self.obs_std))
-        return -fastvae.gaussian_log_prob(flat_x, logits.float().flatten(-len(self.input_shape)), logvar)
+        return -ops.gaussian_log_prob(flat_x, logits.float().flatten(-len(self.input_shape)), logvar)
 
 
 class GaussianVAE(ObservationModel):
@@ -219,7 +219,7 @@ class GaussianVAE(ObservationModel):
         """Encode, sample ``z`` with its KL (fused), decode. ``x (B, *input_shape)``."""
         x = self.check_input(x)
         mu, logvar = self.encode(x, y)
-        z, kl = fastvae.reparameterize_kl(mu, logvar)
+        z, kl = ops.reparameterize_kl(mu, logvar)
         logits = self.decode(z, y)
         return ModelOutput(recon=self.mean(logits), z=z, logits=logits, mu=mu, logvar=logvar, kl=kl)
 
@@ -266,9 +266,9 @@ class GaussianVAE(ObservationModel):
         log_w = []
         for start in range(0, k, chunk):
             m = min(chunk, k - start)
-            z = fastvae.reparameterize(mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape))
+            z = ops.reparameterize(mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape))
             y_rep = None if y is None else y.repeat(m)
             logits = self.decode(z.reshape(-1, self.latent_dim), y_rep).reshape(m, *x.shape)
             log_px_z = -self.reconstruction_nll(x, logits)
-            log_w.append(fastvae.iwae_log_weights(log_px_z, z.float(), mu.float(), logvar.float()))
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+            log_w.append(ops.iwae_log_weights(log_px_z, z.float(), mu.float(), logvar.float()))
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

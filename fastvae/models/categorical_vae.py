@@ -6,7 +6,7 @@ import math
 
 import torch
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_step
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
@@ -218,4 +218,4 @@ class CategoricalVAE(ObservationModel):
         for start in range(0, k, chunk):
             codes, log_q = self._draw_codes(log_probs, min(chunk, k - start))
             log_w.append(self._log_px(x, codes) + log_prior - log_q)
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

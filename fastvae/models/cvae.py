@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register
@@ -121,7 +121,7 @@ class CVAE(GaussianVAE):
     def prior_sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` draws ``z ~ p(z|y_i)``, ``(n, latent_dim)``; ``y`` int ``(n,)`` is required."""
         mu_p, logvar_p = self.prior(y, n)
-        return fastvae.reparameterize(mu_p, logvar_p)
+        return ops.reparameterize(mu_p, logvar_p)
 
     # --- the model interface --------------------------------------------------------------------------
 
@@ -130,8 +130,8 @@ class CVAE(GaussianVAE):
         x = self.check_input(x)
         mu, logvar = self.encode(x, y)
         mu_p, logvar_p = self.prior(y, x.shape[0])
-        z = fastvae.reparameterize(mu, logvar)
-        kl = fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p)
+        z = ops.reparameterize(mu, logvar)
+        kl = ops.gaussian_kl(mu, logvar, mu_p, logvar_p)
         logits = self.decode(z, y)
         return ModelOutput(
             recon=self.mean(logits), z=z, logits=logits, mu=mu, logvar=logvar, kl=kl, prior_mu=mu_p, prior_logvar=logvar_p
@@ -157,10 +157,10 @@ class CVAE(GaussianVAE):
         log_w = []
         for start in range(0, k, chunk):
             m = min(chunk, k - start)
-            z = fastvae.reparameterize(mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape))
+            z = ops.reparameterize(mu.expand(m, *mu.shape), logvar.expand(m, *logvar.shape))
             logits = self.decode(z.reshape(-1, self.latent_dim), y.repeat(m)).reshape(m, *x.shape)
             log_px_z = -self.reconstruction_nll(x, logits)
-            log_pz = fastvae.gaussian_log_prob(z, mu_p, logvar_p)
-            log_qz = fastvae.gaussian_log_prob(z, mu, logvar)
+            log_pz = ops.gaussian_log_prob(z, mu_p, logvar_p)
+            log_qz = ops.gaussian_log_prob(z, mu, logvar)
             log_w.append(log_px_z + log_pz - log_qz)
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

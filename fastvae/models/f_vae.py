@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_int
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.nets import build_encoder
@@ -146,7 +146,7 @@ class FVAE(GaussianVAE):
         self, u: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, context: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``F_x(u)`` and ``log|det dF_x/du|``: ``u (B, D)`` -> ``(z (B, D), log_det (B,))``."""
-        z = fastvae.reparameterize(mu, logvar, eps=u)
+        z = ops.reparameterize(mu, logvar, eps=u)
         log_det = 0.5 * logvar.sum(-1)
         for coupling in self.couplings:
             z, layer_log_det = coupling(z, context)
@@ -163,7 +163,7 @@ class FVAE(GaussianVAE):
 
     def _kl_estimate(self, u: torch.Tensor, z: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
         """``log q(u) - log|det| - log p(z)`` per example, float32 ``(B,)``."""
-        return fastvae.gaussian_log_prob(u.float()) - log_det.float() - fastvae.gaussian_log_prob(z.float())
+        return ops.gaussian_log_prob(u.float()) - log_det.float() - ops.gaussian_log_prob(z.float())
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ModelOutput:
         """Encode, draw ``u ~ N(0, I)``, push it through ``F_x``, decode. ``x (B, *input_shape)``."""
@@ -215,4 +215,4 @@ class FVAE(GaussianVAE):
             z, log_det = self.flow(u, *rep)
             log_px_z = -self.reconstruction_nll(x.repeat(m, *[1] * len(self.input_shape)), self.decode(z))
             log_w.append((log_px_z - self._kl_estimate(u, z, log_det)).reshape(m, x.shape[0]))
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

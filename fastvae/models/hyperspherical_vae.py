@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_weight
 from fastvae.models._gumbel import check_positive
 from fastvae.models._vmf import (
@@ -189,4 +189,4 @@ class HypersphericalVAE(ObservationModel):
             log_px = -self.reconstruction_nll(x.repeat(m, *([1] * len(self.input_shape))), self.decode(z))
             log_q = vmf_log_prob(z.double(), mu_rep.double(), kappa_rep.double()).float()
             log_w.append((log_px + log_prior - log_q).reshape(m, -1))
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-import fastvae
+from fastvae import ops
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register
 
@@ -72,7 +72,7 @@ class IWAE(GaussianVAE):
 
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         """The bound per example from log-weights ``(*sample_shape, B)``: ``(B,)``."""
-        return fastvae.iwae_bound(log_w, dim=0)
+        return ops.iwae_bound(log_w, dim=0)
 
     def importance_sample(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: torch.Tensor | None = None
@@ -91,13 +91,13 @@ class IWAE(GaussianVAE):
         x = self.check_input(x)
         mu, logvar = self.encode(x, y)
         shape = (*self.sample_shape, *mu.shape)
-        z = fastvae.reparameterize(mu.expand(shape), logvar.expand(shape), eps=eps)
+        z = ops.reparameterize(mu.expand(shape), logvar.expand(shape), eps=eps)
         samples = math.prod(self.sample_shape)
         y_rep = None if y is None else y.repeat(samples)
         logits = self.decode(z.reshape(-1, self.latent_dim), y_rep).reshape(*self.sample_shape, *x.shape)
         log_px_z = -self.reconstruction_nll(x, logits)
         z32 = z.float()
-        log_w = fastvae.iwae_log_weights(
+        log_w = ops.iwae_log_weights(
             log_px_z, z32, mu.float().expand(z32.shape[1:]), logvar.float().expand(z32.shape[1:])
         )
         first = (0,) * len(self.sample_shape)
@@ -107,7 +107,7 @@ class IWAE(GaussianVAE):
             logits=logits[first],
             mu=mu,
             logvar=logvar,
-            kl=fastvae.gaussian_kl(mu, logvar),
+            kl=ops.gaussian_kl(mu, logvar),
             log_w=log_w,
             log_px_z=log_px_z,
             z_samples=z,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_step, check_weight
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
@@ -38,7 +38,7 @@ class JointVAE(ObservationModel):
     ``temperature``; the decoder reads ``[z, y_1, ..., y_n]``. Each part's KL is pulled towards its own
     capacity, which grows linearly over training steps::
 
-        z      = mu + e^{logvar/2} * eps                              (fused: fastvae.reparameterize_kl)
+        z      = mu + e^{logvar/2} * eps                              (fused: ops.reparameterize_kl)
         y_i    = softmax((log pi_i + g_i) / temperature),  g ~ Gumbel(0, 1)
         recon  = mean_b [ -log p(x_b | z_b, y_b) ]                      (summed over pixels)
         kl_z   = mean_b [ KL(N(mu_b, e^logvar_b) || N(0, I)) ]          (summed over latent dims)
@@ -153,7 +153,7 @@ class JointVAE(ObservationModel):
         """Encode, sample ``z`` with its KL (fused) and the relaxed classes, decode. ``x (B, *input_shape)``."""
         x = self.check_input(x)
         mu, logvar, log_probs = self.encode(x)
-        z, kl_z = fastvae.reparameterize_kl(mu, logvar)
+        z, kl_z = ops.reparameterize_kl(mu, logvar)
         gumbel = sample_gumbel(log_probs.shape, device=log_probs.device, dtype=log_probs.dtype)
         relaxed = [
             gumbel_softmax(part, noise, self.temperature)
@@ -202,7 +202,7 @@ class JointVAE(ObservationModel):
         """``log p(x|z,c) + log p(z) + log p(c) - log q(z|x) - log q(c|x)`` for ``samples`` draws
         ``z ~ q(z|x)``, discrete ``c ~ q(c|x)`` (Gumbel-max) per example: ``(samples, B)`` float32."""
         batch = mu.shape[0]
-        z = fastvae.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
+        z = ops.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
         noise = sample_gumbel((samples, *log_probs.shape), device=log_probs.device, dtype=log_probs.dtype)
         classes, log_q_c = [], torch.zeros(samples, batch, device=mu.device)
         for part, part_noise in zip(self._split(log_probs), self._split(noise)):
@@ -211,7 +211,7 @@ class JointVAE(ObservationModel):
             log_q_c = log_q_c + part.float().expand(samples, *part.shape).gather(-1, index.unsqueeze(-1)).squeeze(-1)
         logits = self.decode(torch.cat([z, *classes], dim=-1).flatten(0, 1)).unflatten(0, (samples, batch))
         log_px = -self.reconstruction_nll(x, logits)
-        log_w_z = fastvae.iwae_log_weights(log_px, z.float(), mu.float(), logvar.float())
+        log_w_z = ops.iwae_log_weights(log_px, z.float(), mu.float(), logvar.float())
         log_prior_c = -self.max_discrete_capacity  # log p(c) = -sum_i log K_i under the uniform priors
         return log_w_z + log_prior_c - log_q_c
 
@@ -220,7 +220,7 @@ class JointVAE(ObservationModel):
         """The ELBO per example with one draw ``z, c ~ q``: ``log p(x|z,c) - KL_z - KL_c``, ``(B,)`` float32."""
         x = self.check_input(x)
         mu, logvar, log_probs = self.encode(x)
-        z, kl_z = fastvae.reparameterize_kl(mu, logvar)
+        z, kl_z = ops.reparameterize_kl(mu, logvar)
         noise = sample_gumbel(log_probs.shape, device=log_probs.device, dtype=log_probs.dtype)
         classes = [one_hot_mode(part + part_noise) for part, part_noise in zip(self._split(log_probs), self._split(noise))]
         log_px = -self.reconstruction_nll(x, self.decode(torch.cat([z, *classes], dim=-1)))
@@ -238,4 +238,4 @@ class JointVAE(ObservationModel):
             raise ValueError(f"k must be a positive int, got {k!r}")
         mu, logvar, log_probs = self.encode(x)
         log_w = [self._log_weights(x, mu, logvar, log_probs, min(chunk, k - start)) for start in range(0, k, chunk)]
-        return fastvae.iwae_bound(torch.cat(log_w), dim=0)
+        return ops.iwae_bound(torch.cat(log_w), dim=0)

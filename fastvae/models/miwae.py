@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import fastvae
+from fastvae import ops
 from fastvae.models.iwae import IWAE, check_count
 from fastvae.models.registry import register
 
@@ -60,4 +60,4 @@ class MIWAE(IWAE):
 
     def bound(self, log_w: torch.Tensor) -> torch.Tensor:
         """The MIWAE bound per example from log-weights ``(K, M, B)``: ``(B,)``."""
-        return fastvae.miwae_bound(log_w, k_dim=0, m_dim=1)
+        return ops.miwae_bound(log_w, k_dim=0, m_dim=1)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_int, check_step, check_weight
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.registry import register
@@ -327,9 +327,9 @@ class NVAE(ObservationModel):
                 e = features[0] if l == 0 else features[l] + self.encoder_combiners[l - 1](h)
                 d_mu, d_logvar = self._gaussian(self.posterior_heads[l], e)
                 mu, logvar = mu_p + d_mu, logvar_p + d_logvar
-                kls.append(fastvae.gaussian_kl(mu, logvar) if l == 0 else fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p))
+                kls.append(ops.gaussian_kl(mu, logvar) if l == 0 else ops.gaussian_kl(mu, logvar, mu_p, logvar_p))
                 deltas.append((d_mu, d_logvar))
-            z = mu if use_mean else fastvae.reparameterize(mu, logvar)
+            z = mu if use_mean else ops.reparameterize(mu, logvar)
             posteriors.append((mu, logvar))
             priors.append((mu_p, logvar_p))
             z = z.reshape(batch, self.latent_dim, *side).to(h.dtype)
@@ -404,6 +404,6 @@ class NVAE(ObservationModel):
             total = -self.reconstruction_nll(x, out.logits)
             for z, (mu, logvar), (mu_p, logvar_p) in zip(out.zs, out.posteriors, out.priors):
                 flat = z.flatten(1).float()
-                total = total + fastvae.gaussian_log_prob(flat, mu_p, logvar_p) - fastvae.gaussian_log_prob(flat, mu, logvar)
+                total = total + ops.gaussian_log_prob(flat, mu_p, logvar_p) - ops.gaussian_log_prob(flat, mu, logvar)
             log_w.append(total)
-        return fastvae.iwae_bound(torch.stack(log_w), dim=0)
+        return ops.iwae_bound(torch.stack(log_w), dim=0)

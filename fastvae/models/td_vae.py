@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_int
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
@@ -202,14 +202,14 @@ class TDVAE(ObservationModel):
         batch, steps = frames.shape[:2]
         beliefs = self.beliefs(frames)
         mu_b, logvar_b = self.belief_distribution(beliefs[:, 1:])
-        z = fastvae.reparameterize(mu_b, logvar_b)
+        z = ops.reparameterize(mu_b, logvar_b)
         logits = self.decode(z.reshape(batch * steps, self.latent_dim)).reshape(frames.shape)
         t1, t2 = self.sample_pairs(batch, steps, device=frames.device)
         rows = torch.arange(batch, device=frames.device)
         b_t1, b_t2 = beliefs[rows, t1], beliefs[rows, t2]
         z_t2 = z[rows, t2 - 1]
         mu_s, logvar_s = self.smoothing_distribution(z_t2, b_t1, b_t2)
-        z_t1 = fastvae.reparameterize(mu_s, logvar_s)
+        z_t1 = ops.reparameterize(mu_s, logvar_s)
         logits = logits.reshape(x.shape)
         return ModelOutput(
             recon=self.mean(logits), z=z, logits=logits, beliefs=beliefs, t1=t1, t2=t2, z_t1=z_t1, z_t2=z_t2,
@@ -228,10 +228,10 @@ class TDVAE(ObservationModel):
         recon = self.reconstruction_nll(frame_t2, logits_t2).mean()
         mu_s, logvar_s = (t.float() for t in out.smoothing)
         mu_1, logvar_1 = (t.float() for t in out.belief_t1)
-        kl = fastvae.gaussian_kl(mu_s, logvar_s, mu_1, logvar_1).mean()
+        kl = ops.gaussian_kl(mu_s, logvar_s, mu_1, logvar_1).mean()
         z_t2 = out.z_t2.float()
-        log_belief = fastvae.gaussian_log_prob(z_t2, *(t.float() for t in out.belief_t2))
-        log_transition = fastvae.gaussian_log_prob(z_t2, *(t.float() for t in out.transition))
+        log_belief = ops.gaussian_log_prob(z_t2, *(t.float() for t in out.belief_t2))
+        log_transition = ops.gaussian_log_prob(z_t2, *(t.float() for t in out.transition))
         transition = (log_belief - log_transition).mean()
         return {"loss": recon + kl + transition, "recon": recon, "kl": kl, "transition": transition}
 
@@ -254,11 +254,11 @@ class TDVAE(ObservationModel):
             raise ValueError(f"x_context must be a tensor of shape (B, T, {dims}), got {shape}")
         batch = x_context.shape[0]
         b = self.beliefs(x_context)[:, -1]
-        z = fastvae.reparameterize(*self.belief_distribution(b))
+        z = ops.reparameterize(*self.belief_distribution(b))
         jumps = torch.full((batch,), jump, device=z.device)
         frames = []
         for _ in range(steps):
-            z = fastvae.reparameterize(*self.transition_distribution(z, jumps))
+            z = ops.reparameterize(*self.transition_distribution(z, jumps))
             frames.append(self.mean(self.decode(z)))
         return torch.stack(frames, dim=1)
 

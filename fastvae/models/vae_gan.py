@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fastvae
+from fastvae import ops
 from fastvae.models._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.factor_vae import call_frozen
@@ -134,7 +134,7 @@ class VAEGAN(GaussianVAE):
         """Encode, sample ``z`` with its KL (fused), decode with the decoder's gradients scaled by gamma."""
         x = self.check_input(x)
         mu, logvar = self.encode(x)
-        z, kl = fastvae.reparameterize_kl(mu, logvar)
+        z, kl = ops.reparameterize_kl(mu, logvar)
         params = {name: _scaled_grad(p, self.gamma) for name, p in self.decoder.named_parameters()}
         logits = torch.func.functional_call(self.decoder, params, (z,))
         return ModelOutput(recon=self.mean(logits), z=z, logits=logits, mu=mu, logvar=logvar, kl=kl)
@@ -157,7 +157,7 @@ class VAEGAN(GaussianVAE):
         # The generator's passes (discriminator parameters detached).
         target = features[:batch].detach().flatten(1).float()
         reconstructed = call_frozen(self.discriminator.features, out.recon).flatten(1).float()
-        llike = -fastvae.gaussian_log_prob(target, reconstructed).mean()
+        llike = -ops.gaussian_log_prob(target, reconstructed).mean()
         _, fooled = call_frozen(self.discriminator, fakes)
         fooled = fooled.float()
         adv = 2 * F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
