@@ -84,6 +84,15 @@ def _row_block(n_rows, dim, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
+def _prior_offsets(offsets, cols, SHARED_PRIOR: tl.constexpr):
+    """Where a block's prior elements are: ``offsets`` for a per-row prior, column ``cols`` of the one
+    shared row in every row with SHARED_PRIOR."""
+    if SHARED_PRIOR:
+        offsets = tl.broadcast_to(cols[None, :], offsets.shape).to(offsets.dtype)
+    return offsets
+
+
+@triton.jit
 def _uniform(word):
     """A Philox word as a float32 uniform in (0, 1): ``((w >> 9) + 0.5) * 2**-23``, exact."""
     return ((word >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
@@ -265,16 +274,21 @@ def _gaussian_kl_fwd_kernel(
     n_rows,
     dim,
     HAS_PRIOR: tl.constexpr,
+    SHARED_PRIOR: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Row KL to N(0, I), or with HAS_PRIOR to ``N(mu_p, e^logvar_p)``. Grid: (row blocks,)."""
+    """Row KL to N(0, I), or with HAS_PRIOR to ``N(mu_p, e^logvar_p)``. Grid: (row blocks,).
+
+    SHARED_PRIOR: the prior is one ``(D,)`` row for every row (a broadcast prior, never copied out).
+    """
     dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
     mu_ptr = _block_base(mu_ptr, start, ALIGNED)
     logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
-    mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
-    logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
+    if not SHARED_PRIOR:
+        mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
+        logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
     kl = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if mu_ptr.dtype.element_ty == tl.float64:
         kl = kl.to(tl.float64)
@@ -286,8 +300,9 @@ def _gaussian_kl_fwd_kernel(
         mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
         if HAS_PRIOR:
-            diff = mu - _widen(tl.load(mu_p_ptr + offsets, mask=mask, other=0.0))
-            logvar_p = _widen(tl.load(logvar_p_ptr + offsets, mask=mask, other=0.0))
+            prior_offsets = _prior_offsets(offsets, cols, SHARED_PRIOR)
+            diff = mu - _widen(tl.load(mu_p_ptr + prior_offsets, mask=mask, other=0.0))
+            logvar_p = _widen(tl.load(logvar_p_ptr + prior_offsets, mask=mask, other=0.0))
             log_ratio = logvar - logvar_p
             terms = _expm1(log_ratio) - log_ratio + diff * diff * tl.exp(-logvar_p)
         else:
@@ -318,6 +333,7 @@ def _gaussian_kl_bwd_kernel(
     dim,
     stride_g,
     HAS_PRIOR: tl.constexpr,
+    SHARED_PRIOR: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -330,8 +346,9 @@ def _gaussian_kl_bwd_kernel(
     dim, start, local, rows, row_mask = _row_block(n_rows, dim, ALIGNED, BLOCK_R)
     mu_ptr = _block_base(mu_ptr, start, ALIGNED)
     logvar_ptr = _block_base(logvar_ptr, start, ALIGNED)
-    mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
-    logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
+    if not SHARED_PRIOR:
+        mu_p_ptr = _block_base(mu_p_ptr, start, ALIGNED)
+        logvar_p_ptr = _block_base(logvar_p_ptr, start, ALIGNED)
     grad_mu_ptr = _block_base(grad_mu_ptr, start, ALIGNED)
     grad_logvar_ptr = _block_base(grad_logvar_ptr, start, ALIGNED)
     grad_mu_p_ptr = _block_base(grad_mu_p_ptr, start, ALIGNED)
@@ -344,8 +361,9 @@ def _gaussian_kl_bwd_kernel(
         mu = _widen(tl.load(mu_ptr + offsets, mask=mask, other=0.0))
         logvar = _widen(tl.load(logvar_ptr + offsets, mask=mask, other=0.0))
         if HAS_PRIOR:
-            logvar_p = _widen(tl.load(logvar_p_ptr + offsets, mask=mask, other=0.0))
-            diff = mu - _widen(tl.load(mu_p_ptr + offsets, mask=mask, other=0.0))
+            prior_offsets = _prior_offsets(offsets, cols, SHARED_PRIOR)
+            logvar_p = _widen(tl.load(logvar_p_ptr + prior_offsets, mask=mask, other=0.0))
+            diff = mu - _widen(tl.load(mu_p_ptr + prior_offsets, mask=mask, other=0.0))
             scaled_diff = diff * tl.exp(-logvar_p)
             half_expm1_ratio = 0.5 * _expm1(logvar - logvar_p)
             grad_mu = grad * scaled_diff
@@ -487,6 +505,18 @@ def _seed_words(seed: int) -> tuple[int, int]:
     return lo - (lo >> 31 << 32), hi - (hi >> 31 << 32)
 
 
+def _prior_rows(mu_p: torch.Tensor, logvar_p: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
+    """The prior as the kernels read it, and whether it is one shared row.
+
+    The op passes a prior that does not vary across rows as ``(R, D)`` views of one row (row stride
+    0); the kernels read that row in place. A prior that varies (or only one of the two shared) is
+    made contiguous.
+    """
+    if mu_p.stride() == (0, 1) and logvar_p.stride() == (0, 1):
+        return (mu_p, logvar_p), True
+    return (mu_p.contiguous(), logvar_p.contiguous()), False
+
+
 def _row_grid(n_rows: int, block_r: int) -> tuple[int]:
     """One program per ``block_r`` rows, for the row-sum kernels."""
     return (triton.cdiv(n_rows, block_r),)
@@ -577,10 +607,11 @@ def gaussian_kl_fwd(
     if n_rows == 0:
         return kl
     has_prior = mu_p is not None and logvar_p is not None
+    (mu_p, logvar_p), shared = _prior_rows(mu_p, logvar_p) if has_prior else ((mu, logvar), False)
     block_r, block_d = _blocks(dim, mu.dtype)
     _gaussian_kl_fwd_kernel[_row_grid(n_rows, block_r)](
-        mu, logvar, mu_p if has_prior else mu, logvar_p if has_prior else logvar, kl, n_rows, dim,
-        HAS_PRIOR=has_prior, ALIGNED=aligned_rows(dim, mu, logvar, *((mu_p, logvar_p) if has_prior else ())),
+        mu, logvar, mu_p, logvar_p, kl, n_rows, dim, HAS_PRIOR=has_prior, SHARED_PRIOR=shared,
+        ALIGNED=aligned_rows(dim, mu, logvar, *((mu_p, logvar_p) if has_prior and not shared else ())),
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return kl
@@ -600,12 +631,13 @@ def gaussian_kl_bwd(
     grads = [torch.empty_like(mu) for _ in range(4 if has_prior else 2)]
     if mu.numel() == 0:
         return grads
-    prior = (mu_p, logvar_p) if has_prior else (mu, logvar)
+    prior, shared = _prior_rows(mu_p, logvar_p) if has_prior else ((mu, logvar), False)
     prior_grads = grads[2:] if has_prior else grads
     block_r, block_d = _blocks(dim, mu.dtype)
     _gaussian_kl_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
         grad, mu, logvar, *prior, *grads[:2], *prior_grads, n_rows, dim, grad.stride(0),
-        HAS_PRIOR=has_prior, ALIGNED=aligned_rows(dim, mu, logvar, *prior, *grads), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        HAS_PRIOR=has_prior, SHARED_PRIOR=shared, ALIGNED=aligned_rows(dim, mu, logvar, *(() if shared else prior), *grads),
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )  # fmt: skip
     return grads
 
@@ -661,8 +693,16 @@ _VARIANTS: dict[object, list[dict[str, bool]]] = {
         {"HAS_EPS": True, "HAS_KL": False},
     ],
     _reparameterize_bwd_kernel: [{"HAS_KL": True}, {"HAS_KL": False}],
-    _gaussian_kl_fwd_kernel: [{"HAS_PRIOR": True}, {"HAS_PRIOR": False}],
-    _gaussian_kl_bwd_kernel: [{"HAS_PRIOR": True}, {"HAS_PRIOR": False}],
+    _gaussian_kl_fwd_kernel: [
+        {"HAS_PRIOR": True, "SHARED_PRIOR": False},
+        {"HAS_PRIOR": True, "SHARED_PRIOR": True},
+        {"HAS_PRIOR": False, "SHARED_PRIOR": False},
+    ],
+    _gaussian_kl_bwd_kernel: [
+        {"HAS_PRIOR": True, "SHARED_PRIOR": False},
+        {"HAS_PRIOR": True, "SHARED_PRIOR": True},
+        {"HAS_PRIOR": False, "SHARED_PRIOR": False},
+    ],
     _gaussian_log_prob_fwd_kernel: [
         {"HAS_MU": True, "HAS_LOGVAR": True},
         {"HAS_MU": False, "HAS_LOGVAR": True},

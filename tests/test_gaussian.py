@@ -783,3 +783,28 @@ def test_seeds_and_unaligned_row_lengths_share_one_jit_variant(monkeypatch):
     assert len(launched["_reparameterize_fwd_kernel"]) == 1
     assert len(launched["_reparameterize_bwd_kernel"]) == 1
     assert len(launched["_gaussian_kl_fwd_kernel"]) == 1
+
+
+@pytest.mark.parametrize("prior_shape", [(9,), (1, 9), ()], ids=["row", "row_2d", "scalar"])
+def test_a_prior_shared_by_every_row_is_not_copied_out(backend, prior_shape, monkeypatch):
+    # gaussian_kl with a (D,)-style prior: the backend gets a row-stride-0 view, never an (R, D) copy,
+    # and the values and gradients are those of the formula.
+    if backend == "cuda":
+        pytest.skip("the cuda backend copies the prior out (its kernels read contiguous rows)")
+    seen = []
+    impls = fastvae_backend._IMPLS
+    for op in ("gaussian_kl", "gaussian_kl_backward"):
+        original = impls[op][backend]
+        monkeypatch.setitem(impls[op], backend, lambda *a, _f=original: seen.append(a[-2:]) or _f(*a))
+    mu = randn(4, 6, 9, seed=1).requires_grad_()
+    logvar = randn(4, 6, 9, seed=2, scale=0.5).requires_grad_()
+    mu_p = randn(*prior_shape, seed=3).requires_grad_()
+    logvar_p = randn(*prior_shape, seed=4, scale=0.5).requires_grad_()
+    kl = fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p)
+    kl.sum().backward()
+    assert len(seen) == 2 and all(t.stride(0) == 0 for pair in seen for t in pair)
+    m, v, mp, vp = (f64(t.detach()) for t in (mu, logvar, mu_p, logvar_p))
+    check(kl, 0.5 * (torch.expm1(v - vp) - (v - vp) + (m - mp) ** 2 * torch.exp(-vp)).sum(-1), torch.float32)
+    # d/dmu_p of the total: the per-row gradients summed over the 24 rows (24 rounded terms).
+    expected_grad = (-(m - mp) * torch.exp(-vp)).sum(dim=(0, 1)) if prior_shape else (-(m - mp) * torch.exp(-vp)).sum()
+    assert_close(mu_p.grad.reshape(expected_grad.shape), expected_grad, torch.float32, scale=math.sqrt(24 * 9))

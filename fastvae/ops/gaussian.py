@@ -45,6 +45,17 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1]).contiguous()
 
 
+def _prior_rows(prior: torch.Tensor) -> torch.Tensor:
+    """A prior expanded to ``(..., D)`` as ``(R, D)`` rows, without copying a prior that is the same
+    for every row (shape ``(D,)``, ``(1, D)`` or a scalar): that comes back as a view of one
+    contiguous ``(D,)`` row with row stride 0, which every backend reads in place (the cuda backend
+    copies it out). A prior that varies across rows is made contiguous."""
+    rows = prior.reshape(math.prod(prior.shape[:-1]), prior.shape[-1])
+    if rows.shape[0] > 1 and rows.stride(0) == 0:
+        return rows if rows.stride(1) == 1 else rows[0].contiguous().expand(rows.shape)
+    return rows.contiguous()
+
+
 def _row_grad(grad: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(like.shape[:-1], dtype=like.dtype, device=like.device) if grad is None else grad
 
@@ -356,7 +367,9 @@ def gaussian_kl(
         logvar: ``(..., D)`` posterior log-variances, same dtype and device.
         mu_p: prior means broadcastable to ``mu``'s shape (e.g. ``(D,)``), or None for 0.
         logvar_p: prior log-variances broadcastable to ``mu``'s shape, or None for 0 (unit variance).
-            With both None the prior is ``N(0, I)``.
+            With both None the prior is ``N(0, I)``. A prior that is the same for every row
+            (``(D,)``, ``(1, D)``, a scalar) is read in place by the torch and triton backends, never
+            copied out to ``mu``'s shape (the cuda backend copies it).
         reduction: ``"none"`` (per row, shape ``mu.shape[:-1]``), ``"sum"`` or ``"mean"`` over rows.
 
     Returns:
@@ -379,7 +392,7 @@ def gaussian_kl(
                 value = torch.zeros((), dtype=mu.dtype, device=mu.device)
             value = _checks.tensor(value, name)
             _checks.same_dtype_and_device([("mu", mu), (name, value)])
-            prior.append(_rows(_checks.broadcast_to(name, value, mu.shape, "mu")))
+            prior.append(_prior_rows(_checks.broadcast_to(name, value, mu.shape, "mu")))
         kl = _gaussian_kl(_rows(mu), _rows(logvar), prior[0], prior[1])
     return _reduce(kl.reshape(mu.shape[:-1]), reduction)
 
