@@ -1,19 +1,24 @@
-"""Build fastvae: the pure-Python package, plus the CUDA extension fastvae._C when a toolkit exists.
+"""Build fastvae: the Python package and the extension fastvae._C.
 
 Metadata lives in pyproject.toml; this file adds the package layout and the extension, which CMake
-(Ninja generator) builds from CMakeLists.txt and csrc/. The extension does not use PyTorch, so the
-build never needs it.
+(Ninja generator) builds from CMakeLists.txt and csrc/: always its CPU kernels (csrc/cpu/, the ``cpu``
+backend), and its CUDA kernels when a CUDA toolkit is found. The extension does not use PyTorch, so
+the build never needs it. Without a toolkit the extension is optional: if even the CPU build fails
+(no C++ compiler, say) a warning says so and the pure-Python package is installed, whose CPU tensors
+then take the ``torch`` reference.
 
 CUDA toolkit, first match wins:
   1. $CUDA_HOME, else $CUDA_PATH: if set, only that directory is considered (so setting it to a
      directory without a toolkit builds without the extension);
   2. nvcc on PATH, following symlinks; a wrapper script is resolved by asking nvcc where it lives;
   3. /usr/local/cuda.
-No toolkit: the pure-Python package is installed and a warning says why. A toolkit that fails to
-build the extension fails the install (set FASTVAE_NO_CUDA=1 to install without the extension).
+No toolkit: the extension is built with the CPU kernels only, and a warning says why. A toolkit
+that fails to build the extension fails the install (set FASTVAE_NO_CUDA=1 to build it without
+CUDA).
 
 Environment variables:
-  FASTVAE_NO_CUDA=1      skip the extension.
+  FASTVAE_NO_CUDA=1      build the extension without its CUDA kernels.
+  FASTVAE_NO_EXTENSION=1 skip the extension altogether (the pure-Python package).
   FASTVAE_CUDA_ARCHS     CUDA architectures, as CMake's CUDA_ARCHITECTURES entries separated by
                          ";", "," or spaces: "80;90a", "80 90a-real", or with dots, "8.0 9.0a"
                          (the dot is dropped). An entry NN means sm_NN code plus compute_NN PTX,
@@ -125,16 +130,18 @@ def _build_tool(name: str) -> str:
     if path is None:
         raise CompileError(
             f"{name} not found, but it is needed to build fastvae._C: pip install cmake ninja, "
-            "or set FASTVAE_NO_CUDA=1 to install without the CUDA extension"
+            "or set FASTVAE_NO_EXTENSION=1 to install without the extension"
         )
     return path
 
 
 class CMakeExtension(Extension):
-    """An extension module that CMakeLists.txt builds with the CUDA toolkit at `cuda_toolkit`."""
+    """An extension module that CMakeLists.txt builds, with the CUDA toolkit at `cuda_toolkit` or,
+    when that is None, with the CPU kernels alone (then the extension is optional: a failed build
+    is a warning)."""
 
-    def __init__(self, name: str, cuda_toolkit: Path, found_by: str) -> None:
-        super().__init__(name, sources=[])
+    def __init__(self, name: str, cuda_toolkit: Path | None, found_by: str) -> None:
+        super().__init__(name, sources=[], optional=cuda_toolkit is None)
         self.cuda_toolkit = cuda_toolkit
         self.found_by = found_by
 
@@ -146,7 +153,6 @@ class CMakeBuild(build_ext):
         import pybind11
 
         toolkit = ext.cuda_toolkit
-        archs = cuda_architectures(os.environ.get("FASTVAE_CUDA_ARCHS"))
         werror = os.environ.get("FASTVAE_CUDA_WERROR", "") not in ("", "0")
         output_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / ext.name
@@ -156,47 +162,52 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_MAKE_PROGRAM={ninja}",
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={output_dir}",
-            f"-DCMAKE_CUDA_COMPILER={toolkit / 'bin' / 'nvcc'}",
-            f"-DCUDAToolkit_ROOT={toolkit}",
-            f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
             f"-DCMAKE_COMPILE_WARNING_AS_ERROR={'ON' if werror else 'OFF'}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DPython_EXECUTABLE={sys.executable}",
         ]
-        print(
-            f"building fastvae._C with the CUDA toolkit at {toolkit} (found by {ext.found_by}), "
-            f"architectures {archs}, warnings as errors {'on' if werror else 'off'}",
-            flush=True,
-        )
+        if toolkit is None:
+            configure.append("-DFASTVAE_WITH_CUDA=OFF")
+            what = f"the CPU kernels only ({ext.found_by})"
+        else:
+            archs = cuda_architectures(os.environ.get("FASTVAE_CUDA_ARCHS"))
+            configure += [
+                "-DFASTVAE_WITH_CUDA=ON",
+                f"-DCMAKE_CUDA_COMPILER={toolkit / 'bin' / 'nvcc'}",
+                f"-DCUDAToolkit_ROOT={toolkit}",
+                f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
+            ]
+            what = f"the CUDA toolkit at {toolkit} (found by {ext.found_by}), architectures {archs}"
+        print(f"building fastvae._C with {what}, warnings as errors {'on' if werror else 'off'}", flush=True)
         try:
             subprocess.run(configure, check=True)
             subprocess.run([cmake, "--build", str(build_dir)], check=True)
         except (OSError, subprocess.CalledProcessError) as exc:
+            if toolkit is None:
+                raise CompileError(f"building fastvae._C (CPU kernels only) failed ({exc})") from exc
             raise CompileError(
                 f"building fastvae._C with the CUDA toolkit at {toolkit} failed ({exc}); fix the "
-                "error above, or set FASTVAE_NO_CUDA=1 to install without the CUDA extension"
+                "error above, or set FASTVAE_NO_CUDA=1 to build it without CUDA"
             ) from exc
 
 
 class BuildPy(build_py):
-    """build_py that also warns, once per build, that the CUDA extension is left out and why."""
+    """build_py that also warns, once per build, what of the extension is left out and why."""
 
     def run(self) -> None:
-        if CUDA_TOOLKIT is None:
-            warnings.warn(
-                f"fastvae._C (the CUDA extension) is not built: {TOOLKIT_NOTE}; "
-                "installing the pure-Python package"
-            )
+        if NO_EXTENSION:
+            warnings.warn("fastvae._C is not built: FASTVAE_NO_EXTENSION is set; installing the pure-Python package")
+        elif CUDA_TOOLKIT is None:
+            warnings.warn(f"fastvae._C is built without its CUDA kernels: {TOOLKIT_NOTE}")
         super().run()
 
 
+NO_EXTENSION = os.environ.get("FASTVAE_NO_EXTENSION", "") not in ("", "0")
 CUDA_TOOLKIT, TOOLKIT_NOTE = find_cuda_toolkit()
 
 setup(
     packages=[*find_packages(include=["fastvae", "fastvae.*"]), "fastvae.kernels"],
     package_dir={"fastvae.kernels": "kernels"},
-    ext_modules=[] if CUDA_TOOLKIT is None else [
-        CMakeExtension("fastvae._C", CUDA_TOOLKIT, found_by=TOOLKIT_NOTE)
-    ],
+    ext_modules=[] if NO_EXTENSION else [CMakeExtension("fastvae._C", CUDA_TOOLKIT, found_by=TOOLKIT_NOTE)],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
 )

@@ -1,4 +1,5 @@
-// The pybind11 module fastvae._C.
+// The CUDA part of the pybind11 module fastvae._C (module.cpp), compiled when the build has a CUDA
+// toolkit.
 //
 // Functions here are thin: they take raw device pointers, sizes and a CUDA stream handle as Python
 // ints, check them (raising ValueError that names the argument), and call the launchers in the
@@ -12,6 +13,8 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings.h"
+#include "bindings_ops.h"
 #include "device.h"
 // --- op family headers (gaussian.h, iwae.h, vq.h) ---
 #include "vq.h"
@@ -22,17 +25,7 @@ namespace py = pybind11;
 
 namespace {
 
-void require_non_null(std::uintptr_t ptr, const char* name) {
-  if (ptr == 0) {
-    throw py::value_error(std::string(name) + " must be a non-null device pointer, got 0");
-  }
-}
-
-void require_non_negative(std::int64_t value, const char* name) {
-  if (value < 0) {
-    throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(value));
-  }
-}
+using namespace fastvae::bindings;
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
@@ -57,179 +50,77 @@ void axpy_f32(std::uintptr_t x_ptr, std::uintptr_t y_ptr, std::int64_t n, float 
                     alpha, as_stream(stream));
 }
 
-// --- gaussian bindings ---
-
-// Pointer arguments of the op-family bindings: a required one must be non-null (ValueError naming
-// it); an optional one is 0 for an absent tensor, which the launchers take as nullptr.
-const void* input_ptr(std::uintptr_t ptr, const char* name) {
-  require_non_null(ptr, name);
-  return reinterpret_cast<const void*>(ptr);
-}
-
-void* output_ptr(std::uintptr_t ptr, const char* name) {
-  require_non_null(ptr, name);
-  return reinterpret_cast<void*>(ptr);
-}
-
-const void* optional_input_ptr(std::uintptr_t ptr) { return reinterpret_cast<const void*>(ptr); }
-
-void* optional_output_ptr(std::uintptr_t ptr) { return reinterpret_cast<void*>(ptr); }
-
-// Two optional pointers that must be given together (both non-null) or not at all (both 0).
-void require_paired(std::uintptr_t a, const char* a_name, std::uintptr_t b, const char* b_name) {
-  if ((a == 0) != (b == 0)) {
-    throw py::value_error(std::string(a_name) + " and " + b_name +
-                          " must both be non-null or both be 0, got " + std::to_string(a) +
-                          " and " + std::to_string(b));
+// The CUDA launchers of gaussian.h and iwae.h with the stream as the int Python passes, for
+// def_gaussian_iwae (bindings_ops.h).
+struct CudaLaunch {
+  static void reparameterize_fwd(int dtype, const void* mu, const void* logvar, const void* eps,
+                                 void* z, void* kl, std::int64_t rows, std::int64_t dim,
+                                 std::uint64_t seed, std::uintptr_t stream) {
+    fastvae::reparameterize_fwd(dtype, mu, logvar, eps, z, kl, rows, dim, seed, as_stream(stream));
   }
-}
-
-void reparameterize_fwd(int dtype, std::uintptr_t mu_ptr, std::uintptr_t logvar_ptr,
-                        std::uintptr_t eps_ptr, std::uintptr_t z_ptr, std::uintptr_t kl_ptr,
-                        std::int64_t rows, std::int64_t dim, std::int64_t seed,
-                        std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  require_non_negative(seed, "seed");
-  fastvae::reparameterize_fwd(dtype, input_ptr(mu_ptr, "mu_ptr"),
-                              input_ptr(logvar_ptr, "logvar_ptr"), optional_input_ptr(eps_ptr),
-                              output_ptr(z_ptr, "z_ptr"), optional_output_ptr(kl_ptr), rows, dim,
-                              static_cast<std::uint64_t>(seed), as_stream(stream));
-}
-
-void reparameterize_bwd(int dtype, std::uintptr_t grad_z_ptr, std::int64_t grad_z_stride_row,
-                        std::int64_t grad_z_stride_col, std::uintptr_t grad_kl_ptr,
-                        std::int64_t grad_kl_stride, std::uintptr_t mu_ptr,
-                        std::uintptr_t logvar_ptr, std::uintptr_t grad_mu_ptr,
-                        std::uintptr_t grad_logvar_ptr, std::int64_t rows, std::int64_t dim,
-                        std::int64_t seed, std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  require_non_negative(seed, "seed");
-  if (grad_kl_ptr != 0) {
-    require_non_null(mu_ptr, "mu_ptr (with grad_kl_ptr)");
-    require_non_null(grad_mu_ptr, "grad_mu_ptr (with grad_kl_ptr)");
-  }
-  fastvae::reparameterize_bwd(
-      dtype, input_ptr(grad_z_ptr, "grad_z_ptr"), grad_z_stride_row, grad_z_stride_col,
-      optional_input_ptr(grad_kl_ptr), grad_kl_stride, optional_input_ptr(mu_ptr),
-      input_ptr(logvar_ptr, "logvar_ptr"), optional_output_ptr(grad_mu_ptr),
-      output_ptr(grad_logvar_ptr, "grad_logvar_ptr"), rows, dim, static_cast<std::uint64_t>(seed),
-      as_stream(stream));
-}
-
-void gaussian_kl_fwd(int dtype, std::uintptr_t mu_ptr, std::uintptr_t logvar_ptr,
-                     std::uintptr_t mu_p_ptr, std::uintptr_t logvar_p_ptr, std::uintptr_t kl_ptr,
-                     std::int64_t rows, std::int64_t dim, std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  require_paired(mu_p_ptr, "mu_p_ptr", logvar_p_ptr, "logvar_p_ptr");
-  fastvae::gaussian_kl_fwd(dtype, input_ptr(mu_ptr, "mu_ptr"), input_ptr(logvar_ptr, "logvar_ptr"),
-                           optional_input_ptr(mu_p_ptr), optional_input_ptr(logvar_p_ptr),
-                           output_ptr(kl_ptr, "kl_ptr"), rows, dim, as_stream(stream));
-}
-
-void gaussian_kl_bwd(int dtype, std::uintptr_t grad_ptr, std::int64_t grad_stride,
-                     std::uintptr_t mu_ptr, std::uintptr_t logvar_ptr, std::uintptr_t mu_p_ptr,
-                     std::uintptr_t logvar_p_ptr, std::uintptr_t grad_mu_ptr,
-                     std::uintptr_t grad_logvar_ptr, std::uintptr_t grad_mu_p_ptr,
-                     std::uintptr_t grad_logvar_p_ptr, std::int64_t rows, std::int64_t dim,
-                     std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  require_paired(mu_p_ptr, "mu_p_ptr", logvar_p_ptr, "logvar_p_ptr");
-  require_paired(mu_p_ptr, "mu_p_ptr", grad_mu_p_ptr, "grad_mu_p_ptr");
-  require_paired(mu_p_ptr, "mu_p_ptr", grad_logvar_p_ptr, "grad_logvar_p_ptr");
-  fastvae::gaussian_kl_bwd(dtype, input_ptr(grad_ptr, "grad_ptr"), grad_stride,
-                           input_ptr(mu_ptr, "mu_ptr"), input_ptr(logvar_ptr, "logvar_ptr"),
-                           optional_input_ptr(mu_p_ptr), optional_input_ptr(logvar_p_ptr),
-                           output_ptr(grad_mu_ptr, "grad_mu_ptr"),
-                           output_ptr(grad_logvar_ptr, "grad_logvar_ptr"),
-                           optional_output_ptr(grad_mu_p_ptr),
-                           optional_output_ptr(grad_logvar_p_ptr), rows, dim, as_stream(stream));
-}
-
-void gaussian_log_prob_fwd(int dtype, std::uintptr_t x_ptr, std::uintptr_t mu_ptr,
-                           std::uintptr_t logvar_ptr, std::uintptr_t out_ptr, std::int64_t rows,
-                           std::int64_t dim, std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  fastvae::gaussian_log_prob_fwd(dtype, input_ptr(x_ptr, "x_ptr"), optional_input_ptr(mu_ptr),
-                                 optional_input_ptr(logvar_ptr), output_ptr(out_ptr, "out_ptr"),
-                                 rows, dim, as_stream(stream));
-}
-
-void gaussian_log_prob_bwd(int dtype, std::uintptr_t grad_ptr, std::int64_t grad_stride,
-                           std::uintptr_t x_ptr, std::uintptr_t mu_ptr, std::uintptr_t logvar_ptr,
-                           std::uintptr_t grad_x_ptr, std::uintptr_t grad_mu_ptr,
-                           std::uintptr_t grad_logvar_ptr, std::int64_t rows, std::int64_t dim,
-                           std::uintptr_t stream) {
-  require_non_negative(rows, "rows");
-  require_non_negative(dim, "dim");
-  require_paired(mu_ptr, "mu_ptr", grad_mu_ptr, "grad_mu_ptr");
-  require_paired(logvar_ptr, "logvar_ptr", grad_logvar_ptr, "grad_logvar_ptr");
-  fastvae::gaussian_log_prob_bwd(
-      dtype, input_ptr(grad_ptr, "grad_ptr"), grad_stride, input_ptr(x_ptr, "x_ptr"),
-      optional_input_ptr(mu_ptr), optional_input_ptr(logvar_ptr),
-      output_ptr(grad_x_ptr, "grad_x_ptr"), optional_output_ptr(grad_mu_ptr),
-      optional_output_ptr(grad_logvar_ptr), rows, dim, as_stream(stream));
-}
-
-// --- iwae bindings ---
-
-void iwae_log_weights_fwd(int dtype, std::uintptr_t log_px_z_ptr, std::uintptr_t z_ptr,
-                          std::uintptr_t mu_ptr, std::uintptr_t logvar_ptr,
-                          std::uintptr_t log_w_ptr, std::int64_t samples, std::int64_t batch,
-                          std::int64_t dim, std::uintptr_t stream) {
-  require_non_negative(samples, "samples");
-  require_non_negative(batch, "batch");
-  require_non_negative(dim, "dim");
-  fastvae::iwae_log_weights_fwd(dtype, input_ptr(log_px_z_ptr, "log_px_z_ptr"),
-                                input_ptr(z_ptr, "z_ptr"), input_ptr(mu_ptr, "mu_ptr"),
-                                input_ptr(logvar_ptr, "logvar_ptr"),
-                                output_ptr(log_w_ptr, "log_w_ptr"), samples, batch, dim,
+  static void reparameterize_bwd(int dtype, const void* grad_z, std::int64_t grad_z_stride_row,
+                                 std::int64_t grad_z_stride_col, const void* grad_kl,
+                                 std::int64_t grad_kl_stride, const void* mu, const void* logvar,
+                                 void* grad_mu, void* grad_logvar, std::int64_t rows,
+                                 std::int64_t dim, std::uint64_t seed, std::uintptr_t stream) {
+    fastvae::reparameterize_bwd(dtype, grad_z, grad_z_stride_row, grad_z_stride_col, grad_kl,
+                                grad_kl_stride, mu, logvar, grad_mu, grad_logvar, rows, dim, seed,
                                 as_stream(stream));
-}
-
-void iwae_log_weights_bwd(int dtype, std::uintptr_t grad_ptr, std::int64_t grad_stride_k,
-                          std::int64_t grad_stride_b, std::uintptr_t z_ptr, std::uintptr_t mu_ptr,
-                          std::uintptr_t logvar_ptr, std::uintptr_t grad_z_ptr,
-                          std::uintptr_t grad_mu_ptr, std::uintptr_t grad_logvar_ptr,
-                          std::int64_t samples, std::int64_t batch, std::int64_t dim,
-                          std::uintptr_t stream) {
-  require_non_negative(samples, "samples");
-  require_non_negative(batch, "batch");
-  require_non_negative(dim, "dim");
-  fastvae::iwae_log_weights_bwd(
-      dtype, input_ptr(grad_ptr, "grad_ptr"), grad_stride_k, grad_stride_b,
-      input_ptr(z_ptr, "z_ptr"), input_ptr(mu_ptr, "mu_ptr"), input_ptr(logvar_ptr, "logvar_ptr"),
-      output_ptr(grad_z_ptr, "grad_z_ptr"), output_ptr(grad_mu_ptr, "grad_mu_ptr"),
-      output_ptr(grad_logvar_ptr, "grad_logvar_ptr"), samples, batch, dim, as_stream(stream));
-}
-
-void iwae_bound_fwd(int dtype, std::uintptr_t log_w_ptr, std::uintptr_t bound_ptr,
-                    std::uintptr_t lse_ptr, std::int64_t samples, std::int64_t groups,
-                    std::int64_t batch, std::uintptr_t stream) {
-  require_non_negative(samples, "samples");
-  require_non_negative(groups, "groups");
-  require_non_negative(batch, "batch");
-  fastvae::iwae_bound_fwd(dtype, input_ptr(log_w_ptr, "log_w_ptr"),
-                          output_ptr(bound_ptr, "bound_ptr"), output_ptr(lse_ptr, "lse_ptr"),
-                          samples, groups, batch, as_stream(stream));
-}
-
-void iwae_bound_bwd(int dtype, std::uintptr_t grad_ptr, std::int64_t grad_stride,
-                    std::uintptr_t log_w_ptr, std::uintptr_t lse_ptr, std::uintptr_t grad_log_w_ptr,
-                    std::int64_t samples, std::int64_t groups, std::int64_t batch,
-                    std::uintptr_t stream) {
-  require_non_negative(samples, "samples");
-  require_non_negative(groups, "groups");
-  require_non_negative(batch, "batch");
-  fastvae::iwae_bound_bwd(dtype, input_ptr(grad_ptr, "grad_ptr"), grad_stride,
-                          input_ptr(log_w_ptr, "log_w_ptr"), input_ptr(lse_ptr, "lse_ptr"),
-                          output_ptr(grad_log_w_ptr, "grad_log_w_ptr"), samples, groups, batch,
-                          as_stream(stream));
-}
+  }
+  static void gaussian_kl_fwd(int dtype, const void* mu, const void* logvar, const void* mu_p,
+                              const void* logvar_p, void* kl, std::int64_t rows, std::int64_t dim,
+                              std::uintptr_t stream) {
+    fastvae::gaussian_kl_fwd(dtype, mu, logvar, mu_p, logvar_p, kl, rows, dim, as_stream(stream));
+  }
+  static void gaussian_kl_bwd(int dtype, const void* grad, std::int64_t grad_stride,
+                              const void* mu, const void* logvar, const void* mu_p,
+                              const void* logvar_p, void* grad_mu, void* grad_logvar,
+                              void* grad_mu_p, void* grad_logvar_p, std::int64_t rows,
+                              std::int64_t dim, std::uintptr_t stream) {
+    fastvae::gaussian_kl_bwd(dtype, grad, grad_stride, mu, logvar, mu_p, logvar_p, grad_mu,
+                             grad_logvar, grad_mu_p, grad_logvar_p, rows, dim, as_stream(stream));
+  }
+  static void gaussian_log_prob_fwd(int dtype, const void* x, const void* mu, const void* logvar,
+                                    void* out, std::int64_t rows, std::int64_t dim,
+                                    std::uintptr_t stream) {
+    fastvae::gaussian_log_prob_fwd(dtype, x, mu, logvar, out, rows, dim, as_stream(stream));
+  }
+  static void gaussian_log_prob_bwd(int dtype, const void* grad, std::int64_t grad_stride,
+                                    const void* x, const void* mu, const void* logvar,
+                                    void* grad_x, void* grad_mu, void* grad_logvar,
+                                    std::int64_t rows, std::int64_t dim, std::uintptr_t stream) {
+    fastvae::gaussian_log_prob_bwd(dtype, grad, grad_stride, x, mu, logvar, grad_x, grad_mu,
+                                   grad_logvar, rows, dim, as_stream(stream));
+  }
+  static void iwae_log_weights_fwd(int dtype, const void* log_px_z, const void* z,
+                                   const void* mu, const void* logvar, void* log_w,
+                                   std::int64_t samples, std::int64_t batch, std::int64_t dim,
+                                   std::uintptr_t stream) {
+    fastvae::iwae_log_weights_fwd(dtype, log_px_z, z, mu, logvar, log_w, samples, batch, dim,
+                                  as_stream(stream));
+  }
+  static void iwae_log_weights_bwd(int dtype, const void* grad, std::int64_t grad_stride_k,
+                                   std::int64_t grad_stride_b, const void* z, const void* mu,
+                                   const void* logvar, void* grad_z, void* grad_mu,
+                                   void* grad_logvar, std::int64_t samples, std::int64_t batch,
+                                   std::int64_t dim, std::uintptr_t stream) {
+    fastvae::iwae_log_weights_bwd(dtype, grad, grad_stride_k, grad_stride_b, z, mu, logvar,
+                                  grad_z, grad_mu, grad_logvar, samples, batch, dim,
+                                  as_stream(stream));
+  }
+  static void iwae_bound_fwd(int dtype, const void* log_w, void* bound, void* lse,
+                             std::int64_t samples, std::int64_t groups, std::int64_t batch,
+                             std::uintptr_t stream) {
+    fastvae::iwae_bound_fwd(dtype, log_w, bound, lse, samples, groups, batch, as_stream(stream));
+  }
+  static void iwae_bound_bwd(int dtype, const void* grad, std::int64_t grad_stride,
+                             const void* log_w, const void* lse, void* grad_log_w,
+                             std::int64_t samples, std::int64_t groups, std::int64_t batch,
+                             std::uintptr_t stream) {
+    fastvae::iwae_bound_bwd(dtype, grad, grad_stride, log_w, lse, grad_log_w, samples, groups,
+                            batch, as_stream(stream));
+  }
+};
 
 // --- vq bindings ---
 
@@ -407,13 +298,9 @@ void vq_code_stats(int dtype, std::uintptr_t x_ptr, std::uintptr_t indices_ptr,
 
 }  // namespace vq_bindings
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() =
-      "fastvae's CUDA kernels. Takes raw device pointers, sizes and CUDA stream handles (ints); "
-      "use it through fastvae's ops, which allocate with PyTorch and choose the stream.";
-
+// The body of bind_cuda, here so that names resolve to the wrappers above rather than to the
+// launchers of the same names in namespace fastvae.
+void define_cuda(py::module_& m) {
   m.def("device_count", &fastvae::device_count,
         "Number of visible CUDA devices; 0 when the driver reports none. Raises RuntimeError "
         "when the CUDA driver cannot be used (e.g. none is installed).");
@@ -434,86 +321,7 @@ PYBIND11_MODULE(_C, m) {
         "y_ptr are device addresses (tensor.data_ptr()). Raises ValueError for a null pointer or "
         "n < 0 and RuntimeError if the launch fails.");
 
-  // --- gaussian defs ---
-  m.def("reparameterize_fwd", &reparameterize_fwd, py::arg("dtype"), py::arg("mu_ptr"),
-        py::arg("logvar_ptr"), py::arg("eps_ptr"), py::arg("z_ptr"), py::arg("kl_ptr"),
-        py::arg("rows"), py::arg("dim"), py::arg("seed"), py::arg("stream"),
-        "z = mu + exp(logvar / 2) * eps over contiguous (rows, dim) tensors of dtype code `dtype`, "
-        "eps from the Philox stream of `seed` (0 <= seed < 2**63) when eps_ptr is 0; with kl_ptr "
-        "non-zero also kl[r] = 0.5 * sum_d(mu^2 + e^logvar - 1 - logvar) (rows elements). "
-        "Enqueued on CUDA stream `stream`. Raises ValueError for a null required pointer, negative "
-        "sizes or seed, or an unknown dtype code, and RuntimeError if the launch fails.");
-  m.def("reparameterize_bwd", &reparameterize_bwd, py::arg("dtype"), py::arg("grad_z_ptr"),
-        py::arg("grad_z_stride_row"), py::arg("grad_z_stride_col"), py::arg("grad_kl_ptr"),
-        py::arg("grad_kl_stride"), py::arg("mu_ptr"), py::arg("logvar_ptr"),
-        py::arg("grad_mu_ptr"), py::arg("grad_logvar_ptr"), py::arg("rows"), py::arg("dim"),
-        py::arg("seed"), py::arg("stream"),
-        "Gradients of reparameterize_fwd with stream noise regenerated from `seed`: "
-        "grad_logvar = grad_z * exp(logvar / 2) * eps / 2; with grad_kl_ptr non-zero "
-        "(reparameterize_kl; then mu_ptr and grad_mu_ptr are required) also "
-        "grad_mu = grad_z + grad_kl * mu and grad_logvar += grad_kl * (e^logvar - 1) / 2. grad_z "
-        "and grad_kl are read through their strides (elements; 0 for expanded gradients). Raises "
-        "ValueError for bad arguments and RuntimeError if the launch fails.");
-  m.def("gaussian_kl_fwd", &gaussian_kl_fwd, py::arg("dtype"), py::arg("mu_ptr"),
-        py::arg("logvar_ptr"), py::arg("mu_p_ptr"), py::arg("logvar_p_ptr"), py::arg("kl_ptr"),
-        py::arg("rows"), py::arg("dim"), py::arg("stream"),
-        "Per-row KL(N(mu, e^logvar) || N(mu_p, e^logvar_p)) over contiguous (rows, dim) tensors, "
-        "or to N(0, I) when mu_p_ptr and logvar_p_ptr are both 0 (they go together). Raises "
-        "ValueError for bad arguments and RuntimeError if the launch fails.");
-  m.def("gaussian_kl_bwd", &gaussian_kl_bwd, py::arg("dtype"), py::arg("grad_ptr"),
-        py::arg("grad_stride"), py::arg("mu_ptr"), py::arg("logvar_ptr"), py::arg("mu_p_ptr"),
-        py::arg("logvar_p_ptr"), py::arg("grad_mu_ptr"), py::arg("grad_logvar_ptr"),
-        py::arg("grad_mu_p_ptr"), py::arg("grad_logvar_p_ptr"), py::arg("rows"), py::arg("dim"),
-        py::arg("stream"),
-        "Gradients of gaussian_kl_fwd for mu and logvar, and with a prior (mu_p_ptr, "
-        "logvar_p_ptr, grad_mu_p_ptr, grad_logvar_p_ptr all non-zero) for mu_p and logvar_p. "
-        "grad[r] is read at row stride grad_stride. Raises ValueError for bad arguments and "
-        "RuntimeError if the launch fails.");
-  m.def("gaussian_log_prob_fwd", &gaussian_log_prob_fwd, py::arg("dtype"), py::arg("x_ptr"),
-        py::arg("mu_ptr"), py::arg("logvar_ptr"), py::arg("out_ptr"), py::arg("rows"),
-        py::arg("dim"), py::arg("stream"),
-        "Per-row log N(x; mu, e^logvar) summed over dim, with mu = 0 where mu_ptr is 0 and "
-        "logvar = 0 where logvar_ptr is 0. Raises ValueError for bad arguments and RuntimeError "
-        "if the launch fails.");
-  m.def("gaussian_log_prob_bwd", &gaussian_log_prob_bwd, py::arg("dtype"), py::arg("grad_ptr"),
-        py::arg("grad_stride"), py::arg("x_ptr"), py::arg("mu_ptr"), py::arg("logvar_ptr"),
-        py::arg("grad_x_ptr"), py::arg("grad_mu_ptr"), py::arg("grad_logvar_ptr"),
-        py::arg("rows"), py::arg("dim"), py::arg("stream"),
-        "Gradients of gaussian_log_prob_fwd: grad_x, and grad_mu / grad_logvar exactly when "
-        "mu_ptr / logvar_ptr are given. grad[r] is read at row stride grad_stride. Raises "
-        "ValueError for bad arguments and RuntimeError if the launch fails.");
-
-  // --- iwae defs ---
-  m.def("iwae_log_weights_fwd", &iwae_log_weights_fwd, py::arg("dtype"),
-        py::arg("log_px_z_ptr"), py::arg("z_ptr"), py::arg("mu_ptr"), py::arg("logvar_ptr"),
-        py::arg("log_w_ptr"), py::arg("samples"), py::arg("batch"), py::arg("dim"),
-        py::arg("stream"),
-        "log_w (K, B) = log_px_z + log N(z; 0, I) - log N(z; mu, e^logvar) summed over D, for "
-        "contiguous log_px_z (K, B), z (K, B, D), mu and logvar (B, D) of dtype code `dtype` "
-        "(K = samples, B = batch, D = dim). Raises ValueError for a null pointer, negative sizes "
-        "or an unknown dtype code, and RuntimeError if the launch fails.");
-  m.def("iwae_log_weights_bwd", &iwae_log_weights_bwd, py::arg("dtype"), py::arg("grad_ptr"),
-        py::arg("grad_stride_k"), py::arg("grad_stride_b"), py::arg("z_ptr"), py::arg("mu_ptr"),
-        py::arg("logvar_ptr"), py::arg("grad_z_ptr"), py::arg("grad_mu_ptr"),
-        py::arg("grad_logvar_ptr"), py::arg("samples"), py::arg("batch"), py::arg("dim"),
-        py::arg("stream"),
-        "Gradients of iwae_log_weights_fwd for z (K, B, D), and mu and logvar (B, D; sums over the "
-        "K samples). grad (K, B) is read through its strides (elements). Raises ValueError for bad "
-        "arguments and RuntimeError if the launch fails.");
-  m.def("iwae_bound_fwd", &iwae_bound_fwd, py::arg("dtype"), py::arg("log_w_ptr"),
-        py::arg("bound_ptr"), py::arg("lse_ptr"), py::arg("samples"), py::arg("groups"),
-        py::arg("batch"), py::arg("stream"),
-        "For contiguous log_w (K, M, B) (K = samples, M = groups; IWAE is M = 1): "
-        "lse (M, B) = logsumexp over K, in float32 (float64 for float64), and bound (B,) = "
-        "mean over M of lse - log K in log_w's dtype. Raises ValueError for bad arguments and "
-        "RuntimeError if the launch fails.");
-  m.def("iwae_bound_bwd", &iwae_bound_bwd, py::arg("dtype"), py::arg("grad_ptr"),
-        py::arg("grad_stride"), py::arg("log_w_ptr"), py::arg("lse_ptr"),
-        py::arg("grad_log_w_ptr"), py::arg("samples"), py::arg("groups"), py::arg("batch"),
-        py::arg("stream"),
-        "Gradient of iwae_bound_fwd: grad_log_w (K, M, B) = grad[b] / M * exp(log_w - lse), zero "
-        "where lse is not finite; grad (B,) is read at stride grad_stride. Raises ValueError for "
-        "bad arguments and RuntimeError if the launch fails.");
+  def_gaussian_iwae<CudaLaunch>(m);
 
   // --- vq defs ---
   m.def("vq_code_half_sq", &vq_bindings::vq_code_half_sq, py::arg("dtype"),
@@ -580,3 +388,7 @@ PYBIND11_MODULE(_C, m) {
         "by atomics into zeroed buffers of the accumulation dtype; rows with an index outside "
         "[0, num_codes) are skipped. Raises ValueError for a null pointer or sizes out of range.");
 }
+
+}  // namespace
+
+void fastvae::bindings::bind_cuda(py::module_& m) { define_cuda(m); }

@@ -1,6 +1,6 @@
 """Backend selection: which implementation of each op runs.
 
-Three backends implement every op (see DESIGN.md):
+Four backends (see DESIGN.md):
 
 ``torch``
     The pure-PyTorch reference in :mod:`fastvae.reference`: the ground truth, and the path for CPU
@@ -10,11 +10,17 @@ Three backends implement every op (see DESIGN.md):
     under ``TRITON_INTERPRET=1`` (how CI tests it).
 ``cuda``
     Hand-written CUDA kernels from the extension ``fastvae._C``. CUDA tensors only.
+``cpu``
+    Compiled CPU kernels from the same extension (``fastvae._C.cpu``, built with or without a CUDA
+    toolkit) for the Gaussian and importance-weighted ops, where a call's cost at the sizes users
+    call them with is Python and dispatch overhead that the reference's many small ops multiply.
+    CPU tensors only. It has no vector-quantisation ops: there the reference's matrix product is
+    PyTorch's own compiled code already, and ``auto`` runs the reference.
 
 The backend is chosen, from strongest to weakest, by :func:`use_backend` (a context manager), by
 :func:`set_backend`, and by the environment variable ``FASTVAE_BACKEND`` read at import. The default,
-``auto``, picks per op the fastest compiled backend measured for a CUDA tensor and ``torch``
-otherwise. Forcing a backend that cannot run raises :class:`BackendUnavailableError` naming what is
+``auto``, picks per op the fastest compiled backend measured for a CUDA tensor; for a CPU tensor,
+``cpu`` where it implements the op and ``torch`` otherwise. Forcing a backend that cannot run raises :class:`BackendUnavailableError` naming what is
 missing.
 
 Op modules register the reference implementations with :func:`register` and the compiled ones with
@@ -47,10 +53,14 @@ __all__ = [
 ]
 
 #: Every backend name :func:`set_backend` accepts, ``auto`` first.
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "cuda")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "cuda", "cpu")
 
-#: Compiled backends in the order ``auto`` prefers them for an op with no measured ranking.
+#: Compiled backends for CUDA tensors, in the order ``auto`` prefers them for an op with no measured
+#: ranking.
 _COMPILED: tuple[str, ...] = ("triton", "cuda")
+
+#: Backends whose implementations come from kernel modules (:func:`register_kernels`).
+_KERNEL_BACKENDS: tuple[str, ...] = (*_COMPILED, "cpu")
 
 
 
@@ -118,8 +128,8 @@ def register_kernels(backend: str, module: str, ops: tuple[str, ...]) -> None:
 
     The module is imported on first use; if that fails the backend reports the import error.
     """
-    if backend not in _COMPILED:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, _COMPILED))}, got {backend!r}")
+    if backend not in _KERNEL_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _KERNEL_BACKENDS))}, got {backend!r}")
     _PENDING.setdefault(backend, []).append((module, ops))
 
 
@@ -169,6 +179,19 @@ def _missing(backend: str, device: torch.device | None = None) -> str | None:
         if device is not None and device.type != "cuda":
             return f"the cuda backend needs CUDA tensors, got tensors on {device.type}"
         return None
+    if backend == "cpu":
+        from fastvae import _extension
+
+        reason = _extension.cpu_unavailable_reason()
+        if reason is not None:
+            return reason
+        if not _has_kernels("cpu"):
+            if "cpu" in _IMPORT_ERRORS:
+                return _IMPORT_ERRORS["cpu"]
+            return "this version of fastvae has no CPU kernels yet"
+        if device is not None and device.type != "cpu":
+            return f"the cpu backend needs CPU tensors, got tensors on {device.type}"
+        return None
     raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
 
@@ -176,7 +199,8 @@ def available_backends() -> list[str]:
     """Names of the backends that can run on this machine, ``torch`` first.
 
     Returns:
-        A list drawn from ``"torch"``, ``"triton"`` and ``"cuda"``. ``"torch"`` is always present.
+        A list drawn from ``"torch"``, ``"triton"``, ``"cuda"`` and ``"cpu"``. ``"torch"`` is always
+        present.
     """
     return [name for name in BACKENDS[1:] if _missing(name) is None]
 
@@ -193,7 +217,7 @@ def set_backend(name: str) -> None:
     """Choose the backend for every op from now on (outside any :func:`use_backend` block).
 
     Args:
-        name: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+        name: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
 
     Raises:
         ValueError: ``name`` is not a backend name.
@@ -218,7 +242,7 @@ def use_backend(name: str) -> Iterator[None]:
     not per thread.
 
     Args:
-        name: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+        name: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
 
     Raises:
         ValueError: ``name`` is not a backend name.
@@ -237,8 +261,38 @@ def use_backend(name: str) -> Iterator[None]:
 def register(op: str, backend: str, impl: Callable[..., object]) -> None:
     """Register ``impl`` as ``backend``'s implementation of ``op`` (called by op modules at import)."""
     if backend not in BACKENDS[1:]:
-        raise ValueError(f"backend must be one of 'torch', 'triton', 'cuda', got {backend!r}")
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS[1:]))}, got {backend!r}")
     _IMPLS.setdefault(op, {})[backend] = impl
+
+
+#: Backends ``auto`` found unable to run here (asked once: the answer does not change in a process).
+_AUTO_UNAVAILABLE: set[str] = set()
+
+#: ``(backend, device type)`` pairs found able to run, so that the check on every op call is a set
+#: lookup once it has passed (a backend that could run does not stop being able to in a process).
+_RUNS_ON: set[tuple[str, str]] = set()
+
+
+def _cannot_run(name: str, device: torch.device) -> str | None:
+    """:func:`_missing` for an op call, remembering success."""
+    key = (name, device.type)
+    if key in _RUNS_ON:
+        if name in _PENDING:  # an op module registered since: load its kernels too
+            _load_kernels(name)
+        return None
+    reason = _missing(name, device)
+    if reason is None:
+        _RUNS_ON.add(key)
+    return reason
+
+
+def _cpu_impl(op: str) -> Callable[..., object] | None:
+    """The ``cpu`` backend's implementation of ``op`` for ``auto``, or None. The first call loads the
+    kernel modules (later calls find the implementations registered); if the backend cannot run here
+    (no extension), that is remembered, so ``auto`` does not ask again on every call."""
+    if "cpu" in _PENDING and "cpu" not in _AUTO_UNAVAILABLE and _missing("cpu") is not None:
+        _AUTO_UNAVAILABLE.add("cpu")
+    return _IMPLS[op].get("cpu")
 
 
 def resolve(op: str, device: torch.device) -> Callable[..., object]:
@@ -252,10 +306,14 @@ def resolve(op: str, device: torch.device) -> Callable[..., object]:
     if name == "auto":
         if device.type == "cuda":
             for candidate in _MEASURED_PREFERENCE.get(op, _COMPILED):
-                if _missing(candidate, device) is None and candidate in impls:
+                if _cannot_run(candidate, device) is None and candidate in impls:
                     return impls[candidate]
+        elif device.type == "cpu":
+            cpu = impls.get("cpu") or _cpu_impl(op)
+            if cpu is not None:
+                return cpu
         return impls["torch"]
-    reason = _missing(name, device)
+    reason = _cannot_run(name, device)
     if reason is None and name not in impls:
         reason = f"it has no implementation of {op}"
     if reason is not None:

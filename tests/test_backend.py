@@ -16,12 +16,12 @@ from fastvae import backend
 def test_torch_is_always_available():
     names = fastvae.available_backends()
     assert names[0] == "torch"
-    assert set(names) <= {"torch", "triton", "cuda"}
+    assert set(names) <= {"torch", "triton", "cuda", "cpu"}
 
 
 @pytest.mark.parametrize("setter", [fastvae.set_backend, lambda name: fastvae.use_backend(name).__enter__()])
 def test_unknown_backend_name_is_a_value_error(setter):
-    with pytest.raises(ValueError, match="name must be one of 'auto', 'torch', 'triton', 'cuda', got 'tpu'"):
+    with pytest.raises(ValueError, match="name must be one of 'auto', 'torch', 'triton', 'cuda', 'cpu', got 'tpu'"):
         setter("tpu")
 
 
@@ -38,7 +38,7 @@ def test_use_backend_restores_previous_choice():
         fastvae.set_backend("auto")
 
 
-@pytest.mark.parametrize("name", ["triton", "cuda"])
+@pytest.mark.parametrize("name", ["triton", "cuda", "cpu"])
 def test_forcing_an_unavailable_backend_names_what_is_missing(name):
     if name in fastvae.available_backends():
         pytest.skip(f"{name} is available here")
@@ -47,13 +47,34 @@ def test_forcing_an_unavailable_backend_names_what_is_missing(name):
     assert backend.get_backend() == "auto"
 
 
-def test_auto_runs_the_reference_on_cpu():
-    mu, logvar = torch.randn(3, 4), torch.randn(3, 4)
+def test_auto_runs_the_cpu_kernels_on_cpu_where_built_and_the_reference_otherwise():
+    cpu = "cpu" in fastvae.available_backends()
     with fastvae.use_backend("auto"):
-        auto = fastvae.gaussian_kl(mu, logvar)
-    with fastvae.use_backend("torch"):
-        forced = fastvae.gaussian_kl(mu, logvar)
-    torch.testing.assert_close(auto, forced, rtol=0, atol=0)
+        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["cpu" if cpu else "torch"]
+        assert backend.resolve("iwae_bound", torch.device("cpu")) is backend._IMPLS["iwae_bound"]["cpu" if cpu else "torch"]
+        # No compiled CPU search: the reference's matrix product is PyTorch's own compiled code.
+        assert backend.resolve("vq_nearest", torch.device("cpu")) is backend._IMPLS["vq_nearest"]["torch"]
+
+
+def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(backend, "_missing", lambda name, device=None: "not built" if name == "cpu" else None)
+    monkeypatch.setitem(backend._IMPLS, "gaussian_kl", {k: v for k, v in backend._IMPLS["gaussian_kl"].items() if k != "cpu"})
+    monkeypatch.setitem(backend._PENDING, "cpu", [])
+    monkeypatch.setattr(backend, "_AUTO_UNAVAILABLE", set())
+    with fastvae.use_backend("auto"):
+        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
+        assert backend._AUTO_UNAVAILABLE == {"cpu"}
+        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
+
+
+def test_the_cpu_backend_refuses_cuda_tensors_and_ops_it_lacks():
+    if "cpu" not in fastvae.available_backends():
+        pytest.skip("fastvae._C (with its CPU kernels) is not built here")
+    with fastvae.use_backend("cpu"):
+        with pytest.raises(fastvae.BackendUnavailableError, match="the cpu backend needs CPU tensors, got tensors on cuda"):
+            backend.resolve("gaussian_kl", torch.device("cuda"))
+        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run vq_nearest: it has no implementation"):
+            backend.resolve("vq_nearest", torch.device("cpu"))
 
 
 def test_resolve_names_op_when_backend_lacks_it(monkeypatch):

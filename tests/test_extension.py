@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fastvae import _extension
+from tolerances import assert_close
 
 # Tolerance of a float32 axpy against the float64 formula: one or two float32 roundings.
 FP32_TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -32,11 +33,21 @@ def fresh_import() -> Iterator[None]:
 
 @pytest.fixture
 def C() -> types.ModuleType:
-    """The built extension; skips the test when fastvae._C was not built or does not import."""
+    """The built extension with its CUDA kernels; skips the test when fastvae._C was not built,
+    does not import, or was built without CUDA."""
     module = _extension.load()
-    if module is None:
-        pytest.skip(f"fastvae._C is unavailable: {_extension.unavailable_reason()}")
+    if module is None or not module.has_cuda:
+        pytest.skip(f"fastvae._C's CUDA kernels are unavailable: {_extension.unavailable_reason()}")
     return module
+
+
+@pytest.fixture
+def C_cpu() -> types.ModuleType:
+    """The extension's CPU kernels; skips the test when fastvae._C was not built or does not import."""
+    reason = _extension.cpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"fastvae._C's CPU kernels are unavailable: {reason}")
+    return _extension.load().cpu
 
 
 def _visible_devices(C: types.ModuleType) -> int:
@@ -105,6 +116,79 @@ def test_device_visibility_decides_availability(
     assert _extension.load() is fake
     assert _extension.unavailable_reason() == (None if cuda_available else _extension.NO_DEVICE)
     assert _extension.is_available() == cuda_available
+
+
+def test_a_module_built_without_cuda_says_so(monkeypatch: pytest.MonkeyPatch, fresh_import: None) -> None:
+    fake = types.ModuleType("fastvae._C")
+    fake.has_cuda = False
+    fake.cpu = types.ModuleType("fastvae._C.cpu")
+    monkeypatch.setitem(sys.modules, "fastvae._C", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _extension.unavailable_reason() == _extension.NO_CUDA
+    assert not _extension.is_available()
+    assert _extension.cpu_unavailable_reason() is None
+
+
+def test_a_module_without_cpu_kernels_is_reported(monkeypatch: pytest.MonkeyPatch, fresh_import: None) -> None:
+    monkeypatch.setitem(sys.modules, "fastvae._C", types.ModuleType("fastvae._C"))
+    assert "no CPU kernels" in _extension.cpu_unavailable_reason()
+    monkeypatch.setitem(sys.modules, "fastvae._C", None)
+    _extension._import.cache_clear()
+    assert _extension.cpu_unavailable_reason() == _extension.NOT_BUILT
+
+
+# --- the CPU kernels ----------------------------------------------------------------------------
+
+
+def _check_normal_stream(cpu: types.ModuleType) -> None:
+    """The compiled stream equals the reference's to float32 rounding of log, sqrt, cos and sin."""
+    from fastvae.reference.philox import normal_stream
+
+    for rows, dim, seed in [(5, 9, 0), (33, 130, 2**63 - 1), (1, 1, 12345)]:
+        out = torch.full((rows, dim), float("nan"))
+        cpu.normal_stream(out.data_ptr(), rows, dim, seed)
+        assert_close(out, normal_stream(rows, dim, seed), torch.float32)
+
+
+def test_cpu_normal_stream_is_the_reference_stream(C_cpu: types.ModuleType) -> None:
+    _check_normal_stream(C_cpu)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"rows": -1}, "rows must be >= 0, got -1"),
+        ({"seed": -2}, "seed must be >= 0, got -2"),
+        ({"mu_ptr": 0}, "mu_ptr must be a non-null pointer, got 0"),
+        ({"dtype": 7}, "unsupported dtype code 7"),
+    ],
+)
+def test_cpu_kernels_check_their_arguments(C_cpu: types.ModuleType, override: dict[str, Any], message: str) -> None:
+    mu, z = torch.zeros(2, 3), torch.zeros(2, 3)
+    args = {"dtype": 0, "mu_ptr": mu.data_ptr(), "logvar_ptr": mu.data_ptr(), "eps_ptr": 0, "z_ptr": z.data_ptr(),
+            "kl_ptr": 0, "rows": 2, "dim": 3, "seed": 0, "stream": 0}
+    with pytest.raises(ValueError, match=message):
+        C_cpu.reparameterize_fwd(**{**args, **override})
+
+
+def test_a_cpu_only_build_imports_and_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The extension built without a CUDA toolkit (``.ci/run`` builds one with CMake and
+    ``-DFASTVAE_WITH_CUDA=OFF`` and names it in FASTVAE_CPU_ONLY_EXTENSION): it imports, says it has
+    no CUDA, and its CPU kernels run."""
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    path = os.environ.get("FASTVAE_CPU_ONLY_EXTENSION")
+    if not path:
+        pytest.skip("FASTVAE_CPU_ONLY_EXTENSION does not name a CPU-only build of fastvae._C")
+    loader = importlib.machinery.ExtensionFileLoader("_C", path)
+    spec = importlib.util.spec_from_file_location("_C", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    assert module.has_cuda is False
+    assert not hasattr(module, "device_count")
+    _check_normal_stream(module.cpu)
 
 
 # --- the extension, no GPU needed ---------------------------------------------------------------

@@ -324,7 +324,7 @@ OP_SPECS: dict[str, OpSpec] = {
 # --- cases -------------------------------------------------------------------------------------------
 
 #: Backends that run fastvae's op (the others run the eager function, plain or compiled).
-FASTVAE_BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
+FASTVAE_BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda", "cpu")
 
 
 @dataclass(frozen=True)

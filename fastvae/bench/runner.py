@@ -34,6 +34,7 @@ from typing import Any, TextIO
 import torch
 
 import fastvae
+from fastvae import backend as fastvae_backend
 from fastvae.bench import cases, timing
 from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SELECTIONS, SHAPES, Entry, Shape, plan, precisions_for
 
@@ -65,9 +66,10 @@ class BenchConfig:
         shapes: shape names to run instead of the selection's (fp32 and bf16, both modes, every
             backend); None: the selection's.
         dtypes: ``"fp32"``, ``"bf16"`` (``"fp16"`` too) to run every entry in; None: each entry's.
-        backends: ``"eager"``, ``"compile"``, ``"torch"``, ``"triton"``, ``"cuda"`` to run every entry
-            on; None: ``eager``, ``torch``, ``triton`` and ``cuda`` where they are available and the
-            device is CUDA, and ``compile`` for the entries that compare with it.
+        backends: ``"eager"``, ``"compile"``, ``"torch"``, ``"triton"``, ``"cuda"``, ``"cpu"`` to run
+            every entry on; None: ``eager``, ``torch``, the compiled backends available for the device
+            (``triton`` and ``cuda`` on CUDA, ``cpu`` on the CPU), and ``compile`` for the entries
+            that compare with it.
         modes: ``"fwd"``, ``"fwd+bwd"`` to run every entry in; None: each entry's.
         selection: one of :data:`~fastvae.bench.shapes.SELECTIONS` (``--quick``, ``--user``,
             ``--full``); None: :func:`default_selection`.
@@ -470,10 +472,21 @@ def _peer_row(shape: Shape, dtype: str, impl: str, backend: str | None, status: 
 
 
 def _compiled_backends(device: torch.device) -> tuple[str, ...]:
-    """fastvae's compiled backends that are benchmarked here: ``triton`` and ``cuda`` where available, on CUDA."""
-    if device.type != "cuda":
-        return ()
-    return tuple(name for name in ("triton", "cuda") if name in fastvae.available_backends())
+    """fastvae's compiled backends that are benchmarked here, where available: ``triton`` and ``cuda``
+    on a CUDA device, ``cpu`` (the extension's CPU kernels) on the CPU."""
+    names = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
+    return tuple(name for name in names if name in fastvae.available_backends())
+
+
+def _implements(backend: str, op: str, device: torch.device) -> bool:
+    """Whether fastvae backend ``backend`` runs every fastvae op that benchmark op ``op`` calls on ``device``."""
+    with fastvae.use_backend(backend):
+        try:
+            for name in cases.OP_SPECS[op].fastvae_ops:
+                fastvae_backend.resolve(name, device)
+        except fastvae.BackendUnavailableError:
+            return False
+    return True
 
 
 def _memory_scaling_impls(config: BenchConfig, device: torch.device) -> list[tuple[str, str | None]]:
@@ -533,10 +546,11 @@ class _Runner:
 
     def backends(self, entry: Entry) -> tuple[str, ...]:
         """The backends ``entry`` runs on: ``--backends``, else eager (and compile where the entry asks), torch
-        and the available compiled backends."""
+        and the available compiled backends that implement the op (the cpu backend has no VQ ops)."""
         if self.config.backends is not None:
             return self.config.backends
-        return ("eager", *(("compile",) if entry.compile else ()), "torch", *self.compiled)
+        compiled = tuple(name for name in self.compiled if _implements(name, entry.op, self.device))
+        return ("eager", *(("compile",) if entry.compile else ()), "torch", *compiled)
 
     def _timing_counts(self, *, user_sized: bool) -> tuple[int, int]:
         """Warm-up calls and timed calls of a case: the options', else the defaults of the device and selection."""

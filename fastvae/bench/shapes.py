@@ -55,9 +55,9 @@ __all__ = [
 OPS: tuple[str, ...] = ("reparameterize", "reparameterize_kl", "gaussian_kl", "iwae", "vq_nearest", "vector_quantize")
 
 #: Benchmark backends: ``eager`` is the plain PyTorch a user would write without fastvae, ``compile``
-#: is ``torch.compile`` of that same function, and ``torch``/``triton``/``cuda`` are fastvae's op with
-#: that fastvae backend forced.
-BACKENDS: tuple[str, ...] = ("eager", "compile", "torch", "triton", "cuda")
+#: is ``torch.compile`` of that same function, and ``torch``/``triton``/``cuda``/``cpu`` are fastvae's op
+#: with that fastvae backend forced.
+BACKENDS: tuple[str, ...] = ("eager", "compile", "torch", "triton", "cuda", "cpu")
 
 #: Benchmark dtype names and their torch dtypes.
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,22 +1,25 @@
-"""Host side of the ``cuda`` backend: the launchers of the kernels in csrc/ (extension ``fastvae._C``).
+"""Host side of the compiled extension ``fastvae._C``: the ``cuda`` backend and the ``cpu`` backend.
 
 One module per op family (``gaussian``, ``iwae``, ``vq``) holds the host functions
 ``<op>_fwd`` / ``<op>_bwd`` with the signatures of the matching functions in :mod:`fastvae.kernels`:
-they allocate the outputs with PyTorch's caching allocator, and pass device pointers, sizes, dtype
-codes and the current CUDA stream to ``fastvae._C``, which checks them and launches. The op modules
-in :mod:`fastvae.ops` register these modules as the ``cuda`` backend; they are imported only when that
-backend is first used. This package holds the helpers they share.
+they allocate the outputs with PyTorch, and pass pointers, sizes, dtype codes and the current CUDA
+stream to the extension, which checks them and launches. ``gaussian`` and ``iwae`` serve both
+devices: the extension's submodule ``fastvae._C.cpu`` has the same functions for host memory
+(:func:`kernels` picks by the tensor's device), so one host layer plans both backends' calls. The op
+modules in :mod:`fastvae.ops` register these modules as the ``cuda`` and ``cpu`` backends; they are
+imported only when a backend first needs them. This package holds the helpers they share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
 
 from fastvae import _extension
 
-__all__ = ["DTYPE_CODES", "dtype_code", "extension", "stream"]
+__all__ = ["DTYPE_CODES", "dtype_code", "extension", "kernels", "on_device", "stream"]
 
 #: The dtype codes of csrc/dispatch.cuh (enum class DType).
 DTYPE_CODES: dict[torch.dtype, int] = {
@@ -39,6 +42,18 @@ def extension() -> types.ModuleType:
     return module
 
 
+def kernels(t: torch.Tensor) -> types.ModuleType:
+    """The extension's functions for ``t``'s device: ``fastvae._C`` for a CUDA tensor, its CPU
+    kernels ``fastvae._C.cpu`` (same names and arguments) otherwise."""
+    module = extension()
+    return module if t.is_cuda else module.cpu
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that makes ``t``'s CUDA device current for a launch; nothing for a CPU tensor."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def dtype_code(t: torch.Tensor, name: str) -> int:
     """The csrc/dispatch.cuh code of ``t``'s dtype; ``name`` names the argument in the error.
 
@@ -49,10 +64,11 @@ def dtype_code(t: torch.Tensor, name: str) -> int:
         return DTYPE_CODES[t.dtype]
     except KeyError:
         raise TypeError(
-            f"{name} must be float32, float16, bfloat16 or float64 for the cuda backend, got {t.dtype}"
+            f"{name} must be float32, float16, bfloat16 or float64 for fastvae._C, got {t.dtype}"
         ) from None
 
 
 def stream(t: torch.Tensor) -> int:
-    """The handle of the current CUDA stream on ``t``'s device, as the int ``fastvae._C`` takes."""
-    return torch.cuda.current_stream(t.device).cuda_stream
+    """The handle of the current CUDA stream on ``t``'s device, as the int ``fastvae._C`` takes; 0
+    (ignored) for a CPU tensor."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0

@@ -1,14 +1,16 @@
-"""Host side of the ``cuda`` backend's Gaussian ops: launchers of the kernels in csrc/gaussian.cu.
+"""Host side of the ``cuda`` and ``cpu`` backends' Gaussian ops: launchers of the kernels in
+csrc/gaussian.cu (CUDA tensors) and csrc/cpu/gaussian.cpp (CPU tensors), one plan for both.
 
 The functions and signatures are those of :mod:`fastvae.kernels.gaussian` (the Triton backend), so
 :mod:`fastvae.ops.gaussian` registers either module the same way. Tensors come in the op's canonical
 layout: ``(R, D)`` rows of a ``D``-dimensional latent, all of one dtype (float32, float16, bfloat16 or
-float64) on one CUDA device. ``mu``, ``logvar``, ``eps``, the prior and ``x`` are made contiguous here
+float64) on one device. ``mu``, ``logvar``, ``eps``, the prior and ``x`` are made contiguous here
 (a no-op for what the op passes); incoming gradients (``grad_z``, ``grad_kl``, ``grad``) are read in
 place through their strides, since autograd hands over expanded (stride-0) gradients of sums, after a
 cast to the inputs' dtype if theirs differs.
 
-Outputs are allocated with PyTorch on the input's device; the kernels run on its current stream.
+Outputs are allocated with PyTorch on the input's device; CUDA kernels run on its current stream,
+CPU kernels on the calling thread.
 Empty inputs launch nothing: row outputs over ``D = 0`` are sums of nothing, zeros.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.cuda import dtype_code, extension, stream
+from fastvae.cuda import dtype_code, kernels, on_device, stream
 
 __all__ = [
     "gaussian_kl_bwd",
@@ -54,8 +56,8 @@ def _sample(
     z = torch.empty_like(mu)
     if z.numel() == 0:
         return z
-    with torch.cuda.device(mu.device):
-        extension().reparameterize_fwd(
+    with on_device(mu):
+        kernels(mu).reparameterize_fwd(
             dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
             rows, dim, seed, stream(mu),
         )  # fmt: skip
@@ -105,8 +107,8 @@ def _reparameterize_grads(
     grad_logvar = torch.empty_like(logvar)
     if grad_logvar.numel() == 0:
         return grad_logvar
-    with torch.cuda.device(logvar.device):
-        extension().reparameterize_bwd(
+    with on_device(logvar):
+        kernels(logvar).reparameterize_bwd(
             dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
             0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
             grad_logvar.data_ptr(), rows, dim, seed, stream(logvar),
@@ -160,8 +162,8 @@ def gaussian_kl_fwd(
     kl = _row_sums(mu)
     if kl.numel() == 0 or dim == 0:
         return kl
-    with torch.cuda.device(mu.device):
-        extension().gaussian_kl_fwd(
+    with on_device(mu):
+        kernels(mu).gaussian_kl_fwd(
             dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p), _ptr(logvar_p), kl.data_ptr(),
             rows, dim, stream(mu),
         )  # fmt: skip
@@ -192,8 +194,8 @@ def gaussian_kl_bwd(
     if mu.numel() == 0:
         return grads
     prior_grads = grads[2:] if has_prior else [None, None]
-    with torch.cuda.device(mu.device):
-        extension().gaussian_kl_bwd(
+    with on_device(mu):
+        kernels(mu).gaussian_kl_bwd(
             dtype_code(mu, "mu"), grad.data_ptr(), grad.stride(0), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p),
             _ptr(logvar_p), grads[0].data_ptr(), grads[1].data_ptr(), _ptr(prior_grads[0]), _ptr(prior_grads[1]),
             rows, dim, stream(mu),
@@ -215,8 +217,8 @@ def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torc
     out = _row_sums(x)
     if out.numel() == 0 or dim == 0:
         return out
-    with torch.cuda.device(x.device):
-        extension().gaussian_log_prob_fwd(
+    with on_device(x):
+        kernels(x).gaussian_log_prob_fwd(
             dtype_code(x, "x"), x.data_ptr(), _ptr(mu), _ptr(logvar), out.data_ptr(), rows, dim, stream(x)
         )
     return out
@@ -242,8 +244,8 @@ def gaussian_log_prob_bwd(
     grads = [t for t in (grad_x, grad_mu, grad_logvar) if t is not None]
     if x.numel() == 0:
         return grads
-    with torch.cuda.device(x.device):
-        extension().gaussian_log_prob_bwd(
+    with on_device(x):
+        kernels(x).gaussian_log_prob_bwd(
             dtype_code(x, "x"), grad.data_ptr(), grad.stride(0), x.data_ptr(), _ptr(mu), _ptr(logvar),
             grad_x.data_ptr(), _ptr(grad_mu), _ptr(grad_logvar), rows, dim, stream(x),
         )  # fmt: skip

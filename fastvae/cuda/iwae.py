@@ -1,14 +1,16 @@
-"""Host side of the ``cuda`` backend's importance-weighted ops: launchers of the kernels in csrc/iwae.cu.
+"""Host side of the ``cuda`` and ``cpu`` backends' importance-weighted ops: launchers of the kernels
+in csrc/iwae.cu (CUDA tensors) and csrc/cpu/iwae.cpp (CPU tensors), one plan for both.
 
 The functions and signatures are those of :mod:`fastvae.kernels.iwae` (the Triton backend), so
 :mod:`fastvae.ops.iwae` registers either module the same way. Tensors come in the op's canonical
 layouts, sample dim first: ``log_px_z (K, B)``, ``z (K, B, D)``, ``mu``/``logvar (B, D)``,
 ``log_w (K, B)`` or ``(K, M, B)`` for MIWAE, all of one dtype (float32, float16, bfloat16 or float64)
-on one CUDA device. These are made contiguous here (a no-op for what the op passes); incoming
+on one device. These are made contiguous here (a no-op for what the op passes); incoming
 gradients (``grad``) are read in place through their strides, since autograd hands over expanded
 (stride-0) gradients of sums, after a cast to the inputs' dtype if theirs differs. The log-sum-exps are float32 (float64 for float64 inputs).
 
-Outputs are allocated with PyTorch on the input's device; the kernels run on its current stream.
+Outputs are allocated with PyTorch on the input's device; CUDA kernels run on its current stream,
+CPU kernels on the calling thread.
 Empty inputs launch nothing: sums over an empty dim are zeros, the mean over ``M = 0`` groups and the
 log-mean-exp over ``K = 0`` samples NaN (the op itself rejects both).
 """
@@ -19,7 +21,7 @@ import math
 
 import torch
 
-from fastvae.cuda import dtype_code, extension, stream
+from fastvae.cuda import dtype_code, kernels, on_device, stream
 
 __all__ = [
     "iwae_bound_bwd",
@@ -54,8 +56,8 @@ def iwae_log_weights_fwd(
     log_w = torch.empty((samples, batch), dtype=z.dtype, device=z.device)
     if log_w.numel() == 0:
         return log_w
-    with torch.cuda.device(z.device):
-        extension().iwae_log_weights_fwd(
+    with on_device(z):
+        kernels(z).iwae_log_weights_fwd(
             dtype_code(z, "z"), log_px_z.data_ptr(), z.data_ptr(), mu.data_ptr(), logvar.data_ptr(),
             log_w.data_ptr(), samples, batch, dim, stream(z),
         )  # fmt: skip
@@ -84,8 +86,8 @@ def iwae_log_weights_bwd(
     grad_logvar = torch.empty_like(logvar)
     if grad_mu.numel() == 0:
         return [grad_z, grad_mu, grad_logvar]
-    with torch.cuda.device(z.device):
-        extension().iwae_log_weights_bwd(
+    with on_device(z):
+        kernels(z).iwae_log_weights_bwd(
             dtype_code(z, "z"), grad.data_ptr(), grad.stride(0), grad.stride(1), z.data_ptr(), mu.data_ptr(),
             logvar.data_ptr(), grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(), samples, batch,
             dim, stream(z),
@@ -103,8 +105,8 @@ def _bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return bound.fill_(math.nan), lse.fill_(-math.inf)
     if batch == 0:
         return bound, lse
-    with torch.cuda.device(log_w.device):
-        extension().iwae_bound_fwd(
+    with on_device(log_w):
+        kernels(log_w).iwae_bound_fwd(
             dtype_code(log_w, "log_w"), log_w.data_ptr(), bound.data_ptr(), lse.data_ptr(), samples, groups,
             batch, stream(log_w),
         )  # fmt: skip
@@ -119,8 +121,8 @@ def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> to
     grad_log_w = torch.empty_like(log_w)
     if grad_log_w.numel() == 0:
         return grad_log_w
-    with torch.cuda.device(log_w.device):
-        extension().iwae_bound_bwd(
+    with on_device(log_w):
+        kernels(log_w).iwae_bound_bwd(
             dtype_code(log_w, "log_w"), grad.data_ptr(), grad.stride(0), log_w.data_ptr(), lse.data_ptr(),
             grad_log_w.data_ptr(), samples, groups, batch, stream(log_w),
         )  # fmt: skip

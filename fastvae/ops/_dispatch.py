@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch._library.custom_ops import CustomOpDef
 
+from fastvae import backend
+
 __all__ = ["Dispatched", "dispatched"]
 
 _any_requires_grad = torch._C._any_requires_grad
@@ -65,6 +67,11 @@ class Dispatched:
                 if _functorch_active():
                     return self._transformable.apply(*args)
                 return self._function.apply(*args)
+        if _functorch_active():
+            # torch.func's wrapped tensors (here: a backward op's inputs) have no storage that a
+            # compiled kernel could read; the reference's torch ops run on them.
+            with backend.use_backend("torch"), _below_autograd():
+                return self.impl(*args)
         # No gradient is needed: the backend's own torch ops skip the autograd layer (as the custom
         # op's would), which for the reference's many small ops is most of their cost.
         with _below_autograd():

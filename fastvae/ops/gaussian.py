@@ -38,11 +38,19 @@ for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 backend.register_kernels("triton", "fastvae.kernels.gaussian", OP_NAMES)
 backend.register_kernels("cuda", "fastvae.cuda.gaussian", OP_NAMES)
+backend.register_kernels("cpu", "fastvae.cuda.gaussian", OP_NAMES)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``(..., D)`` -> contiguous ``(R, D)``."""
+    """``(..., D)`` -> contiguous ``(R, D)`` (the tensor itself when it is that already)."""
+    if t.dim() == 2 and t.is_contiguous():
+        return t
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1]).contiguous()
+
+
+def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``t`` viewed as ``shape`` (itself when it has that shape: a 2-D input needs no view)."""
+    return t if t.shape == shape else t.reshape(shape)
 
 
 def _prior_rows(prior: torch.Tensor) -> torch.Tensor:
@@ -317,7 +325,7 @@ def reparameterize(
     eps = _check_eps(eps, mu)
     seed_t = _seed_for(eps, seed)
     rows_eps = None if eps is None else _rows(eps)
-    return _reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t).reshape(mu.shape)
+    return _shaped(_reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t), mu.shape)
 
 
 def reparameterize_kl(
@@ -349,7 +357,7 @@ def reparameterize_kl(
     seed_t = _seed_for(eps, seed)
     rows_eps = None if eps is None else _rows(eps)
     z, kl = _reparameterize_kl(_rows(mu), _rows(logvar), rows_eps, seed_t)
-    return z.reshape(mu.shape), _reduce(kl.reshape(mu.shape[:-1]), reduction)
+    return _shaped(z, mu.shape), _reduce(_shaped(kl, mu.shape[:-1]), reduction)
 
 
 def gaussian_kl(
@@ -394,7 +402,7 @@ def gaussian_kl(
             _checks.same_dtype_and_device([("mu", mu), (name, value)])
             prior.append(_prior_rows(_checks.broadcast_to(name, value, mu.shape, "mu")))
         kl = _gaussian_kl(_rows(mu), _rows(logvar), prior[0], prior[1])
-    return _reduce(kl.reshape(mu.shape[:-1]), reduction)
+    return _reduce(_shaped(kl, mu.shape[:-1]), reduction)
 
 
 def gaussian_log_prob(
@@ -422,4 +430,4 @@ def gaussian_log_prob(
             _checks.same_dtype_and_device([("x", x), (name, value)])
             value = _rows(_checks.broadcast_to(name, value, x.shape, "x"))
         params.append(value)
-    return _gaussian_log_prob(_rows(x), params[0], params[1]).reshape(x.shape[:-1])
+    return _shaped(_gaussian_log_prob(_rows(x), params[0], params[1]), x.shape[:-1])

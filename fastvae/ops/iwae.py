@@ -31,6 +31,7 @@ for _name in OP_NAMES:
     backend.register(_name, "torch", getattr(reference, _name))
 backend.register_kernels("triton", "fastvae.kernels.iwae", OP_NAMES)
 backend.register_kernels("cuda", "fastvae.cuda.iwae", OP_NAMES)
+backend.register_kernels("cpu", "fastvae.cuda.iwae", OP_NAMES)
 
 
 # --- iwae_log_weights -----------------------------------------------------------------------------
