@@ -131,6 +131,7 @@ def register_kernels(backend: str, module: str, ops: tuple[str, ...]) -> None:
     if backend not in _KERNEL_BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, _KERNEL_BACKENDS))}, got {backend!r}")
     _PENDING.setdefault(backend, []).append((module, ops))
+    _RESOLVED.clear()
 
 
 def _load_kernels(backend: str) -> None:
@@ -263,6 +264,7 @@ def register(op: str, backend: str, impl: Callable[..., object]) -> None:
     if backend not in BACKENDS[1:]:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS[1:]))}, got {backend!r}")
     _IMPLS.setdefault(op, {})[backend] = impl
+    _RESOLVED.clear()
 
 
 #: Backends ``auto`` found unable to run here (asked once: the answer does not change in a process).
@@ -295,14 +297,27 @@ def _cpu_impl(op: str) -> Callable[..., object] | None:
     return _IMPLS[op].get("cpu")
 
 
+#: What :func:`resolve` found, by ``(op, backend in force, device type)``: every op call asks, and
+#: the answer changes only when implementations are registered (which clears it).
+_RESOLVED: dict[tuple[str, str, str], Callable[..., object]] = {}
+
+
 def resolve(op: str, device: torch.device) -> Callable[..., object]:
     """The implementation of ``op`` to run for tensors on ``device`` under the backend in force.
 
     Raises:
         BackendUnavailableError: a forced backend cannot run ``op`` on ``device``.
     """
+    name = _default if _override is None else _override
+    key = (op, name, device.type)
+    impl = _RESOLVED.get(key)
+    if impl is None:
+        impl = _RESOLVED[key] = _resolve(op, name, device)
+    return impl
+
+
+def _resolve(op: str, name: str, device: torch.device) -> Callable[..., object]:
     impls = _IMPLS[op]
-    name = get_backend()
     if name == "auto":
         if device.type == "cuda":
             for candidate in _MEASURED_PREFERENCE.get(op, _COMPILED):

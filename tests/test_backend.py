@@ -61,6 +61,7 @@ def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
     monkeypatch.setitem(backend._IMPLS, "gaussian_kl", {k: v for k, v in backend._IMPLS["gaussian_kl"].items() if k != "cpu"})
     monkeypatch.setitem(backend._PENDING, "cpu", [])
     monkeypatch.setattr(backend, "_AUTO_UNAVAILABLE", set())
+    monkeypatch.setattr(backend, "_RESOLVED", {})
     with fastvae.use_backend("auto"):
         assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
         assert backend._AUTO_UNAVAILABLE == {"cpu"}

@@ -42,7 +42,7 @@ def same_dtype_and_device(named: Sequence[tuple[str, torch.Tensor]]) -> None:
 
 def same_shape(name: str, value: torch.Tensor, expected: Sequence[int], what: str) -> None:
     """Check that ``value`` has shape ``expected``, described as ``what`` in the message."""
-    if tuple(value.shape) != tuple(expected):
+    if value.shape != expected and tuple(value.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(value.shape)}")
 
 

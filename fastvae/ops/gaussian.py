@@ -56,8 +56,8 @@ def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _prior_rows(prior: torch.Tensor) -> torch.Tensor:
     """A prior expanded to ``(..., D)`` as ``(R, D)`` rows, without copying a prior that is the same
     for every row (shape ``(D,)``, ``(1, D)`` or a scalar): that comes back as a view of one
-    contiguous ``(D,)`` row with row stride 0, which every backend reads in place (the cuda backend
-    copies it out). A prior that varies across rows is made contiguous."""
+    contiguous ``(D,)`` row with row stride 0, which the torch and triton backends read in place (the
+    cuda and cpu backends copy it out). A prior that varies across rows is made contiguous."""
     rows = prior.reshape(math.prod(prior.shape[:-1]), prior.shape[-1])
     if rows.shape[0] > 1 and rows.stride(0) == 0:
         return rows if rows.stride(1) == 1 else rows[0].contiguous().expand(rows.shape)
@@ -377,7 +377,7 @@ def gaussian_kl(
         logvar_p: prior log-variances broadcastable to ``mu``'s shape, or None for 0 (unit variance).
             With both None the prior is ``N(0, I)``. A prior that is the same for every row
             (``(D,)``, ``(1, D)``, a scalar) is read in place by the torch and triton backends, never
-            copied out to ``mu``'s shape (the cuda backend copies it).
+            copied out to ``mu``'s shape (the cuda and cpu backends copy it).
         reduction: ``"none"`` (per row, shape ``mu.shape[:-1]``), ``"sum"`` or ``"mean"`` over rows.
 
     Returns:
