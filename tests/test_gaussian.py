@@ -229,6 +229,32 @@ def test_seeded_sampling_is_reproducible(backend, dtype):
     assert not torch.equal(drawn_kl, drawn)
 
 
+@pytest.mark.parametrize("op", ["reparameterize", "reparameterize_kl"])
+def test_calls_with_and_without_gradients_draw_the_same_seeds_and_keep_their_own(backend, op):
+    # A call that records no gradient draws its seed into a reused tensor: the same draws as a call
+    # that records one, and a later call cannot change the seed a pending backward regenerates from.
+    sample = getattr(fastvae, op)
+    mu, logvar = randn(4, 10, seed=1), randn(4, 10, seed=2, scale=0.5)
+    torch.manual_seed(3)
+    plain = [sample(mu, logvar) for _ in range(2)]
+    torch.manual_seed(3)
+    leaf = logvar.clone().requires_grad_()
+    tracked = sample(mu, leaf)
+    assert torch.equal(_first(plain[0]), _first(tracked).detach())
+    assert torch.equal(_first(plain[1]), _first(sample(mu, logvar)))  # the generator moved on alike
+    for seed in (None, 5):
+        sample(mu, logvar, seed=seed)  # no gradient: may reuse the seed tensor
+    (_first(tracked) * randn(4, 10, seed=4)).sum().backward()
+    # d z / d logvar = exp(logvar / 2) * eps / 2, with eps = (z - mu) / exp(logvar / 2).
+    m, v, z = f64(mu), f64(logvar), f64(_first(tracked).detach())
+    eps = (z - m) / torch.exp(0.5 * v)
+    check(leaf.grad, f64(randn(4, 10, seed=4)) * 0.5 * torch.exp(0.5 * v) * eps, torch.float32)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
 def test_explicit_eps_overrides_the_seed(backend):
     mu, logvar, eps = randn(4, 5, seed=1), randn(4, 5, seed=2), randn(4, 5, seed=3)
     z = fastvae.reparameterize(mu, logvar, eps=eps, seed=1)

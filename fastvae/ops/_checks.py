@@ -12,6 +12,7 @@ import torch
 
 #: Floating dtypes the ops accept. float64 runs on the torch and triton backends.
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPE_SET: frozenset[torch.dtype] = frozenset(FLOAT_DTYPES)
 
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean")
 METRICS: tuple[str, ...] = ("l2", "cosine")
@@ -21,7 +22,7 @@ def tensor(value: object, name: str, *, min_dim: int = 0) -> torch.Tensor:
     """Check that ``value`` is a floating-point tensor with at least ``min_dim`` dims."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in FLOAT_DTYPES:
+    if value.dtype not in FLOAT_DTYPE_SET:
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {value.dtype}"
         )

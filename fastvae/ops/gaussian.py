@@ -269,6 +269,16 @@ _gaussian_log_prob = dispatched(_gaussian_log_prob, setup_context=_gaussian_log_
 
 
 def _check_pair(mu: object, logvar: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if (
+        isinstance(mu, torch.Tensor)
+        and isinstance(logvar, torch.Tensor)
+        and mu.dtype in _checks.FLOAT_DTYPE_SET
+        and logvar.dtype is mu.dtype
+        and mu.ndim >= 1
+        and logvar.shape == mu.shape
+        and logvar.device == mu.device
+    ):
+        return mu, logvar  # the common case, in one expression; the checks below name what is wrong
     mu = _checks.tensor(mu, "mu", min_dim=1)
     logvar = _checks.tensor(logvar, "logvar", min_dim=1)
     _checks.same_dtype_and_device([("mu", mu), ("logvar", logvar)])
@@ -285,11 +295,13 @@ def _check_eps(eps: object, mu: torch.Tensor) -> Optional[torch.Tensor]:
     return eps
 
 
-def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int]) -> torch.Tensor:
-    """The seed tensor: drawn or checked when sampling; with an explicit eps, never drawn (it is unused)."""
+def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int], mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """The seed tensor: drawn or checked when sampling; with an explicit eps, never drawn (it is unused).
+    A call that records no gradient keeps no seed for backward, so its draw may reuse a tensor."""
     if eps is not None and seed is None:
         return torch.zeros((), dtype=torch.int64)
-    return seed_tensor(seed)
+    transient = not (torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad))
+    return seed_tensor(seed, transient=transient)
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -323,7 +335,7 @@ def reparameterize(
     """
     mu, logvar = _check_pair(mu, logvar)
     eps = _check_eps(eps, mu)
-    seed_t = _seed_for(eps, seed)
+    seed_t = _seed_for(eps, seed, mu, logvar)
     rows_eps = None if eps is None else _rows(eps)
     return _shaped(_reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t), mu.shape)
 
@@ -354,7 +366,7 @@ def reparameterize_kl(
     mu, logvar = _check_pair(mu, logvar)
     eps = _check_eps(eps, mu)
     reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
-    seed_t = _seed_for(eps, seed)
+    seed_t = _seed_for(eps, seed, mu, logvar)
     rows_eps = None if eps is None else _rows(eps)
     z, kl = _reparameterize_kl(_rows(mu), _rows(logvar), rows_eps, seed_t)
     return _shaped(z, mu.shape), _reduce(_shaped(kl, mu.shape[:-1]), reduction)
