@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from fastvae.metrics._checks import check_int, make_generator
+from fastvae.ops._checks import check_int, make_generator
 from fastvae.metrics._estimators import logistic_regression, standardize
 from fastvae.metrics.factor_vae import fix_one_factor
 from fastvae.metrics.sampling import (

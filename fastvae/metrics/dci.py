@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from fastvae.metrics._checks import (
+from fastvae.ops._checks import (
     as_codes,
     as_factors,
     check_fraction_split,

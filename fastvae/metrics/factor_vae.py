@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.metrics._checks import check_int, make_generator
+from fastvae.ops._checks import check_int, make_generator
 from fastvae.metrics.sampling import (
     DEFAULT_CHUNK_SIZE,
     FactorSource,

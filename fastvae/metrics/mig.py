@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.metrics._checks import (
+from fastvae.ops._checks import (
     as_codes,
     as_factors,
     check_int,

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from fastvae.metrics._checks import check_int
+from fastvae.ops._checks import check_int
 
 __all__ = ["FactorSource", "Represent", "check_source", "encode_factors", "model_representation", "sample_factors"]
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fastvae.metrics._checks import (
+from fastvae.ops._checks import (
     as_codes,
     as_factors,
     check_fraction_split,

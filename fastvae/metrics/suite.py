@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvae.metrics._checks import check_int, make_generator
+from fastvae.ops._checks import check_int, make_generator
 from fastvae.metrics.beta_vae import beta_vae_score
 from fastvae.metrics.dci import dci_from_codes
 from fastvae.metrics.factor_vae import factor_vae_score

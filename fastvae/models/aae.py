@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.factor_vae import call_frozen
 from fastvae.models.nets import MLP, build_decoder, build_encoder

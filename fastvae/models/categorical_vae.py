@@ -7,7 +7,7 @@ import math
 import torch
 
 from fastvae import ops
-from fastvae.models._checks import check_step
+from fastvae.ops._checks import check_step
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
     check_positive,

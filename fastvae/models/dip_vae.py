@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fastvae import ops
-from fastvae.models._checks import check_int
+from fastvae.ops._checks import check_int
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.nets import build_encoder
 from fastvae.models.registry import register

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from fastvae.models import _tc
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register
 

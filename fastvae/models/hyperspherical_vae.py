@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvae import ops
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models._gumbel import check_positive
 from fastvae.models._vmf import (
     log_sphere_area,

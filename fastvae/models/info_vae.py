@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models._divergences import KERNELS, mmd
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvae import ops
-from fastvae.models._checks import check_step, check_weight
+from fastvae.ops._checks import check_step, check_weight
 from fastvae.models._gumbel import (
     categorical_kl_uniform,
     check_categories,

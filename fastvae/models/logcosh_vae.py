@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.registry import register
 

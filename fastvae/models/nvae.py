@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvae import ops
-from fastvae.models._checks import check_int, check_step, check_weight
+from fastvae.ops._checks import check_int, check_step, check_weight
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.registry import register
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models._divergences import random_directions, sliced_wasserstein
 from fastvae.models.base import ModelOutput
 from fastvae.models.registry import register

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastvae import ops
-from fastvae.models._checks import check_int
+from fastvae.ops._checks import check_int
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import build_decoder, build_encoder
 from fastvae.models.registry import register

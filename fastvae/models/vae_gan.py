@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvae import ops
-from fastvae.models._checks import check_weight
+from fastvae.ops._checks import check_weight
 from fastvae.models.base import GaussianVAE, ModelOutput
 from fastvae.models.factor_vae import call_frozen
 from fastvae.models.nets import MLP, ConvEncoder

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from fastvae.models._checks import check_int
+from fastvae.ops._checks import check_int
 from fastvae.models._prior import GatedPixelCNN
 from fastvae.models.base import ModelOutput, ObservationModel
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder

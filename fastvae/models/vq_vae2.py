@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvae.models._checks import check_int
+from fastvae.ops._checks import check_int
 from fastvae.models._prior import GatedPixelCNN
 from fastvae.models.base import ModelOutput
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder
