@@ -41,15 +41,6 @@ py::dict device_properties(int index) {
   return out;
 }
 
-void axpy_f32(std::uintptr_t x_ptr, std::uintptr_t y_ptr, std::int64_t n, float alpha,
-              std::uintptr_t stream) {
-  require_non_null(x_ptr, "x_ptr");
-  require_non_null(y_ptr, "y_ptr");
-  require_non_negative(n, "n");
-  fastvae::axpy_f32(reinterpret_cast<const float*>(x_ptr), reinterpret_cast<float*>(y_ptr), n,
-                    alpha, as_stream(stream));
-}
-
 // The CUDA launchers of gaussian.h and iwae.h with the stream as the int Python passes, for
 // def_gaussian_iwae (bindings_ops.h).
 struct CudaLaunch {
@@ -314,13 +305,6 @@ void define_cuda(py::module_& m) {
   m.def("driver_version", &fastvae::driver_version,
         "Latest CUDA version the installed driver supports, as 1000 * major + 10 * minor; "
         "0 when no driver is installed.");
-  m.def("axpy_f32", &axpy_f32, py::arg("x_ptr"), py::arg("y_ptr"), py::arg("n"), py::arg("alpha"),
-        py::arg("stream"),
-        "y = alpha * x + y over n contiguous float32 elements, in place in y, enqueued on the CUDA "
-        "stream with handle `stream` (0: the default stream) of the current device. x_ptr and "
-        "y_ptr are device addresses (tensor.data_ptr()). Raises ValueError for a null pointer or "
-        "n < 0 and RuntimeError if the launch fails.");
-
   def_gaussian_iwae<CudaLaunch>(m);
 
   // --- vq defs ---

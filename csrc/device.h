@@ -1,4 +1,4 @@
-// Host API of device.cu: device queries and the axpy_f32 plumbing kernel.
+// Host API of device.cu: device queries and the runtime and driver versions.
 //
 // Plain C++ (no CUDA syntax), so bindings.cpp can include it. Functions throw std::runtime_error
 // (see check.cuh) when a CUDA call fails; arguments are validated by the callers in bindings.cpp.
@@ -33,8 +33,5 @@ int cuda_runtime_version();
 // Latest CUDA version the installed driver supports, as 1000 * major + 10 * minor;
 // 0 when no driver is installed.
 int driver_version();
-
-// y[i] = alpha * x[i] + y[i] for 0 <= i < n (n >= 0), on `stream`, asynchronously.
-void axpy_f32(const float* x, float* y, std::int64_t n, float alpha, cudaStream_t stream);
 
 }  // namespace fastvae

@@ -17,10 +17,10 @@ import torch
 from fastvae import _extension
 from tolerances import assert_close
 
-# Tolerance of a float32 axpy against the float64 formula: one or two float32 roundings.
-FP32_TOL = {"rtol": 1e-6, "atol": 1e-6}
-# Arguments that pass every check of axpy_f32; tests override one at a time.
-VALID_AXPY = {"x_ptr": 256, "y_ptr": 512, "n": 4, "alpha": 1.0, "stream": 0}
+# Arguments that pass every check of gaussian_kl_fwd (the binding the plumbing tests call: two rows
+# of three float32 elements, no prior); tests override one at a time.
+VALID_KL = {"dtype": 0, "mu_ptr": 256, "logvar_ptr": 512, "mu_p_ptr": 0, "logvar_p_ptr": 0, "kl_ptr": 768,
+            "rows": 2, "dim": 3, "stream": 0}
 
 
 @pytest.fixture
@@ -202,18 +202,16 @@ def test_runtime_version_is_cuda_12_or_later(C: types.ModuleType) -> None:
 
 @pytest.mark.parametrize(
     ("override", "name"),
-    [({"x_ptr": 0}, "x_ptr"), ({"y_ptr": 0}, "y_ptr"), ({"n": -1}, "n")],
+    [({"mu_ptr": 0}, "mu_ptr"), ({"kl_ptr": 0}, "kl_ptr"), ({"rows": -1}, "rows"), ({"dim": -1}, "dim")],
 )
-def test_axpy_bad_argument_raises_value_error_naming_it(
-    C: types.ModuleType, override: dict[str, Any], name: str
-) -> None:
+def test_bad_argument_raises_value_error_naming_it(C: types.ModuleType, override: dict[str, Any], name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name} must be"):
-        C.axpy_f32(**{**VALID_AXPY, **override})
+        C.gaussian_kl_fwd(**{**VALID_KL, **override})
 
 
 def test_negative_pointer_is_a_type_error(C: types.ModuleType) -> None:
     with pytest.raises(TypeError):
-        C.axpy_f32(**{**VALID_AXPY, "x_ptr": -VALID_AXPY["x_ptr"]})
+        C.gaussian_kl_fwd(**{**VALID_KL, "mu_ptr": -VALID_KL["mu_ptr"]})
 
 
 def test_negative_device_index_raises_value_error(C: types.ModuleType) -> None:
@@ -221,8 +219,10 @@ def test_negative_device_index_raises_value_error(C: types.ModuleType) -> None:
         C.device_properties(-1)
 
 
-def test_axpy_of_zero_elements_launches_nothing(C: types.ModuleType) -> None:
-    assert C.axpy_f32(**{**VALID_AXPY, "n": 0}) is None
+@pytest.mark.parametrize("empty", [{"rows": 0}, {"dim": 0}])
+def test_an_empty_launch_launches_nothing(C: types.ModuleType, empty: dict[str, int]) -> None:
+    # No CUDA call at all: this passes without a device too.
+    assert C.gaussian_kl_fwd(**{**VALID_KL, **empty}) is None
 
 
 def test_device_calls_without_a_device_raise_runtime_error(C: types.ModuleType) -> None:
@@ -230,8 +230,8 @@ def test_device_calls_without_a_device_raise_runtime_error(C: types.ModuleType) 
         pytest.skip("a CUDA device is visible")
     with pytest.raises(RuntimeError, match="cudaGetDeviceProperties"):
         C.device_properties(0)
-    with pytest.raises(RuntimeError, match="axpy_f32_kernel"):
-        C.axpy_f32(**VALID_AXPY)
+    with pytest.raises(RuntimeError, match="gaussian_kl_fwd_kernel"):
+        C.gaussian_kl_fwd(**VALID_KL)
 
 
 # --- the extension on a GPU ---------------------------------------------------------------------
@@ -267,47 +267,20 @@ def test_driver_supports_the_runtime_major_version(C: types.ModuleType) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n", [1, 7, 255, 256, 257, 65_537, (1 << 20) + 3])
-def test_axpy_matches_float64_formula(C: types.ModuleType, n: int) -> None:
-    pad = 64
-    gen = torch.Generator(device="cuda").manual_seed(n)
-    x = torch.randn(n + pad, device="cuda", generator=gen)
-    y = torch.randn(n + pad, device="cuda", generator=gen)
-    y[n:] = float("nan")  # past n: must stay untouched
-    alpha = -1.75
-    expected = alpha * x[:n].double() + y[:n].double()
-
-    C.axpy_f32(x.data_ptr(), y.data_ptr(), n, alpha, torch.cuda.current_stream().cuda_stream)
-    torch.cuda.synchronize()
-
-    torch.testing.assert_close(y[:n].double(), expected, **FP32_TOL)
-    assert torch.isnan(y[n:]).all()
-
-
-@pytest.mark.gpu
-def test_axpy_runs_on_the_given_stream(C: types.ModuleType) -> None:
-    n = 1 << 16
-    x = torch.full((n,), 2.0, device="cuda")
-    y0 = torch.full((n,), 1.0, device="cuda")
-    y = torch.zeros(n, device="cuda")
+def test_a_launch_runs_on_the_given_stream(C: types.ModuleType) -> None:
+    rows, dim = 4096, 64
+    mu = torch.full((rows, dim), 2.0, device="cuda")
+    logvar = torch.zeros(rows, dim, device="cuda")
+    source = torch.zeros(rows, dim, device="cuda")
+    kl = torch.full((rows,), float("nan"), device="cuda")
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        # Keep the side stream busy: a kernel enqueued on another stream would run before the copy.
+        # Keep the side stream busy: a kernel enqueued on another stream would run before the copy
+        # and read mu = 0.
         torch.cuda._sleep(100_000_000)
-        y.copy_(y0)
-        C.axpy_f32(x.data_ptr(), y.data_ptr(), n, 3.0, side.cuda_stream)
+        mu.copy_(source.add_(1.0))
+        C.gaussian_kl_fwd(0, mu.data_ptr(), logvar.data_ptr(), 0, 0, kl.data_ptr(), rows, dim, side.cuda_stream)
     side.synchronize()
-    assert torch.equal(y, torch.full_like(y, 7.0))
-
-
-@pytest.mark.gpu
-@pytest.mark.slow
-def test_axpy_indexes_past_2_to_the_31(C: types.ModuleType) -> None:
-    n = (1 << 31) + 5
-    if torch.cuda.get_device_properties(0).total_memory < 3 * 4 * n:
-        pytest.skip("needs 3 x 8.6 GB of GPU memory")
-    x = torch.ones(n, device="cuda")
-    y = torch.full((n,), 2.0, device="cuda")
-    C.axpy_f32(x.data_ptr(), y.data_ptr(), n, 3.0, torch.cuda.current_stream().cuda_stream)
-    assert torch.all(y == 5.0).item()
+    # KL(N(1, 1) || N(0, 1)) per element is 1/2: dim / 2 per row.
+    assert torch.equal(kl, torch.full_like(kl, dim / 2))
