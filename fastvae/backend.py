@@ -267,36 +267,6 @@ def register(op: str, backend: str, impl: Callable[..., object]) -> None:
     _RESOLVED.clear()
 
 
-#: Backends ``auto`` found unable to run here (asked once: the answer does not change in a process).
-_AUTO_UNAVAILABLE: set[str] = set()
-
-#: ``(backend, device type)`` pairs found able to run, so that the check on every op call is a set
-#: lookup once it has passed (a backend that could run does not stop being able to in a process).
-_RUNS_ON: set[tuple[str, str]] = set()
-
-
-def _cannot_run(name: str, device: torch.device) -> str | None:
-    """:func:`_missing` for an op call, remembering success."""
-    key = (name, device.type)
-    if key in _RUNS_ON:
-        if name in _PENDING:  # an op module registered since: load its kernels too
-            _load_kernels(name)
-        return None
-    reason = _missing(name, device)
-    if reason is None:
-        _RUNS_ON.add(key)
-    return reason
-
-
-def _cpu_impl(op: str) -> Callable[..., object] | None:
-    """The ``cpu`` backend's implementation of ``op`` for ``auto``, or None. The first call loads the
-    kernel modules (later calls find the implementations registered); if the backend cannot run here
-    (no extension), that is remembered, so ``auto`` does not ask again on every call."""
-    if "cpu" in _PENDING and "cpu" not in _AUTO_UNAVAILABLE and _missing("cpu") is not None:
-        _AUTO_UNAVAILABLE.add("cpu")
-    return _IMPLS[op].get("cpu")
-
-
 #: What :func:`resolve` found, by ``(op, backend in force, device type)``: every op call asks, and
 #: the answer changes only when implementations are registered (which clears it).
 _RESOLVED: dict[tuple[str, str, str], Callable[..., object]] = {}
@@ -316,19 +286,22 @@ def resolve(op: str, device: torch.device) -> Callable[..., object]:
     return impl
 
 
+def _auto_candidates(op: str, device: torch.device) -> tuple[str, ...]:
+    """The compiled backends ``auto`` tries for ``op`` on ``device``, first choice first (``torch``
+    when none can run it): the measured ranking or ``_COMPILED`` on CUDA, ``cpu`` on the CPU."""
+    if device.type == "cuda":
+        return _MEASURED_PREFERENCE.get(op, _COMPILED)
+    return ("cpu",) if device.type == "cpu" else ()
+
+
 def _resolve(op: str, name: str, device: torch.device) -> Callable[..., object]:
     impls = _IMPLS[op]
     if name == "auto":
-        if device.type == "cuda":
-            for candidate in _MEASURED_PREFERENCE.get(op, _COMPILED):
-                if _cannot_run(candidate, device) is None and candidate in impls:
-                    return impls[candidate]
-        elif device.type == "cpu":
-            cpu = impls.get("cpu") or _cpu_impl(op)
-            if cpu is not None:
-                return cpu
+        for candidate in _auto_candidates(op, device):
+            if _missing(candidate, device) is None and candidate in impls:
+                return impls[candidate]
         return impls["torch"]
-    reason = _cannot_run(name, device)
+    reason = _missing(name, device)
     if reason is None and name not in impls:
         reason = f"it has no implementation of {op}"
     if reason is not None:

@@ -57,15 +57,20 @@ def test_auto_runs_the_cpu_kernels_on_cpu_where_built_and_the_reference_otherwis
 
 
 def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
-    monkeypatch.setattr(backend, "_missing", lambda name, device=None: "not built" if name == "cpu" else None)
-    monkeypatch.setitem(backend._IMPLS, "gaussian_kl", {k: v for k, v in backend._IMPLS["gaussian_kl"].items() if k != "cpu"})
-    monkeypatch.setitem(backend._PENDING, "cpu", [])
-    monkeypatch.setattr(backend, "_AUTO_UNAVAILABLE", set())
+    asked = []
+
+    def missing(name, device=None):
+        asked.append(name)
+        return "not built" if name == "cpu" else None
+
+    monkeypatch.setattr(backend, "_missing", missing)
     monkeypatch.setattr(backend, "_RESOLVED", {})
     with fastvae.use_backend("auto"):
         assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
-        assert backend._AUTO_UNAVAILABLE == {"cpu"}
+        assert asked == ["cpu"]
+        # The answer is remembered: a later call does not ask again.
         assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
+        assert asked == ["cpu"]
 
 
 def test_the_cpu_backend_refuses_cuda_tensors_and_ops_it_lacks():

@@ -62,6 +62,7 @@ __all__ = [
     "eager_vector_quantize",
     "eager_vq_nearest",
     "estimated_bytes",
+    "backend_cannot_run",
     "fastvae_backend_scope",
     "matmul_rows",
     "matmul_step",
@@ -372,6 +373,18 @@ def default_cpu_budget_bytes() -> int:
         return 8 * 10**9
 
 
+def backend_cannot_run(backend: str, op: str, device: torch.device) -> str | None:
+    """Why fastvae backend ``backend`` cannot run every fastvae op that benchmark op ``op`` calls on
+    ``device`` (unavailable here, or without one of them), or None when it can."""
+    try:
+        with fastvae.use_backend(backend):
+            for name in OP_SPECS[op].fastvae_ops:
+                fastvae_backend.resolve(name, device)
+    except fastvae.BackendUnavailableError as error:
+        return str(error)
+    return None
+
+
 def skip_reason(case: Case, device: torch.device, *, cpu_budget_bytes: int) -> str | None:
     """Why ``case`` is not run on ``device``, or None when it runs.
 
@@ -382,12 +395,9 @@ def skip_reason(case: Case, device: torch.device, *, cpu_budget_bytes: int) -> s
     if case.backend in ("triton", "cuda") and device.type != "cuda":
         return f"the {case.backend} backend is benchmarked on CUDA devices only"
     if case.backend in FASTVAE_BACKENDS:
-        try:
-            with fastvae.use_backend(case.backend):
-                for op in OP_SPECS[case.op].fastvae_ops:
-                    fastvae_backend.resolve(op, device)
-        except fastvae.BackendUnavailableError as error:
-            return str(error)
+        reason = backend_cannot_run(case.backend, case.op, device)
+        if reason is not None:
+            return reason
     if device.type == "cpu":
         needs = estimated_bytes(case)
         if needs > cpu_budget_bytes:

@@ -34,7 +34,6 @@ from typing import Any, TextIO
 import torch
 
 import fastvae
-from fastvae import backend as fastvae_backend
 from fastvae.bench import cases, timing
 from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SELECTIONS, SHAPES, Entry, Shape, plan, precisions_for
 
@@ -478,17 +477,6 @@ def _compiled_backends(device: torch.device) -> tuple[str, ...]:
     return tuple(name for name in names if name in fastvae.available_backends())
 
 
-def _implements(backend: str, op: str, device: torch.device) -> bool:
-    """Whether fastvae backend ``backend`` runs every fastvae op that benchmark op ``op`` calls on ``device``."""
-    with fastvae.use_backend(backend):
-        try:
-            for name in cases.OP_SPECS[op].fastvae_ops:
-                fastvae_backend.resolve(name, device)
-        except fastvae.BackendUnavailableError:
-            return False
-    return True
-
-
 def _memory_scaling_impls(config: BenchConfig, device: torch.device) -> list[tuple[str, str | None]]:
     compiled = [name for name in _compiled_backends(device) if config.backends is None or name in config.backends]
     return [("fastvae", name) for name in compiled or ["auto"]] + [("eager", None), (_PEER, None)]
@@ -549,7 +537,7 @@ class _Runner:
         and the available compiled backends that implement the op (the cpu backend has no VQ ops)."""
         if self.config.backends is not None:
             return self.config.backends
-        compiled = tuple(name for name in self.compiled if _implements(name, entry.op, self.device))
+        compiled = tuple(name for name in self.compiled if cases.backend_cannot_run(name, entry.op, self.device) is None)
         return ("eager", *(("compile",) if entry.compile else ()), "torch", *compiled)
 
     def _timing_counts(self, *, user_sized: bool) -> tuple[int, int]:
