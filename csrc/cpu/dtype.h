@@ -23,7 +23,7 @@
 #include "vmath.h"
 
 // AVX2 + FMA variants with run-time selection: x86-64 with GCC. -DFASTVAE_CPU_BASELINE_ONLY
-// builds the 4-lane kernels alone, which tests use to check them on an AVX2 machine.
+// builds the 4-lane kernels alone, to check them on an AVX2 machine (by hand: CI does not build it).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
     !defined(FASTVAE_CPU_BASELINE_ONLY)
 #define FASTVAE_CPU_AVX2 1
