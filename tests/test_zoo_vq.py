@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import assert_close
 
 from fastvae import cli, models
 from fastvae.bench import training
@@ -355,6 +356,63 @@ def test_untrained_model_samples_in_the_unit_interval_repeatably(name: str) -> N
     assert torch.equal(first, second)
     with pytest.raises(ValueError, match="n must be"):
         model.sample(0)
+
+
+# --- the shared base: what the models computed before it -----------------------------------------------------
+
+#: The loss terms, in order, of ``_build(name, (1, 32, 32), ema=ema, prior_batch=2)`` in eval mode on
+#: ``_binary(3, (1, 32, 32))``, computed by the models of commit ff472d7, before what ``vq_vae`` and
+#: ``vq_vae2`` repeated moved to ``fastvae/models/_vq.py`` (issue 14, point 4). Equal terms mean the same
+#: weights drawn from the same seed in the same order, and the same loss formula.
+TERMS_BEFORE_SHARED_BASE = {
+    ("vq_vae", True): {
+        "loss": 942.87744140625, "recon": 729.76806640625, "commitment": 4.160562992095947, "codebook": 0.0,
+        "prior": 212.06918334960938, "perplexity": 1.0, "usage": 0.03125,
+    },
+    ("vq_vae", False): {
+        "loss": 947.0379638671875, "recon": 729.76806640625, "commitment": 4.160562992095947,
+        "codebook": 4.160562992095947, "prior": 212.06918334960938, "perplexity": 1.0, "usage": 0.03125,
+    },
+    ("vq_vae2", True): {
+        "loss": 1047.10205078125, "recon": 749.1875610351562, "commitment": 6.115993022918701, "codebook": 0.0,
+        "prior": 296.38543701171875, "commitment_top": 1.445970058441162, "commitment_bottom": 4.670022964477539,
+        "codebook_top": 0.0, "codebook_bottom": 0.0, "prior_top": 56.55430603027344,
+        "prior_bottom": 239.83114624023438, "perplexity_top": 1.0, "perplexity_bottom": 1.0, "usage_top": 0.03125,
+        "usage_bottom": 0.03125,
+    },
+    ("vq_vae2", False): {
+        "loss": 1053.218017578125, "recon": 749.1875610351562, "commitment": 6.115993022918701,
+        "codebook": 6.115993022918701, "prior": 296.38543701171875, "commitment_top": 1.445970058441162,
+        "commitment_bottom": 4.670022964477539, "codebook_top": 1.445970058441162,
+        "codebook_bottom": 4.670022964477539, "prior_top": 56.55430603027344, "prior_bottom": 239.83114624023438,
+        "perplexity_top": 1.0, "perplexity_bottom": 1.0, "usage_top": 0.03125, "usage_bottom": 0.03125,
+    },
+}
+#: The same models' checkpoint layout then: the top-level modules in ``state_dict`` order and the
+#: number of entries with ``ema=True`` and ``ema=False`` (the EMA statistics are buffers).
+STATE_BEFORE_SHARED_BASE = {
+    "vq_vae": (["encoder", "quantizer", "decoder", "prior"], {True: 47, False: 46}),
+    "vq_vae2": (
+        ["encoder_bottom", "encoder_top", "quantizer_top", "decoder_top", "pre_quantize_bottom", "quantizer_bottom",
+         "upsample_top", "decoder", "prior_top", "prior_bottom"],
+        {True: 101, False: 99},
+    ),
+}
+
+
+@pytest.mark.parametrize("name, ema", list(TERMS_BEFORE_SHARED_BASE))
+def test_loss_weights_and_checkpoint_layout_are_those_before_the_shared_base(name: str, ema: bool) -> None:
+    model = _build(name, (1, 32, 32), ema=ema, prior_batch=2).eval()
+    x = _binary(3, (1, 32, 32))
+    terms = model.loss(x, model(x))
+    expected = TERMS_BEFORE_SHARED_BASE[name, ema]
+    assert list(terms) == list(expected)
+    for key, value in expected.items():
+        assert_close(terms[key], torch.tensor(value, dtype=torch.float64), torch.float32)
+    modules, entries = STATE_BEFORE_SHARED_BASE[name]
+    state = model.state_dict()
+    assert list(dict.fromkeys(key.split(".")[0] for key in state)) == modules
+    assert len(state) == entries[ema]
 
 
 # --- vq_vae2 -------------------------------------------------------------------------------------------------

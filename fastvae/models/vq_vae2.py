@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fastvae.ops._checks import check_int
-from fastvae.models._prior import GatedPixelCNN
+from fastvae.models._vq import VQModel
 from fastvae.models.base import ModelOutput
 from fastvae.models.nets import FeatureDecoder, FeatureEncoder
 from fastvae.models.registry import register
-from fastvae.models.vq_vae import VQModel, codebook_usage
 
 __all__ = ["VQVAE2"]
 
@@ -81,54 +78,26 @@ class VQVAE2(VQModel):
         precision: ``"ieee"`` or ``"tf32"``, the nearest-code searches' float32 products.
     """
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        latent_dim: int,
-        *,
-        codebook_size: int = 512,
-        beta: float = 0.25,
-        ema: bool = True,
-        decay: float = 0.99,
-        dead_code_threshold: float = 1.0,
-        hidden: int = 128,
-        res_blocks: int = 2,
-        downsamples: int = 2,
-        likelihood: str = "bernoulli",
-        obs_std: float = 1.0,
-        prior_channels: int = 64,
-        prior_layers: int = 8,
-        prior_batch: int = 64,
-        precision: str = "ieee",
-    ) -> None:
-        check_int(downsamples, "downsamples", 0)
-        super().__init__(
-            input_shape, latent_dim, reduction=2 ** (downsamples + 1), beta=beta, ema=ema, prior_batch=prior_batch,
-            likelihood=likelihood, obs_std=obs_std,
-        )
+    levels = 2
+
+    def build_networks(self) -> None:
+        """The networks of the class docstring, the quantisers and the priors, in the order of their weights."""
         channels, height, width = self.input_shape
-        hidden = check_int(hidden, "hidden", 2)
-        res_blocks = check_int(res_blocks, "res_blocks", 0)
-        prior_channels = check_int(prior_channels, "prior_channels", 1)
-        prior_layers = check_int(prior_layers, "prior_layers", 1)
-        self.codebook_size = codebook_size
+        latent_dim, hidden, res_blocks, downsamples = self.latent_dim, self.hidden, self.res_blocks, self.downsamples
         self.bottom_grid = (height >> downsamples, width >> downsamples)
         self.top_grid = (height >> (downsamples + 1), width >> (downsamples + 1))
-        quantizer = {"decay": decay, "dead_code_threshold": dead_code_threshold, "precision": precision}
-
         self.encoder_bottom = FeatureEncoder(channels, hidden, hidden=hidden, downsamples=downsamples,
                                              res_blocks=res_blocks)
         self.encoder_top = FeatureEncoder(hidden, latent_dim, hidden=hidden, downsamples=1, res_blocks=res_blocks)
-        self.quantizer_top = self.make_quantizer(codebook_size, **quantizer)
+        self.quantizer_top = self.make_quantizer()
         self.decoder_top = FeatureDecoder(latent_dim, latent_dim, hidden=hidden, upsamples=1, res_blocks=res_blocks)
         self.pre_quantize_bottom = nn.Conv2d(latent_dim + hidden, latent_dim, 1)
-        self.quantizer_bottom = self.make_quantizer(codebook_size, **quantizer)
+        self.quantizer_bottom = self.make_quantizer()
         self.upsample_top = nn.ConvTranspose2d(latent_dim, latent_dim, 4, stride=2, padding=1)
         self.decoder = FeatureDecoder(2 * latent_dim, channels, hidden=hidden, upsamples=downsamples,
                                       res_blocks=res_blocks)
-        self.prior_top = GatedPixelCNN(codebook_size, channels=prior_channels, layers=prior_layers)
-        self.prior_bottom = GatedPixelCNN(codebook_size, channels=prior_channels, layers=prior_layers,
-                                          condition_codes=codebook_size)
+        self.prior_top = self.make_prior()
+        self.prior_bottom = self.make_prior(condition_codes=self.codebook_size)
 
     def quantizers(self) -> tuple[nn.Module, ...]:
         """``(quantizer_top, quantizer_bottom)``."""
@@ -142,8 +111,8 @@ class VQVAE2(VQModel):
     def decode_codes(self, indices_top: torch.Tensor, indices_bottom: torch.Tensor) -> torch.Tensor:
         """Decoder output ``(B, *input_shape)`` (logits for Bernoulli, the mean for Gaussian) of code indices
         ``(B, h_t, w_t)`` and ``(B, h_b, w_b)``."""
-        z_top = F.embedding(indices_top, self.quantizer_top.codebook).permute(0, 3, 1, 2)
-        z_bottom = F.embedding(indices_bottom, self.quantizer_bottom.codebook).permute(0, 3, 1, 2)
+        z_top = self.code_vectors(self.quantizer_top, indices_top)
+        z_bottom = self.code_vectors(self.quantizer_bottom, indices_bottom)
         return self._decode(z_top, z_bottom)[1]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ModelOutput:
@@ -154,45 +123,20 @@ class VQVAE2(VQModel):
         z_e_bottom = self.pre_quantize_bottom(torch.cat([self.decoder_top(vq_top.quantized), features], dim=1))
         vq_bottom = self.quantize(self.quantizer_bottom, z_e_bottom)
         z, logits = self._decode(vq_top.quantized, vq_bottom.quantized)
-        entries = {}
-        for suffix, vq in (("_top", vq_top), ("_bottom", vq_bottom)):
-            entries.update({
-                f"z{suffix}": vq.quantized, f"indices{suffix}": vq.indices,
-                f"commitment_loss{suffix}": vq.commitment_loss, f"codebook_loss{suffix}": vq.codebook_loss,
-                f"perplexity{suffix}": vq.perplexity,
-            })
-        return ModelOutput(recon=self.mean(logits), z=z, logits=logits, **entries)
+        return ModelOutput(
+            recon=self.mean(logits), z=z, logits=logits,
+            **self.level_outputs(vq_top, "_top"), **self.level_outputs(vq_bottom, "_bottom"),
+        )
 
     def loss(
         self, x: torch.Tensor, out: ModelOutput, y: torch.Tensor | None = None, step: int | None = None
     ) -> dict[str, torch.Tensor]:
         """The terms of the class docstring: totals, each level's, perplexities and usage."""
-        recon = self.reconstruction_nll(x, out.logits).mean()
-        commitment_top, codebook_top = self.vq_terms(out, "_top")
-        commitment_bottom, codebook_bottom = self.vq_terms(out, "_bottom")
         top = self.prior_codes(out.indices_top)
-        prior_top = self.prior_top.nll(top).mean()
-        prior_bottom = self.prior_bottom.nll(self.prior_codes(out.indices_bottom), top).mean()
-        commitment = commitment_top + commitment_bottom
-        codebook = codebook_top + codebook_bottom
-        prior = prior_top + prior_bottom
-        return {
-            "loss": recon + codebook + self.beta * commitment + prior,
-            "recon": recon,
-            "commitment": commitment,
-            "codebook": codebook,
-            "prior": prior,
-            "commitment_top": commitment_top,
-            "commitment_bottom": commitment_bottom,
-            "codebook_top": codebook_top,
-            "codebook_bottom": codebook_bottom,
-            "prior_top": prior_top,
-            "prior_bottom": prior_bottom,
-            "perplexity_top": out.perplexity_top.detach().float(),
-            "perplexity_bottom": out.perplexity_bottom.detach().float(),
-            "usage_top": codebook_usage(out.indices_top, self.codebook_size),
-            "usage_bottom": codebook_usage(out.indices_bottom, self.codebook_size),
-        }
+        return self.vq_loss(x, out, {
+            "_top": self.prior_top.nll(top).mean(),
+            "_bottom": self.prior_bottom.nll(self.prior_codes(out.indices_bottom), top).mean(),
+        })
 
     def prior_nll(self, out: ModelOutput) -> torch.Tensor:
         """``-log p(indices_top) - log p(indices_bottom | indices_top)`` in nats per example, ``(B,)`` float32."""
