@@ -16,11 +16,13 @@ import math
 
 import pytest
 import torch
+from tolerances import assert_close
 from torch.distributions import Normal
 
 import fastvae.data
 from fastvae import models
 from fastvae.models import _tc
+from fastvae.models.base import ModelOutput
 from fastvae.models.factor_vae import permute_dims
 from fastvae.models.hfvae import group_sizes
 
@@ -351,6 +353,56 @@ def test_hfvae_with_one_group_per_dim_is_beta_tc_vae() -> None:
     assert hf_terms["tc_within"].abs().item() < 1e-5
     torch.testing.assert_close(hf_terms["tc_between"], tc_terms["tc"])
     torch.testing.assert_close(hf_terms["loss"], tc_terms["loss"])
+
+
+#: ``model.loss(x, out)`` of each model with ``alpha=0.5, beta=3, gamma=2, dataset_size=40`` (hfvae:
+#: ``groups=(2, 1, 2)``) on the fixed ``_fixed_output`` below, computed by the models of commit ff472d7,
+#: before what they repeated moved to ``_tc.KLDecompositionVAE`` (issue 14, point 4): the terms in order.
+TERMS_BEFORE_SHARED_BASE = {
+    ("beta_tc_vae", "mws"): {
+        "loss": 13.741235733032227, "recon": 4.486828804016113, "mi": 3.6992974281311035, "tc": 11.253445625305176,
+        "dwkl": -13.177790641784668, "kl": 2.5571510791778564,
+    },
+    ("beta_tc_vae", "mss"): {
+        "loss": 6.513505935668945, "recon": 4.486828804016113, "mi": 0.8160552978515625, "tc": -0.2991451323032379,
+        "dwkl": 1.2580424547195435, "kl": 2.5571510791778564,
+    },
+    ("hfvae", "mws"): {
+        "loss": 29.193756103515625, "recon": 4.39802885055542, "mi": 4.601650238037109,
+        "tc_between": 8.183021545410156, "tc_within": 7.400404453277588, "dwkl": -16.854970932006836,
+        "kl": 2.846257448196411,
+    },
+    ("hfvae", "mss"): {
+        "loss": 8.55469036102295, "recon": 4.39802885055542, "mi": 1.9909756183624268,
+        "tc_between": 0.8774456977844238, "tc_within": 0.06715259701013565, "dwkl": 0.39453125,
+        "kl": 2.846257448196411,
+    },
+}
+
+
+def _fixed_output(batch: int, latent_dim: int, features: int) -> tuple[torch.Tensor, ModelOutput]:
+    """A batch ``x`` and a forward's output for it, drawn from a fixed generator (no model, no sampler)."""
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(batch, latent_dim, generator=generator)
+    logvar = 0.5 * torch.randn(batch, latent_dim, generator=generator)
+    z = mu + (0.5 * logvar).exp() * torch.randn(batch, latent_dim, generator=generator)
+    logits = torch.randn(batch, features, generator=generator)
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1)
+    x = torch.rand(batch, features, generator=generator)
+    return x, ModelOutput(recon=torch.sigmoid(logits), z=z, logits=logits, mu=mu, logvar=logvar, kl=kl)
+
+
+@pytest.mark.parametrize("name, estimator", list(TERMS_BEFORE_SHARED_BASE))
+def test_losses_are_those_before_the_shared_base(name: str, estimator: str) -> None:
+    latent_dim, hparams = (5, {"groups": (2, 1, 2)}) if name == "hfvae" else (4, {})
+    model = models.create(name, input_shape=(6,), latent_dim=latent_dim, alpha=0.5, beta=3.0, gamma=2.0,
+                          dataset_size=40, estimator=estimator, **hparams)
+    x, out = _fixed_output(5, latent_dim, 6)
+    terms = model.loss(x, out)
+    expected = TERMS_BEFORE_SHARED_BASE[name, estimator]
+    assert list(terms) == list(expected)
+    for key, value in expected.items():
+        assert_close(terms[key], torch.tensor(value, dtype=torch.float64), torch.float32)
 
 
 # --- factor_vae ---------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Minibatch estimators of the aggregate posterior and the KL decomposition they enable.
+"""Minibatch estimators of the aggregate posterior, the KL decomposition they enable, and the base of
+the models that weigh its terms.
 
-Shared by ``beta_tc_vae`` (Chen et al. 2018) and ``hfvae`` (Esmaeili et al. 2019). With a data set of
+Shared by ``beta_tc_vae`` (Chen et al. 2018) and ``hfvae`` (Esmaeili et al. 2019), whose common base is
+:class:`KLDecompositionVAE`: their hyper-parameters and the batch means of :func:`decompose_kl`. With a data set of
 ``N`` points and encoder ``q(z|n)``, the aggregate posterior is ``q(z) = (1/N) sum_n q(z|n)``. For a
 minibatch ``x_1..x_B`` with samples ``z_i ~ q(z|x_i)``, each estimator is a weight matrix ``W (B, B)``
 and::
@@ -45,9 +47,12 @@ from collections.abc import Sequence
 import torch
 
 from fastvae import ops
+from fastvae.models.base import GaussianVAE, ModelOutput
+from fastvae.ops._checks import check_weight
 
 __all__ = [
     "ESTIMATORS",
+    "KLDecompositionVAE",
     "check_dataset_size",
     "check_estimator",
     "decompose_kl",
@@ -173,3 +178,51 @@ def decompose_kl(
         terms["tc_between"] = log_qz - log_qz_groups
         terms["tc_within"] = log_qz_groups - log_qz_dims
     return terms
+
+
+class KLDecompositionVAE(GaussianVAE):
+    """Base of ``beta_tc_vae`` and ``hfvae``: a :class:`~fastvae.models.base.GaussianVAE` whose loss
+    weighs the terms of :func:`decompose_kl` instead of the KL.
+
+    It holds, checked, the hyper-parameters both models take: three weights (each model's docstring
+    says which term each weighs) and the aggregate-posterior estimator; :meth:`kl_terms` gives the
+    decomposition's batch means. Each model states and computes its own loss from them.
+
+    Args:
+        input_shape, latent_dim, likelihood, obs_std: as for :class:`~fastvae.models.base.GaussianVAE`.
+        alpha, beta, gamma: non-negative finite weights (ValueError naming the bad one).
+        dataset_size: ``N``, the number of training examples the estimators assume.
+        estimator: one of :data:`ESTIMATORS`.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        latent_dim: int,
+        *,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        dataset_size: int,
+        estimator: str,
+        likelihood: str,
+        obs_std: float,
+    ) -> None:
+        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
+        self.alpha = check_weight("alpha", alpha)
+        self.beta = check_weight("beta", beta)
+        self.gamma = check_weight("gamma", gamma)
+        self.dataset_size = check_dataset_size(dataset_size)
+        self.estimator = check_estimator(estimator)
+
+    def kl_terms(self, out: ModelOutput, group_sizes: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """The batch means of :func:`decompose_kl` for ``out`` (the model's forward: ``z``, ``mu``,
+        ``logvar``, each ``(B, D)``), computed in float32 with the model's estimator and ``dataset_size``.
+
+        Returns:
+            ``{"mi", "tc", "dwkl"}`` (and ``"tc_between"``, ``"tc_within"`` with ``group_sizes``), each a
+            float32 0-dim tensor.
+        """
+        z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()
+        log_w = log_importance_weights(z.shape[0], self.dataset_size, self.estimator, device=z.device)
+        return {name: value.mean() for name, value in decompose_kl(z, mu, logvar, log_w, group_sizes).items()}

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.models import _tc
-from fastvae.ops._checks import check_weight
-from fastvae.models.base import GaussianVAE, ModelOutput
+from fastvae.models._tc import KLDecompositionVAE
+from fastvae.models.base import ModelOutput
 from fastvae.models.registry import register
 
 __all__ = ["BetaTCVAE"]
 
 
 @register("beta_tc_vae")
-class BetaTCVAE(GaussianVAE):
+class BetaTCVAE(KLDecompositionVAE):
     """beta-TCVAE of Chen et al., "Isolating Sources of Disentanglement in Variational Autoencoders"
     (NeurIPS 2018).
 
@@ -78,20 +77,16 @@ class BetaTCVAE(GaussianVAE):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
-        self.alpha = check_weight("alpha", alpha)
-        self.beta = check_weight("beta", beta)
-        self.gamma = check_weight("gamma", gamma)
-        self.dataset_size = _tc.check_dataset_size(dataset_size)
-        self.estimator = _tc.check_estimator(estimator)
+        super().__init__(
+            input_shape, latent_dim, alpha=alpha, beta=beta, gamma=gamma, dataset_size=dataset_size,
+            estimator=estimator, likelihood=likelihood, obs_std=obs_std,
+        )
 
     def loss(
         self, x: torch.Tensor, out: ModelOutput, y: torch.Tensor | None = None, step: int | None = None
     ) -> dict[str, torch.Tensor]:
         """``{"loss", "recon", "mi", "tc", "dwkl", "kl"}``: scalars (float32), see the class docstring."""
         recon = self.reconstruction_nll(x, out.logits).mean()
-        z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()
-        log_w = _tc.log_importance_weights(z.shape[0], self.dataset_size, self.estimator, device=z.device)
-        terms = {name: value.mean() for name, value in _tc.decompose_kl(z, mu, logvar, log_w).items()}
+        terms = self.kl_terms(out)
         loss = recon + self.alpha * terms["mi"] + self.beta * terms["tc"] + self.gamma * terms["dwkl"]
         return {"loss": loss, "recon": recon, **terms, "kl": out.kl.float().mean()}

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fastvae.models import _tc
-from fastvae.ops._checks import check_weight
-from fastvae.models.base import GaussianVAE, ModelOutput
+from fastvae.models._tc import KLDecompositionVAE
+from fastvae.models.base import ModelOutput
 from fastvae.models.registry import register
 
 __all__ = ["HFVAE", "group_sizes"]
@@ -45,7 +44,7 @@ def group_sizes(groups: int | Sequence[int], latent_dim: int) -> tuple[int, ...]
 
 
 @register("hfvae")
-class HFVAE(GaussianVAE):
+class HFVAE(KLDecompositionVAE):
     """The HFVAE of Esmaeili et al., "Structured Disentangled Representations" (AISTATS 2019).
 
     The latent dims are split into consecutive groups ``z = (z^1, ..., z^G)``, and the KL term of the
@@ -95,23 +94,19 @@ class HFVAE(GaussianVAE):
         likelihood: str = "bernoulli",
         obs_std: float = 1.0,
     ) -> None:
-        super().__init__(input_shape, latent_dim, likelihood=likelihood, obs_std=obs_std)
+        super().__init__(
+            input_shape, latent_dim, alpha=alpha, beta=beta, gamma=gamma, dataset_size=dataset_size,
+            estimator=estimator, likelihood=likelihood, obs_std=obs_std,
+        )
         self.group_sizes = group_sizes(groups, latent_dim)
-        self.alpha = check_weight("alpha", alpha)
-        self.beta = check_weight("beta", beta)
-        self.gamma = check_weight("gamma", gamma)
-        self.dataset_size = _tc.check_dataset_size(dataset_size)
-        self.estimator = _tc.check_estimator(estimator)
 
     def loss(
         self, x: torch.Tensor, out: ModelOutput, y: torch.Tensor | None = None, step: int | None = None
     ) -> dict[str, torch.Tensor]:
         """``{"loss", "recon", "mi", "tc_between", "tc_within", "dwkl", "kl"}``: float32 scalars."""
         recon = self.reconstruction_nll(x, out.logits).mean()
-        z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()
-        log_w = _tc.log_importance_weights(z.shape[0], self.dataset_size, self.estimator, device=z.device)
-        parts = _tc.decompose_kl(z, mu, logvar, log_w, self.group_sizes)
-        terms = {name: parts[name].mean() for name in ("mi", "tc_between", "tc_within", "dwkl")}
+        parts = self.kl_terms(out, self.group_sizes)
+        terms = {name: parts[name] for name in ("mi", "tc_between", "tc_within", "dwkl")}
         loss = (
             recon
             + terms["dwkl"]
