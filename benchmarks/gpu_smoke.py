@@ -286,9 +286,9 @@ def _run_one(fastvae: Any, op: str, check: Callable[..., list], backend: str, dt
 
 def _backend_ops(op: str) -> tuple[str, ...]:
     return {
-        "iwae": ("iwae_log_weights", "iwae_bound", "miwae_bound"),
-        "vector_quantize": ("vector_quantize", "vq_code_stats"),
-    }.get(op, (op,))
+        "iwae": ("iwae_log_weights_fwd", "iwae_bound_fwd", "miwae_bound_fwd"),
+        "vector_quantize": ("vector_quantize_fwd", "vq_code_stats_fwd"),
+    }.get(op, (f"{op}_fwd",))
 
 
 def _line(row: dict[str, Any]) -> str:

@@ -23,9 +23,10 @@ The backend is chosen, from strongest to weakest, by :func:`use_backend` (a cont
 ``cpu`` where it implements the op and ``torch`` otherwise. Forcing a backend that cannot run raises :class:`BackendUnavailableError` naming what is
 missing.
 
-Op modules register the reference implementations with :func:`register` and the compiled ones with
-:func:`register_kernels`, which imports a kernel module only when a backend first needs it (so
-``import fastvae`` never imports Triton, and ``TRITON_INTERPRET`` may be set after it).
+Op modules register each backend's module with :func:`register`: every backend names an op's
+functions ``<op>_fwd`` / ``<op>_bwd``. A compiled backend's module is imported only when that backend
+is first needed (so ``import fastvae`` never imports Triton, and ``TRITON_INTERPRET`` may be set
+after it).
 :func:`resolve` is called inside each custom op at run time, so the choice also applies to code
 compiled with ``torch.compile``.
 """
@@ -58,10 +59,6 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "cuda", "cpu")
 #: Compiled backends for CUDA tensors, in the order ``auto`` prefers them for an op with no measured
 #: ranking.
 _COMPILED: tuple[str, ...] = ("triton", "cuda")
-
-#: Backends whose implementations come from kernel modules (:func:`register_kernels`).
-_KERNEL_BACKENDS: tuple[str, ...] = (*_COMPILED, "cpu")
-
 
 
 def _measured_preference() -> dict[str, tuple[str, ...]]:
@@ -117,21 +114,24 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def kernel_name(op: str) -> str:
-    """The host function implementing ``op`` in a kernel module: ``<op>_fwd``, or ``<op>_bwd`` for
-    an op named ``<op>_backward``."""
-    return op.removesuffix("_backward") + ("_bwd" if op.endswith("_backward") else "_fwd")
+def register(backend: str, module: str, ops: tuple[str, ...]) -> None:
+    """Register the functions named ``ops`` in ``module`` as ``backend``'s implementations of them.
 
+    Every backend names an op's functions alike, ``<op>_fwd`` and ``<op>_bwd``. The reference
+    (``torch``) module is imported now; a compiled backend's module on first use, and if that fails
+    the backend reports the import error.
 
-def register_kernels(backend: str, module: str, ops: tuple[str, ...]) -> None:
-    """Register ``module``'s host functions (see :func:`kernel_name`) as ``backend``'s ``ops``.
-
-    The module is imported on first use; if that fails the backend reports the import error.
+    Args:
+        backend: ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
+        module: the module's import name, e.g. ``"fastvae.kernels.gaussian"``.
+        ops: the op names, e.g. ``("gaussian_kl_fwd", "gaussian_kl_bwd")``.
     """
-    if backend not in _KERNEL_BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, _KERNEL_BACKENDS))}, got {backend!r}")
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS[1:]))}, got {backend!r}")
     _PENDING.setdefault(backend, []).append((module, ops))
     _RESOLVED.clear()
+    if backend == "torch":
+        _load_kernels(backend)
 
 
 def _load_kernels(backend: str) -> None:
@@ -142,7 +142,7 @@ def _load_kernels(backend: str) -> None:
             _IMPORT_ERRORS[backend] = f"importing {module_name} failed: {error}"
             continue
         for op in ops:
-            register(op, backend, getattr(module, kernel_name(op)))
+            _IMPLS.setdefault(op, {})[backend] = getattr(module, op)
 
 
 def _has_kernels(backend: str) -> bool:
@@ -257,14 +257,6 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _override = previous
-
-
-def register(op: str, backend: str, impl: Callable[..., object]) -> None:
-    """Register ``impl`` as ``backend``'s implementation of ``op`` (called by op modules at import)."""
-    if backend not in BACKENDS[1:]:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS[1:]))}, got {backend!r}")
-    _IMPLS.setdefault(op, {})[backend] = impl
-    _RESOLVED.clear()
 
 
 #: What :func:`resolve` found, by ``(op, backend in force, device type)``: every op call asks, and

@@ -50,10 +50,10 @@ def test_forcing_an_unavailable_backend_names_what_is_missing(name):
 def test_auto_runs_the_cpu_kernels_on_cpu_where_built_and_the_reference_otherwise():
     cpu = "cpu" in fastvae.available_backends()
     with fastvae.use_backend("auto"):
-        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["cpu" if cpu else "torch"]
-        assert backend.resolve("iwae_bound", torch.device("cpu")) is backend._IMPLS["iwae_bound"]["cpu" if cpu else "torch"]
+        assert backend.resolve("gaussian_kl_fwd", torch.device("cpu")) is backend._IMPLS["gaussian_kl_fwd"]["cpu" if cpu else "torch"]
+        assert backend.resolve("iwae_bound_fwd", torch.device("cpu")) is backend._IMPLS["iwae_bound_fwd"]["cpu" if cpu else "torch"]
         # No compiled CPU search: the reference's matrix product is PyTorch's own compiled code.
-        assert backend.resolve("vq_nearest", torch.device("cpu")) is backend._IMPLS["vq_nearest"]["torch"]
+        assert backend.resolve("vq_nearest_fwd", torch.device("cpu")) is backend._IMPLS["vq_nearest_fwd"]["torch"]
 
 
 def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
@@ -66,10 +66,10 @@ def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
     monkeypatch.setattr(backend, "_missing", missing)
     monkeypatch.setattr(backend, "_RESOLVED", {})
     with fastvae.use_backend("auto"):
-        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
+        assert backend.resolve("gaussian_kl_fwd", torch.device("cpu")) is backend._IMPLS["gaussian_kl_fwd"]["torch"]
         assert asked == ["cpu"]
         # The answer is remembered: a later call does not ask again.
-        assert backend.resolve("gaussian_kl", torch.device("cpu")) is backend._IMPLS["gaussian_kl"]["torch"]
+        assert backend.resolve("gaussian_kl_fwd", torch.device("cpu")) is backend._IMPLS["gaussian_kl_fwd"]["torch"]
         assert asked == ["cpu"]
 
 
@@ -78,16 +78,16 @@ def test_the_cpu_backend_refuses_cuda_tensors_and_ops_it_lacks():
         pytest.skip("fastvae._C (with its CPU kernels) is not built here")
     with fastvae.use_backend("cpu"):
         with pytest.raises(fastvae.BackendUnavailableError, match="the cpu backend needs CPU tensors, got tensors on cuda"):
-            backend.resolve("gaussian_kl", torch.device("cuda"))
-        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run vq_nearest: it has no implementation"):
-            backend.resolve("vq_nearest", torch.device("cpu"))
+            backend.resolve("gaussian_kl_fwd", torch.device("cuda"))
+        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run vq_nearest_fwd: it has no implementation"):
+            backend.resolve("vq_nearest_fwd", torch.device("cpu"))
 
 
 def test_resolve_names_op_when_backend_lacks_it(monkeypatch):
     monkeypatch.setattr(backend, "_missing", lambda name, device=None: None)
     with fastvae.use_backend("cuda"):
-        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run gaussian_kl: it has no implementation"):
-            backend.resolve("gaussian_kl", torch.device("cpu"))
+        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run gaussian_kl_fwd: it has no implementation"):
+            backend.resolve("gaussian_kl_fwd", torch.device("cpu"))
 
 
 def _import_with_env(value: str) -> subprocess.CompletedProcess:

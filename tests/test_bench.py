@@ -758,4 +758,4 @@ def test_backend_ranking_keeps_the_precisions_apart():
     # ieee: cuda 4x faster; tf32: triton 2x faster. The geometric mean favours cuda -- unless one
     # precision's rows overwrite the other's.
     rows = [row("ieee", "cuda", 1.0), row("ieee", "triton", 4.0), row("tf32", "cuda", 2.0), row("tf32", "triton", 1.0)]
-    assert preference.rank({"rows": rows})["vq_nearest"] == ("cuda", "triton")
+    assert preference.rank({"rows": rows})["vq_nearest_fwd"] == ("cuda", "triton")

@@ -193,7 +193,7 @@ def test_iwae_log_weights_agree(backend, shape, dtype, samples):
     _compare(backend, fastvae.iwae_log_weights, formula, [log_px_z, z, mu, logvar], dtype, scale=math.sqrt(cols))
 
 
-@pytest.mark.parametrize("backend", _compiled_with("vq_nearest"))
+@pytest.mark.parametrize("backend", _compiled_with("vq_nearest_fwd"))
 @FUZZ
 @given(rows=SIZES, codes=SIZES, dim=SIZES, dtype=DTYPES, seed=st.integers(0, 2**31), metric=st.sampled_from(["l2", "cosine"]))
 def test_vq_nearest_agrees(backend, rows, codes, dim, dtype, seed, metric):

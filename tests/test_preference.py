@@ -27,8 +27,8 @@ def test_faster_backend_by_geometric_mean_comes_first_for_every_covered_op() -> 
         _row("gaussian_kl", "a", "fp32", "fwd", "eager", 0.1), _row("gaussian_kl", "a", "fp32", "fwd", "cuda", 1.0),
     ]
     ranking = preference.rank({"rows": rows})
-    assert ranking["reparameterize"] == ranking["reparameterize_backward"] == ("cuda", "triton")
-    assert ranking["vq_nearest"] == ("triton", "cuda")
+    assert ranking["reparameterize_fwd"] == ranking["reparameterize_bwd"] == ("cuda", "triton")
+    assert ranking["vq_nearest_fwd"] == ("triton", "cuda")
     assert "iwae_bound" not in ranking and "gaussian_kl" not in ranking
 
 
@@ -41,6 +41,6 @@ def test_generated_module_round_trips(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("_measured_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PREFERENCE["vq_code_stats"] == ("cuda", "triton")
+    assert module.PREFERENCE["vq_code_stats_fwd"] == ("cuda", "triton")
     assert module.PROVENANCE["commit"] == "c" and module.SOURCE == "bench.json"
     assert json.dumps(module.PROVENANCE)

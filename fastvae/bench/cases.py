@@ -251,7 +251,7 @@ OP_SPECS: dict[str, OpSpec] = {
     for spec in (
         OpSpec(
             "reparameterize",
-            ("reparameterize", "reparameterize_backward"),
+            ("reparameterize_fwd", "reparameterize_bwd"),
             _gaussian_inputs,
             eager_reparameterize,
             _fastvae_reparameterize,
@@ -261,7 +261,7 @@ OP_SPECS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "reparameterize_kl",
-            ("reparameterize_kl", "reparameterize_kl_backward"),
+            ("reparameterize_kl_fwd", "reparameterize_kl_bwd"),
             _gaussian_inputs,
             eager_reparameterize_kl,
             _fastvae_reparameterize_kl,
@@ -273,7 +273,7 @@ OP_SPECS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "gaussian_kl",
-            ("gaussian_kl", "gaussian_kl_backward"),
+            ("gaussian_kl_fwd", "gaussian_kl_bwd"),
             _gaussian_inputs,
             eager_gaussian_kl,
             _fastvae_gaussian_kl,
@@ -285,7 +285,7 @@ OP_SPECS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "iwae",
-            ("iwae_log_weights", "iwae_log_weights_backward", "iwae_bound", "iwae_bound_backward"),
+            ("iwae_log_weights_fwd", "iwae_log_weights_bwd", "iwae_bound_fwd", "iwae_bound_bwd"),
             _iwae_inputs,
             eager_iwae,
             _fastvae_iwae,
@@ -300,7 +300,7 @@ OP_SPECS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "vq_nearest",
-            ("vq_nearest",),
+            ("vq_nearest_fwd",),
             _vq_inputs,
             eager_vq_nearest,
             _fastvae_vq_nearest,
@@ -310,7 +310,7 @@ OP_SPECS: dict[str, OpSpec] = {
         ),
         OpSpec(
             "vector_quantize",
-            ("vector_quantize", "vector_quantize_backward"),
+            ("vector_quantize_fwd", "vector_quantize_bwd"),
             _vq_inputs,
             eager_vector_quantize,
             _fastvae_vector_quantize,

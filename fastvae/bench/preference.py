@@ -9,8 +9,8 @@ it came from), which :mod:`fastvae.backend` reads::
 
 Per benchmarked op, the two backends are compared on every (shape, dtype, precision, mode) row both measured
 successfully; the one with the smaller geometric-mean time ratio comes first. A benchmark op covers
-the custom ops it times (forward and backward): ``iwae`` ranks the IWAE/MIWAE ops,
-``vector_quantize`` also ranks ``vq_code_stats``. Ops with no comparable rows keep the default order.
+the backend ops it times (forward and backward, ``<op>_fwd`` / ``<op>_bwd``): ``iwae`` ranks the
+IWAE/MIWAE ops, ``vector_quantize`` also ranks ``vq_code_stats``. Ops with no comparable rows keep the default order.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from typing import Any
 
 __all__ = ["COVERS", "rank", "write_module"]
 
-#: The custom ops (forward and backward) each benchmark op's timings stand for.
+#: The backend ops (forward and backward) each benchmark op's timings stand for.
 COVERS: dict[str, tuple[str, ...]] = {
-    "reparameterize": ("reparameterize", "reparameterize_backward"),
-    "reparameterize_kl": ("reparameterize_kl", "reparameterize_kl_backward"),
-    "gaussian_kl": ("gaussian_kl", "gaussian_kl_backward"),
+    "reparameterize": ("reparameterize_fwd", "reparameterize_bwd"),
+    "reparameterize_kl": ("reparameterize_kl_fwd", "reparameterize_kl_bwd"),
+    "gaussian_kl": ("gaussian_kl_fwd", "gaussian_kl_bwd"),
     "iwae": (
-        "iwae_log_weights", "iwae_log_weights_backward", "iwae_bound", "iwae_bound_backward",
-        "miwae_bound", "miwae_bound_backward",
+        "iwae_log_weights_fwd", "iwae_log_weights_bwd", "iwae_bound_fwd", "iwae_bound_bwd",
+        "miwae_bound_fwd", "miwae_bound_bwd",
     ),
-    "vq_nearest": ("vq_nearest",),
-    "vector_quantize": ("vector_quantize", "vector_quantize_backward", "vq_code_stats"),
+    "vq_nearest": ("vq_nearest_fwd",),
+    "vector_quantize": ("vector_quantize_fwd", "vector_quantize_bwd", "vq_code_stats_fwd"),
 }
 
 _COMPILED = ("triton", "cuda")
@@ -44,13 +44,13 @@ _MODULE = Path(__file__).resolve().parents[1] / "_measured.py"
 
 
 def rank(report: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Per custom op, the compiled backends fastest first, from a ``bench.json`` report.
+    """Per backend op (``<op>_fwd`` / ``<op>_bwd``), the compiled backends fastest first, from a ``bench.json`` report.
 
     Args:
         report: the parsed ``bench.json`` of a GPU run (its ``rows``).
 
     Returns:
-        ``{custom op name: ("cuda", "triton") or ("triton", "cuda")}`` for every op whose benchmark has at
+        ``{backend op name: ("cuda", "triton") or ("triton", "cuda")}`` for every op whose benchmark has at
         least one row measured on both backends.
     """
     times: dict[tuple[str | None, ...], dict[str, float]] = {}

@@ -17,28 +17,27 @@ import torch
 
 from fastvae import backend
 from fastvae.ops import _checks
-from fastvae.ops._dispatch import dispatched
-from fastvae.ops._seed import seed_tensor
+from fastvae.ops._dispatch import define, tracing
+from fastvae.ops._seed import seed_value
 from fastvae.reference import gaussian as reference
 
 __all__ = ["reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob"]
 
-#: The backend-dispatched ops of this family (forward and backward), as registered.
+#: The backend ops of this family, as every backend names them (``<op>_fwd`` / ``<op>_bwd``).
 OP_NAMES: tuple[str, ...] = (
-    "reparameterize",
-    "reparameterize_backward",
-    "reparameterize_kl",
-    "reparameterize_kl_backward",
-    "gaussian_kl",
-    "gaussian_kl_backward",
-    "gaussian_log_prob",
-    "gaussian_log_prob_backward",
+    "reparameterize_fwd",
+    "reparameterize_bwd",
+    "reparameterize_kl_fwd",
+    "reparameterize_kl_bwd",
+    "gaussian_kl_fwd",
+    "gaussian_kl_bwd",
+    "gaussian_log_prob_fwd",
+    "gaussian_log_prob_bwd",
 )
-for _name in OP_NAMES:
-    backend.register(_name, "torch", getattr(reference, _name))
-backend.register_kernels("triton", "fastvae.kernels.gaussian", OP_NAMES)
-backend.register_kernels("cuda", "fastvae.cuda.gaussian", OP_NAMES)
-backend.register_kernels("cpu", "fastvae.cuda.gaussian", OP_NAMES)
+backend.register("torch", "fastvae.reference.gaussian", OP_NAMES)
+backend.register("triton", "fastvae.kernels.gaussian", OP_NAMES)
+backend.register("cuda", "fastvae.cuda.gaussian", OP_NAMES)
+backend.register("cpu", "fastvae.cuda.gaussian", OP_NAMES)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -77,133 +76,81 @@ def _explicit_eps_grads(
     return (0.5 * scaled * eps.to(acc)).to(logvar.dtype), scaled.to(eps.dtype)
 
 
-# --- reparameterize -------------------------------------------------------------------------------
+# --- reparameterize: z = mu + exp(logvar / 2) * eps -----------------------------------------------
+# Backward regenerates eps from the seed: d z / d mu = 1, d z / d logvar = exp(logvar / 2) eps / 2.
 
-
-@torch.library.custom_op("fastvae::reparameterize", mutates_args=())
-def _reparameterize(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
-) -> torch.Tensor:
-    return backend.resolve("reparameterize", mu.device)(mu, logvar, eps, int(seed))
-
-
-@_reparameterize.register_fake
-def _(mu, logvar, eps, seed):
-    return torch.empty_like(mu)
-
-
-@torch.library.custom_op("fastvae::reparameterize_backward", mutates_args=())
-def _reparameterize_backward(grad_z: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    return backend.resolve("reparameterize_backward", logvar.device)(grad_z, logvar, int(seed))
-
-
-@_reparameterize_backward.register_fake
-def _(grad_z, logvar, seed):
-    return torch.empty_like(logvar)
-
-
-_reparameterize_backward = dispatched(_reparameterize_backward)
+_reparameterize_bwd = define(
+    "reparameterize_bwd",
+    "(Tensor grad_z, Tensor logvar, Tensor seed) -> Tensor",
+    lambda grad_z, logvar, seed: torch.empty_like(logvar),
+)
 
 
 def _reparameterize_setup(ctx, inputs, output):
-    _, logvar, eps, seed = inputs
-    ctx.save_for_backward(logvar, eps, seed)
+    _, logvar, eps, ctx.seed = inputs
+    ctx.save_for_backward(logvar, eps)
 
 
 def _reparameterize_grad(ctx, grad_z):
-    logvar, eps, seed = ctx.saved_tensors
+    logvar, eps = ctx.saved_tensors
     if eps is not None:
         grad_logvar, grad_eps = _explicit_eps_grads(grad_z, logvar, eps)
         return grad_z, grad_logvar, grad_eps, None
-    grad_logvar = _reparameterize_backward(grad_z, logvar, seed) if ctx.needs_input_grad[1] else None
+    grad_logvar = _reparameterize_bwd(grad_z, logvar, ctx.seed) if ctx.needs_input_grad[1] else None
     return grad_z, grad_logvar, None, None
 
 
-_reparameterize = dispatched(_reparameterize, setup_context=_reparameterize_setup, backward=_reparameterize_grad)
+_reparameterize = define(
+    "reparameterize_fwd",
+    "(Tensor mu, Tensor logvar, Tensor? eps, Tensor seed) -> Tensor",
+    lambda mu, logvar, eps, seed: torch.empty_like(mu),
+    setup_context=_reparameterize_setup,
+    backward=_reparameterize_grad,
+)
 
 
-# --- reparameterize_kl ----------------------------------------------------------------------------
+# --- reparameterize_kl: z as above, and kl = 0.5 sum_D(mu^2 + e^logvar - 1 - logvar) -------------
 
-
-@torch.library.custom_op("fastvae::reparameterize_kl", mutates_args=())
-def _reparameterize_kl(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], seed: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return backend.resolve("reparameterize_kl", mu.device)(mu, logvar, eps, int(seed))
-
-
-@_reparameterize_kl.register_fake
-def _(mu, logvar, eps, seed):
-    return torch.empty_like(mu), mu.new_empty(mu.shape[:-1])
-
-
-@torch.library.custom_op("fastvae::reparameterize_kl_backward", mutates_args=())
-def _reparameterize_kl_backward(
-    grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor
-) -> list[torch.Tensor]:
-    return backend.resolve("reparameterize_kl_backward", mu.device)(grad_z, grad_kl, mu, logvar, int(seed))
-
-
-@_reparameterize_kl_backward.register_fake
-def _(grad_z, grad_kl, mu, logvar, seed):
-    return [torch.empty_like(mu), torch.empty_like(logvar)]
-
-
-_reparameterize_kl_backward = dispatched(_reparameterize_kl_backward)
+_reparameterize_kl_bwd = define(
+    "reparameterize_kl_bwd",
+    "(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor seed) -> Tensor[]",
+    lambda grad_z, grad_kl, mu, logvar, seed: [torch.empty_like(mu), torch.empty_like(logvar)],
+)
 
 
 def _reparameterize_kl_setup(ctx, inputs, output):
-    mu, logvar, eps, seed = inputs
-    ctx.save_for_backward(mu, logvar, eps, seed)
+    mu, logvar, eps, ctx.seed = inputs
+    ctx.save_for_backward(mu, logvar, eps)
 
 
 def _reparameterize_kl_grad(ctx, grad_z, grad_kl):
-    mu, logvar, eps, seed = ctx.saved_tensors
+    mu, logvar, eps = ctx.saved_tensors
     grad_z = torch.zeros_like(mu) if grad_z is None else grad_z
     grad_kl = _row_grad(grad_kl, mu)
     if eps is None:
-        grad_mu, grad_logvar = _reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, seed)
+        grad_mu, grad_logvar = _reparameterize_kl_bwd(grad_z, grad_kl, mu, logvar, ctx.seed)
         return grad_mu, grad_logvar, None, None
-    grad_mu_kl, grad_logvar_kl = reference.gaussian_kl_backward(grad_kl, mu, logvar, None, None)
+    grad_mu_kl, grad_logvar_kl = reference.gaussian_kl_bwd(grad_kl, mu, logvar, None, None)
     grad_logvar_z, grad_eps = _explicit_eps_grads(grad_z, logvar, eps)
     return grad_z + grad_mu_kl, grad_logvar_z + grad_logvar_kl, grad_eps, None
 
 
-_reparameterize_kl = dispatched(_reparameterize_kl, setup_context=_reparameterize_kl_setup, backward=_reparameterize_kl_grad)
+_reparameterize_kl = define(
+    "reparameterize_kl_fwd",
+    "(Tensor mu, Tensor logvar, Tensor? eps, Tensor seed) -> (Tensor, Tensor)",
+    lambda mu, logvar, eps, seed: (torch.empty_like(mu), mu.new_empty(mu.shape[:-1])),
+    setup_context=_reparameterize_kl_setup,
+    backward=_reparameterize_kl_grad,
+)
 
 
-# --- gaussian_kl ----------------------------------------------------------------------------------
+# --- gaussian_kl: KL(N(mu, e^logvar) || N(mu_p, e^logvar_p)) per row ------------------------------
 
-
-@torch.library.custom_op("fastvae::gaussian_kl", mutates_args=())
-def _gaussian_kl(
-    mu: torch.Tensor, logvar: torch.Tensor, mu_p: Optional[torch.Tensor], logvar_p: Optional[torch.Tensor]
-) -> torch.Tensor:
-    return backend.resolve("gaussian_kl", mu.device)(mu, logvar, mu_p, logvar_p)
-
-
-@_gaussian_kl.register_fake
-def _(mu, logvar, mu_p, logvar_p):
-    return mu.new_empty(mu.shape[:-1])
-
-
-@torch.library.custom_op("fastvae::gaussian_kl_backward", mutates_args=())
-def _gaussian_kl_backward(
-    grad: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    mu_p: Optional[torch.Tensor],
-    logvar_p: Optional[torch.Tensor],
-) -> list[torch.Tensor]:
-    return backend.resolve("gaussian_kl_backward", mu.device)(grad, mu, logvar, mu_p, logvar_p)
-
-
-@_gaussian_kl_backward.register_fake
-def _(grad, mu, logvar, mu_p, logvar_p):
-    return [torch.empty_like(mu) for _ in range(2 if mu_p is None else 4)]
-
-
-_gaussian_kl_backward = dispatched(_gaussian_kl_backward)
+_gaussian_kl_bwd = define(
+    "gaussian_kl_bwd",
+    "(Tensor grad, Tensor mu, Tensor logvar, Tensor? mu_p, Tensor? logvar_p) -> Tensor[]",
+    lambda grad, mu, logvar, mu_p, logvar_p: [torch.empty_like(mu) for _ in range(2 if mu_p is None else 4)],
+)
 
 
 def _gaussian_kl_setup(ctx, inputs, output):
@@ -212,41 +159,26 @@ def _gaussian_kl_setup(ctx, inputs, output):
 
 def _gaussian_kl_grad(ctx, grad):
     mu, logvar, mu_p, logvar_p = ctx.saved_tensors
-    grads = _gaussian_kl_backward(grad, mu, logvar, mu_p, logvar_p)
+    grads = _gaussian_kl_bwd(grad, mu, logvar, mu_p, logvar_p)
     return tuple(grads) + (None, None) * (mu_p is None)
 
 
-_gaussian_kl = dispatched(_gaussian_kl, setup_context=_gaussian_kl_setup, backward=_gaussian_kl_grad)
+_gaussian_kl = define(
+    "gaussian_kl_fwd",
+    "(Tensor mu, Tensor logvar, Tensor? mu_p, Tensor? logvar_p) -> Tensor",
+    lambda mu, logvar, mu_p, logvar_p: mu.new_empty(mu.shape[:-1]),
+    setup_context=_gaussian_kl_setup,
+    backward=_gaussian_kl_grad,
+)
 
 
-# --- gaussian_log_prob ----------------------------------------------------------------------------
+# --- gaussian_log_prob: log N(x; mu, e^logvar) per row --------------------------------------------
 
-
-@torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())
-def _gaussian_log_prob(
-    x: torch.Tensor, mu: Optional[torch.Tensor], logvar: Optional[torch.Tensor]
-) -> torch.Tensor:
-    return backend.resolve("gaussian_log_prob", x.device)(x, mu, logvar)
-
-
-@_gaussian_log_prob.register_fake
-def _(x, mu, logvar):
-    return x.new_empty(x.shape[:-1])
-
-
-@torch.library.custom_op("fastvae::gaussian_log_prob_backward", mutates_args=())
-def _gaussian_log_prob_backward(
-    grad: torch.Tensor, x: torch.Tensor, mu: Optional[torch.Tensor], logvar: Optional[torch.Tensor]
-) -> list[torch.Tensor]:
-    return backend.resolve("gaussian_log_prob_backward", x.device)(grad, x, mu, logvar)
-
-
-@_gaussian_log_prob_backward.register_fake
-def _(grad, x, mu, logvar):
-    return [torch.empty_like(x) for _ in range(1 + (mu is not None) + (logvar is not None))]
-
-
-_gaussian_log_prob_backward = dispatched(_gaussian_log_prob_backward)
+_gaussian_log_prob_bwd = define(
+    "gaussian_log_prob_bwd",
+    "(Tensor grad, Tensor x, Tensor? mu, Tensor? logvar) -> Tensor[]",
+    lambda grad, x, mu, logvar: [torch.empty_like(x) for _ in range(1 + (mu is not None) + (logvar is not None))],
+)
 
 
 def _gaussian_log_prob_setup(ctx, inputs, output):
@@ -255,14 +187,20 @@ def _gaussian_log_prob_setup(ctx, inputs, output):
 
 def _gaussian_log_prob_grad(ctx, grad):
     x, mu, logvar = ctx.saved_tensors
-    grads = iter(_gaussian_log_prob_backward(grad, x, mu, logvar))
+    grads = iter(_gaussian_log_prob_bwd(grad, x, mu, logvar))
     grad_x = next(grads)
     grad_mu = None if mu is None else next(grads)
     grad_logvar = None if logvar is None else next(grads)
     return grad_x, grad_mu, grad_logvar
 
 
-_gaussian_log_prob = dispatched(_gaussian_log_prob, setup_context=_gaussian_log_prob_setup, backward=_gaussian_log_prob_grad)
+_gaussian_log_prob = define(
+    "gaussian_log_prob_fwd",
+    "(Tensor x, Tensor? mu, Tensor? logvar) -> Tensor",
+    lambda x, mu, logvar: x.new_empty(x.shape[:-1]),
+    setup_context=_gaussian_log_prob_setup,
+    backward=_gaussian_log_prob_grad,
+)
 
 
 # --- public functions -----------------------------------------------------------------------------
@@ -295,13 +233,12 @@ def _check_eps(eps: object, mu: torch.Tensor) -> Optional[torch.Tensor]:
     return eps
 
 
-def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int], mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """The seed tensor: drawn or checked when sampling; with an explicit eps, never drawn (it is unused).
-    A call that records no gradient keeps no seed for backward, so its draw may reuse a tensor."""
+def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int]) -> int | torch.Tensor:
+    """The seed argument of a sampling op: drawn or checked (:func:`seed_value`); with an explicit
+    eps and no seed, 0 without a draw (the noise stream is unused)."""
     if eps is not None and seed is None:
-        return torch.zeros((), dtype=torch.int64)
-    transient = not (torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad))
-    return seed_tensor(seed, transient=transient)
+        return torch.zeros((), dtype=torch.int64) if tracing() else 0
+    return seed_value(seed)
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -335,7 +272,7 @@ def reparameterize(
     """
     mu, logvar = _check_pair(mu, logvar)
     eps = _check_eps(eps, mu)
-    seed_t = _seed_for(eps, seed, mu, logvar)
+    seed_t = _seed_for(eps, seed)
     rows_eps = None if eps is None else _rows(eps)
     return _shaped(_reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t), mu.shape)
 
@@ -366,7 +303,7 @@ def reparameterize_kl(
     mu, logvar = _check_pair(mu, logvar)
     eps = _check_eps(eps, mu)
     reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
-    seed_t = _seed_for(eps, seed, mu, logvar)
+    seed_t = _seed_for(eps, seed)
     rows_eps = None if eps is None else _rows(eps)
     z, kl = _reparameterize_kl(_rows(mu), _rows(logvar), rows_eps, seed_t)
     return _shaped(z, mu.shape), _reduce(_shaped(kl, mu.shape[:-1]), reduction)

@@ -13,55 +13,32 @@ import torch
 
 from fastvae import backend
 from fastvae.ops import _checks
-from fastvae.ops._dispatch import dispatched
-from fastvae.reference import iwae as reference
+from fastvae.ops._dispatch import define
 
 __all__ = ["iwae_log_weights", "iwae_bound", "miwae_bound"]
 
-#: The backend-dispatched ops of this family (forward and backward), as registered.
+#: The backend ops of this family, as every backend names them (``<op>_fwd`` / ``<op>_bwd``).
 OP_NAMES: tuple[str, ...] = (
-    "iwae_log_weights",
-    "iwae_log_weights_backward",
-    "iwae_bound",
-    "iwae_bound_backward",
-    "miwae_bound",
-    "miwae_bound_backward",
+    "iwae_log_weights_fwd",
+    "iwae_log_weights_bwd",
+    "iwae_bound_fwd",
+    "iwae_bound_bwd",
+    "miwae_bound_fwd",
+    "miwae_bound_bwd",
 )
-for _name in OP_NAMES:
-    backend.register(_name, "torch", getattr(reference, _name))
-backend.register_kernels("triton", "fastvae.kernels.iwae", OP_NAMES)
-backend.register_kernels("cuda", "fastvae.cuda.iwae", OP_NAMES)
-backend.register_kernels("cpu", "fastvae.cuda.iwae", OP_NAMES)
+backend.register("torch", "fastvae.reference.iwae", OP_NAMES)
+backend.register("triton", "fastvae.kernels.iwae", OP_NAMES)
+backend.register("cuda", "fastvae.cuda.iwae", OP_NAMES)
+backend.register("cpu", "fastvae.cuda.iwae", OP_NAMES)
 
 
-# --- iwae_log_weights -----------------------------------------------------------------------------
+# --- iwae_log_weights: log p(x|z) + log N(z; 0, I) - log N(z; mu, e^logvar) -----------------------
 
-
-@torch.library.custom_op("fastvae::iwae_log_weights", mutates_args=())
-def _iwae_log_weights(
-    log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> torch.Tensor:
-    return backend.resolve("iwae_log_weights", z.device)(log_px_z, z, mu, logvar)
-
-
-@_iwae_log_weights.register_fake
-def _(log_px_z, z, mu, logvar):
-    return z.new_empty(z.shape[:-1])
-
-
-@torch.library.custom_op("fastvae::iwae_log_weights_backward", mutates_args=())
-def _iwae_log_weights_backward(
-    grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> list[torch.Tensor]:
-    return backend.resolve("iwae_log_weights_backward", z.device)(grad, z, mu, logvar)
-
-
-@_iwae_log_weights_backward.register_fake
-def _(grad, z, mu, logvar):
-    return [torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)]
-
-
-_iwae_log_weights_backward = dispatched(_iwae_log_weights_backward)
+_iwae_log_weights_bwd = define(
+    "iwae_log_weights_bwd",
+    "(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> Tensor[]",
+    lambda grad, z, mu, logvar: [torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)],
+)
 
 
 def _iwae_log_weights_setup(ctx, inputs, output):
@@ -71,42 +48,27 @@ def _iwae_log_weights_setup(ctx, inputs, output):
 
 def _iwae_log_weights_grad(ctx, grad):
     z, mu, logvar = ctx.saved_tensors
-    grad_z, grad_mu, grad_logvar = _iwae_log_weights_backward(grad, z, mu, logvar)
+    grad_z, grad_mu, grad_logvar = _iwae_log_weights_bwd(grad, z, mu, logvar)
     return grad, grad_z, grad_mu, grad_logvar
 
 
-_iwae_log_weights = dispatched(_iwae_log_weights, setup_context=_iwae_log_weights_setup, backward=_iwae_log_weights_grad)
+_iwae_log_weights = define(
+    "iwae_log_weights_fwd",
+    "(Tensor log_px_z, Tensor z, Tensor mu, Tensor logvar) -> Tensor",
+    lambda log_px_z, z, mu, logvar: z.new_empty(z.shape[:-1]),
+    setup_context=_iwae_log_weights_setup,
+    backward=_iwae_log_weights_grad,
+)
 
 
-# --- iwae_bound -----------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("fastvae::iwae_bound", mutates_args=())
-def _iwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return backend.resolve("iwae_bound", log_w.device)(log_w)
+# --- iwae_bound and miwae_bound: log-mean-exp over K, and its mean over M ---------------------------
+# Each returns the log-sum-exp too (in float32, float64 for float64; no gradient): backward
+# recomputes the normalised weights softmax(log_w) from it.
 
 
 def _lse_like(log_w: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Fake log-sum-exp output: kept in the compute dtype (float32, float64 for float64)."""
     return log_w.new_empty(shape, dtype=torch.float64 if log_w.dtype == torch.float64 else torch.float32)
-
-
-@_iwae_bound.register_fake
-def _(log_w):
-    return log_w.new_empty(log_w.shape[1:]), _lse_like(log_w, log_w.shape[1:])
-
-
-@torch.library.custom_op("fastvae::iwae_bound_backward", mutates_args=())
-def _iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    return backend.resolve("iwae_bound_backward", log_w.device)(grad, log_w, lse)
-
-
-@_iwae_bound_backward.register_fake
-def _(grad, log_w, lse):
-    return torch.empty_like(log_w)
-
-
-_iwae_bound_backward = dispatched(_iwae_bound_backward)
 
 
 def _bound_setup(ctx, inputs, output):
@@ -115,46 +77,43 @@ def _bound_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[1])
 
 
+_BOUND_BWD_SCHEMA = "(Tensor grad, Tensor log_w, Tensor lse) -> Tensor"
+
+_iwae_bound_bwd = define(
+    "iwae_bound_bwd", _BOUND_BWD_SCHEMA, lambda grad, log_w, lse: torch.empty_like(log_w)
+)
+
+
 def _iwae_bound_grad(ctx, grad, _grad_lse):
     log_w, lse = ctx.saved_tensors
-    return _iwae_bound_backward(grad, log_w, lse)
+    return _iwae_bound_bwd(grad, log_w, lse)
 
 
-_iwae_bound = dispatched(_iwae_bound, setup_context=_bound_setup, backward=_iwae_bound_grad)
+_iwae_bound = define(
+    "iwae_bound_fwd",
+    "(Tensor log_w) -> (Tensor, Tensor)",
+    lambda log_w: (log_w.new_empty(log_w.shape[1:]), _lse_like(log_w, log_w.shape[1:])),
+    setup_context=_bound_setup,
+    backward=_iwae_bound_grad,
+)
 
-
-# --- miwae_bound ----------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("fastvae::miwae_bound", mutates_args=())
-def _miwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return backend.resolve("miwae_bound", log_w.device)(log_w)
-
-
-@_miwae_bound.register_fake
-def _(log_w):
-    return log_w.new_empty(log_w.shape[2:]), _lse_like(log_w, log_w.shape[1:])
-
-
-@torch.library.custom_op("fastvae::miwae_bound_backward", mutates_args=())
-def _miwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    return backend.resolve("miwae_bound_backward", log_w.device)(grad, log_w, lse)
-
-
-@_miwae_bound_backward.register_fake
-def _(grad, log_w, lse):
-    return torch.empty_like(log_w)
-
-
-_miwae_bound_backward = dispatched(_miwae_bound_backward)
+_miwae_bound_bwd = define(
+    "miwae_bound_bwd", _BOUND_BWD_SCHEMA, lambda grad, log_w, lse: torch.empty_like(log_w)
+)
 
 
 def _miwae_bound_grad(ctx, grad, _grad_lse):
     log_w, lse = ctx.saved_tensors
-    return _miwae_bound_backward(grad, log_w, lse)
+    return _miwae_bound_bwd(grad, log_w, lse)
 
 
-_miwae_bound = dispatched(_miwae_bound, setup_context=_bound_setup, backward=_miwae_bound_grad)
+_miwae_bound = define(
+    "miwae_bound_fwd",
+    "(Tensor log_w) -> (Tensor, Tensor)",
+    lambda log_w: (log_w.new_empty(log_w.shape[2:]), _lse_like(log_w, log_w.shape[1:])),
+    setup_context=_bound_setup,
+    backward=_miwae_bound_grad,
+)
 
 
 # --- public functions -----------------------------------------------------------------------------

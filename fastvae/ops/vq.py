@@ -15,17 +15,15 @@ import torch.nn.functional as F
 
 from fastvae import backend
 from fastvae.ops import _checks
-from fastvae.ops._dispatch import dispatched
-from fastvae.reference import vq as reference
+from fastvae.ops._dispatch import define
 
 __all__ = ["VQOutput", "vq_nearest", "vector_quantize", "vq_code_stats"]
 
-#: The backend-dispatched ops of this family (forward and backward), as registered.
-OP_NAMES: tuple[str, ...] = ("vq_nearest", "vector_quantize", "vector_quantize_backward", "vq_code_stats")
-for _name in OP_NAMES:
-    backend.register(_name, "torch", getattr(reference, _name))
-backend.register_kernels("triton", "fastvae.kernels.vq", OP_NAMES)
-backend.register_kernels("cuda", "fastvae.cuda.vq", OP_NAMES)
+#: The backend ops of this family, as every backend names them (``<op>_fwd`` / ``<op>_bwd``).
+OP_NAMES: tuple[str, ...] = ("vq_nearest_fwd", "vector_quantize_fwd", "vector_quantize_bwd", "vq_code_stats_fwd")
+backend.register("torch", "fastvae.reference.vq", OP_NAMES)
+backend.register("triton", "fastvae.kernels.vq", OP_NAMES)
+backend.register("cuda", "fastvae.cuda.vq", OP_NAMES)
 
 #: Values of ``precision``: how the float32 search multiplies (see :func:`vq_nearest`).
 PRECISIONS: tuple[str, ...] = ("ieee", "tf32")
@@ -53,20 +51,7 @@ class VQOutput(NamedTuple):
     perplexity: torch.Tensor
 
 
-# --- vq_nearest -----------------------------------------------------------------------------------
-
-
-# The custom op returns (distances, indices): floating output first, as opcheck's harness sums
-# the outputs in order and cannot add a float to an int64 running sum.
-@torch.library.custom_op("fastvae::vq_nearest", mutates_args=())
-def _vq_nearest(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    indices, distances = backend.resolve("vq_nearest", x.device)(x, codebook, precision)
-    return distances, indices
-
-
-@_vq_nearest.register_fake
-def _(x, codebook, precision):
-    return x.new_empty(x.shape[:1]), x.new_empty(x.shape[:1], dtype=torch.int64)
+# --- vq_nearest: the nearest code per row, and its squared distance -------------------------------
 
 
 def _vq_nearest_setup(ctx, inputs, output):
@@ -83,49 +68,30 @@ def _vq_nearest_grad(ctx, grad_distances, _grad_indices):
     return scaled, grad_codebook, None
 
 
-_vq_nearest = dispatched(_vq_nearest, setup_context=_vq_nearest_setup, backward=_vq_nearest_grad)
+# The backends return (indices, distances), as the public function does; the custom op alone returns
+# (distances, indices): opcheck's harness sums a custom op's outputs in order, and cannot add a
+# float to the int64 running sum that an int64 first output starts.
+_vq_nearest = define(
+    "vq_nearest_fwd",
+    "(Tensor x, Tensor codebook, str precision) -> (Tensor, Tensor)",
+    lambda x, codebook, precision: (x.new_empty(x.shape[:1]), x.new_empty(x.shape[:1], dtype=torch.int64)),
+    setup_context=_vq_nearest_setup,
+    backward=_vq_nearest_grad,
+    outputs=lambda indices_distances: indices_distances[::-1],
+)
 
 
-# --- vector_quantize ------------------------------------------------------------------------------
+# --- vector_quantize: the nearest codes with the VQ-VAE losses and the straight-through gradient ----
 
-
-@torch.library.custom_op("fastvae::vector_quantize", mutates_args=())
-def _vector_quantize(
-    x: torch.Tensor, codebook: torch.Tensor, precision: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backend.resolve("vector_quantize", x.device)(x, codebook, precision)
-
-
-@_vector_quantize.register_fake
-def _(x, codebook, precision):
-    return (
+_vector_quantize_bwd = define(
+    "vector_quantize_bwd",
+    "(Tensor grad_quantized, Tensor grad_commitment, Tensor grad_codebook_loss, Tensor x, Tensor codebook,"
+    " Tensor indices) -> Tensor[]",
+    lambda grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices: [
         torch.empty_like(x),
-        x.new_empty(x.shape[:1], dtype=torch.int64),
-        x.new_empty(()),
-        x.new_empty(()),
-        x.new_empty(()),
-    )
-
-
-@torch.library.custom_op("fastvae::vector_quantize_backward", mutates_args=())
-def _vector_quantize_backward(
-    grad_quantized: torch.Tensor,
-    grad_commitment: torch.Tensor,
-    grad_codebook_loss: torch.Tensor,
-    x: torch.Tensor,
-    codebook: torch.Tensor,
-    indices: torch.Tensor,
-) -> list[torch.Tensor]:
-    impl = backend.resolve("vector_quantize_backward", x.device)
-    return impl(grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices)
-
-
-@_vector_quantize_backward.register_fake
-def _(grad_quantized, grad_commitment, grad_codebook_loss, x, codebook, indices):
-    return [torch.empty_like(x), torch.empty_like(codebook)]
-
-
-_vector_quantize_backward = dispatched(_vector_quantize_backward)
+        torch.empty_like(codebook),
+    ],
+)
 
 
 def _vector_quantize_setup(ctx, inputs, output):
@@ -137,7 +103,7 @@ def _vector_quantize_setup(ctx, inputs, output):
 def _vector_quantize_grad(ctx, grad_quantized, _grad_indices, grad_commitment, grad_codebook_loss, _grad_perplexity):
     x, codebook, indices = ctx.saved_tensors
     zero = x.new_zeros(())
-    grad_x, grad_codebook = _vector_quantize_backward(
+    grad_x, grad_codebook = _vector_quantize_bwd(
         torch.zeros_like(x) if grad_quantized is None else grad_quantized,
         zero if grad_commitment is None else grad_commitment,
         zero if grad_codebook_loss is None else grad_codebook_loss,
@@ -148,19 +114,25 @@ def _vector_quantize_grad(ctx, grad_quantized, _grad_indices, grad_commitment, g
     return grad_x, grad_codebook, None
 
 
-_vector_quantize = dispatched(_vector_quantize, setup_context=_vector_quantize_setup, backward=_vector_quantize_grad)
+_vector_quantize = define(
+    "vector_quantize_fwd",
+    "(Tensor x, Tensor codebook, str precision) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    lambda x, codebook, precision: (
+        torch.empty_like(x),
+        x.new_empty(x.shape[:1], dtype=torch.int64),
+        x.new_empty(()),
+        x.new_empty(()),
+        x.new_empty(()),
+    ),
+    setup_context=_vector_quantize_setup,
+    backward=_vector_quantize_grad,
+)
 
 
-# --- vq_code_stats --------------------------------------------------------------------------------
+# --- vq_code_stats: per-code counts and sums of the rows assigned to each code ----------------------
 
 
-@torch.library.custom_op("fastvae::vq_code_stats", mutates_args=())
-def _vq_code_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return backend.resolve("vq_code_stats", x.device)(x, indices, num_codes)
-
-
-@_vq_code_stats.register_fake
-def _(x, indices, num_codes):
+def _vq_code_stats_fake(x, indices, num_codes):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     return x.new_empty((num_codes,), dtype=acc), x.new_empty((num_codes, x.shape[1]), dtype=acc)
 
@@ -173,7 +145,13 @@ def _vq_code_stats_grad(ctx, _grad_counts, _grad_sums):
     raise RuntimeError("fastvae.vq_code_stats is not differentiable")
 
 
-_vq_code_stats = dispatched(_vq_code_stats, setup_context=_vq_code_stats_setup, backward=_vq_code_stats_grad)
+_vq_code_stats = define(
+    "vq_code_stats_fwd",
+    "(Tensor x, Tensor indices, SymInt num_codes) -> (Tensor, Tensor)",
+    _vq_code_stats_fake,
+    setup_context=_vq_code_stats_setup,
+    backward=_vq_code_stats_grad,
+)
 
 
 # --- public functions -----------------------------------------------------------------------------

@@ -28,15 +28,15 @@ def noise(mu: torch.Tensor, seed: int) -> torch.Tensor:
     return normal_stream(rows, dim, seed, mu.device).to(compute_dtype(mu.dtype))
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
+def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
     """``z = mu + exp(logvar / 2) * eps``, eps from the noise stream of ``seed`` when None. (R, D) -> (R, D)."""
     acc = compute_dtype(mu.dtype)
     e = noise(mu, seed) if eps is None else eps.to(acc)
     return (mu.to(acc) + torch.exp(0.5 * logvar.to(acc)) * e).to(mu.dtype)
 
 
-def reparameterize_backward(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
-    """Gradient of :func:`reparameterize` (stream noise) with respect to logvar: ``g * exp(logvar/2) * eps / 2``."""
+def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gradient of :func:`reparameterize_fwd` (stream noise) with respect to logvar: ``g * exp(logvar/2) * eps / 2``."""
     acc = compute_dtype(logvar.dtype)
     std = torch.exp(0.5 * logvar.to(acc))
     return (grad_z.to(acc) * 0.5 * std * noise(logvar, seed)).to(logvar.dtype)
@@ -47,10 +47,10 @@ def _kl_standard_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu * mu + torch.expm1(logvar) - logvar
 
 
-def reparameterize_kl(
+def reparameterize_kl_fwd(
     mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`reparameterize` and the per-row ``KL(N(mu, e^logvar) || N(0, I))``. (R, D) -> ((R, D), (R,))."""
+    """:func:`reparameterize_fwd` and the per-row ``KL(N(mu, e^logvar) || N(0, I))``. (R, D) -> ((R, D), (R,))."""
     acc = compute_dtype(mu.dtype)
     mu_a, lv_a = mu.to(acc), logvar.to(acc)
     e = noise(mu, seed) if eps is None else eps.to(acc)
@@ -59,10 +59,10 @@ def reparameterize_kl(
     return z.to(mu.dtype), kl.to(mu.dtype)
 
 
-def reparameterize_kl_backward(
+def reparameterize_kl_bwd(
     grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, seed: int
 ) -> list[torch.Tensor]:
-    """Gradients ``[d mu, d logvar]`` of :func:`reparameterize_kl` with stream noise."""
+    """Gradients ``[d mu, d logvar]`` of :func:`reparameterize_kl_fwd` with stream noise."""
     acc = compute_dtype(mu.dtype)
     g_z, g_kl = grad_z.to(acc), grad_kl.to(acc).unsqueeze(-1)
     mu_a, lv_a = mu.to(acc), logvar.to(acc)
@@ -72,7 +72,7 @@ def reparameterize_kl_backward(
     return [grad_mu.to(mu.dtype), grad_logvar.to(mu.dtype)]
 
 
-def gaussian_kl(
+def gaussian_kl_fwd(
     mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor | None, logvar_p: torch.Tensor | None
 ) -> torch.Tensor:
     """Per-row ``KL(N(mu, e^logvar) || N(mu_p, e^logvar_p))``; N(0, I) when the prior is None. (R, D) -> (R,).
@@ -90,14 +90,14 @@ def gaussian_kl(
     return (0.5 * terms.sum(-1)).to(mu.dtype)
 
 
-def gaussian_kl_backward(
+def gaussian_kl_bwd(
     grad: torch.Tensor,
     mu: torch.Tensor,
     logvar: torch.Tensor,
     mu_p: torch.Tensor | None,
     logvar_p: torch.Tensor | None,
 ) -> list[torch.Tensor]:
-    """Gradients of :func:`gaussian_kl`: ``[d mu, d logvar]``, plus ``[d mu_p, d logvar_p]`` with a prior."""
+    """Gradients of :func:`gaussian_kl_fwd`: ``[d mu, d logvar]``, plus ``[d mu_p, d logvar_p]`` with a prior."""
     acc = compute_dtype(mu.dtype)
     g = grad.to(acc).unsqueeze(-1)
     mu_a, lv_a = mu.to(acc), logvar.to(acc)
@@ -112,7 +112,7 @@ def gaussian_kl_backward(
     return [t.to(mu.dtype) for t in (grad_mu, grad_logvar, -grad_mu, grad_logvar_p)]
 
 
-def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
+def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
     """Per-row ``log N(x; mu, e^logvar)`` summed over D; mu = 0 and logvar = 0 where None. (R, D) -> (R,)."""
     acc = compute_dtype(x.dtype)
     diff = x.to(acc) if mu is None else x.to(acc) - mu.to(acc)
@@ -124,10 +124,10 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Te
     return (-0.5 * terms.sum(-1)).to(x.dtype)
 
 
-def gaussian_log_prob_backward(
+def gaussian_log_prob_bwd(
     grad: torch.Tensor, x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None
 ) -> list[torch.Tensor]:
-    """Gradients of :func:`gaussian_log_prob`: ``[d x]``, then ``d mu`` if mu is given, then ``d logvar`` if given."""
+    """Gradients of :func:`gaussian_log_prob_fwd`: ``[d x]``, then ``d mu`` if mu is given, then ``d logvar`` if given."""
     acc = compute_dtype(x.dtype)
     g = grad.to(acc).unsqueeze(-1)
     diff = x.to(acc) if mu is None else x.to(acc) - mu.to(acc)

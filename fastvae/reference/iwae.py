@@ -14,7 +14,7 @@ import torch
 from fastvae.reference.gaussian import compute_dtype
 
 
-def iwae_log_weights(
+def iwae_log_weights_fwd(
     log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 ) -> torch.Tensor:
     """``log p(x|z) + log N(z; 0, I) - log N(z; mu, e^logvar)``, summed over D. Returns (K, B).
@@ -28,10 +28,10 @@ def iwae_log_weights(
     return (log_px_z.to(acc) + 0.5 * terms.sum(-1)).to(z.dtype)
 
 
-def iwae_log_weights_backward(
+def iwae_log_weights_bwd(
     grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 ) -> list[torch.Tensor]:
-    """Gradients ``[d z, d mu, d logvar]`` of :func:`iwae_log_weights` (``d log_px_z`` is ``grad`` itself)."""
+    """Gradients ``[d z, d mu, d logvar]`` of :func:`iwae_log_weights_fwd` (``d log_px_z`` is ``grad`` itself)."""
     acc = compute_dtype(z.dtype)
     g = grad.to(acc).unsqueeze(-1)
     z_a = z.to(acc)
@@ -49,7 +49,7 @@ def _normalised_weights(log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, torch.exp(log_w - torch.where(finite, lse, 0.0)), 0.0)
 
 
-def iwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def iwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``log (1/K) sum_k exp(log_w[k])`` over dim 0. (K, B) -> ((B,), log-sum-exp (B,) for backward).
 
     The log-sum-exp stays in the compute dtype: rebuilt from a float16/bfloat16 bound, its rounding
@@ -60,13 +60,13 @@ def iwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (lse - math.log(log_w.shape[0])).to(log_w.dtype), lse
 
 
-def iwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Gradient of :func:`iwae_bound`: ``grad`` times the normalised importance weights, from the saved log-sum-exp."""
+def iwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`iwae_bound_fwd`: ``grad`` times the normalised importance weights, from the saved log-sum-exp."""
     acc = compute_dtype(log_w.dtype)
     return (grad.to(acc) * _normalised_weights(log_w.to(acc), lse.to(acc))).to(log_w.dtype)
 
 
-def miwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def miwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over M of the IWAE bound over K. (K, M, B) -> ((B,), log-sum-exp (M, B) for backward)."""
     acc = compute_dtype(log_w.dtype)
     lse = torch.logsumexp(log_w.to(acc), dim=0)
@@ -74,8 +74,8 @@ def miwae_bound(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return bound.to(log_w.dtype), lse
 
 
-def miwae_bound_backward(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """Gradient of :func:`miwae_bound`: normalised weights over K, divided by M, times ``grad``."""
+def miwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`miwae_bound_fwd`: normalised weights over K, divided by M, times ``grad``."""
     acc = compute_dtype(log_w.dtype)
     scale = grad.to(acc) / log_w.shape[1]
     return (scale * _normalised_weights(log_w.to(acc), lse.to(acc))).to(log_w.dtype)

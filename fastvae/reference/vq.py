@@ -124,7 +124,7 @@ def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, tor
     return indices, (diff * diff).sum(-1), nearest
 
 
-def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest code of each row (lowest on ties) and its squared distance. Returns ((N,) int64, (N,)).
 
     ``precision`` is ignored (see the module docstring).
@@ -133,7 +133,7 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple
     return indices, distances.to(x.dtype)
 
 
-def vector_quantize(
+def vector_quantize_fwd(
     x: torch.Tensor, codebook: torch.Tensor, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest codes and the VQ statistics of a batch; ``precision`` is ignored (see the module docstring).
@@ -158,7 +158,7 @@ def vector_quantize(
     )
 
 
-def vector_quantize_backward(
+def vector_quantize_bwd(
     grad_quantized: torch.Tensor,
     grad_commitment: torch.Tensor,
     grad_codebook_loss: torch.Tensor,
@@ -166,7 +166,7 @@ def vector_quantize_backward(
     codebook: torch.Tensor,
     indices: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """Gradients ``[d x, d codebook]`` of :func:`vector_quantize`.
+    """Gradients ``[d x, d codebook]`` of :func:`vector_quantize_fwd`.
 
     ``d x = grad_quantized + grad_commitment * 2 (x - e) / (N D)`` (straight-through plus commitment);
     ``d codebook[k] = -grad_codebook_loss * 2 / (N D) * sum_{n: k(n) = k} (x_n - e_k)``, a segment sum.
@@ -180,7 +180,7 @@ def vector_quantize_backward(
     return [grad_x.to(x.dtype), grad_codes.to(codebook.dtype)]
 
 
-def vq_code_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code row counts (K,) and row sums (K, D) by segment reduction, no one-hot; in the compute dtype."""
     acc = compute_dtype(x.dtype)
     counts = torch.zeros(num_codes, dtype=acc, device=x.device)
