@@ -287,7 +287,9 @@ def _auto_candidates(op: str, device: torch.device) -> tuple[str, ...]:
 
 
 def _resolve(op: str, name: str, device: torch.device) -> Callable[..., object]:
-    impls = _IMPLS[op]
+    impls = _IMPLS.get(op)
+    if impls is None:
+        raise ValueError(f"op must be a registered backend op (<op>_fwd or <op>_bwd), got {op!r}")
     if name == "auto":
         for candidate in _auto_candidates(op, device):
             if _missing(candidate, device) is None and candidate in impls:

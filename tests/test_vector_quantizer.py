@@ -23,7 +23,7 @@ from tolerances import assert_close
 from torch import nn
 
 from fastvae.nn import VectorQuantizer, vector_quantizer
-from fastvae.ops.vq import OP_NAMES, vector_quantize
+from fastvae.ops.vq import OP_NAMES, vector_quantize_rows, vq_code_stats
 
 F64 = torch.float64
 
@@ -201,9 +201,9 @@ def test_precision_is_stored_shown_and_passed_to_the_op(device, monkeypatch, pre
 
     def spy(*args, **kwargs):
         seen.append(kwargs["precision"])
-        return vector_quantize(*args, **kwargs)
+        return vector_quantize_rows(*args, **kwargs)
 
-    monkeypatch.setattr(vector_quantizer, "vector_quantize", spy)
+    monkeypatch.setattr(vector_quantizer, "vector_quantize_rows", spy)
     x = _rand(3, 4, seed=4, device=device)
     out = vq(x)
     assert seen == [expected]
@@ -398,8 +398,8 @@ def test_ema_loss_is_beta_commitment_and_codebook_gets_no_gradient(device) -> No
 
 
 def test_ema_update_keeps_backward_working(device) -> None:
-    # The update rewrites the codebook in place after the op saved it: backward must still run and
-    # use the codes the forward quantised with.
+    # The update replaces the codebook after the op saved it: backward must still run and use the
+    # codes the forward quantised with.
     beta = 0.25
     vq = _module(4, 3, device, ema=True, beta=beta, decay=0.5).train()
     codebook = _rand(4, 3, seed=51)
@@ -411,6 +411,34 @@ def test_ema_update_keeps_backward_working(device) -> None:
     ((out.quantized * upstream).sum() + out.loss).backward()
     diff = x.detach().cpu() - codebook[_nearest_l2(x, codebook)]
     assert_close(x.grad.cpu(), upstream.cpu() + beta * 2.0 / 27 * diff, F64)  # N D = 27 elements
+
+
+@pytest.mark.parametrize("metric", ("l2", "cosine"))
+def test_ema_step_copies_neither_the_codebook_nor_the_rows(device, monkeypatch, metric) -> None:
+    # The op quantises with the codebook buffer itself (no clone), the update then replaces the
+    # buffer (the saved codes stay as they were), and the code statistics read the very rows the
+    # search used (already contiguous and, for cosine, normalised) instead of preparing x again.
+    vq = _module(4, 3, device, ema=True, metric=metric, dead_code_threshold=0.5).train()
+    before = vq.codebook
+    kept = before.clone()
+    searched, counted = [], []
+
+    def search_spy(x, codebook, **kwargs):
+        out, rows = vector_quantize_rows(x, codebook, **kwargs)
+        searched.append((codebook, rows))
+        return out, rows
+
+    def stats_spy(rows, indices, num_codes):
+        counted.append(rows)
+        return vq_code_stats(rows, indices, num_codes)
+
+    monkeypatch.setattr(vector_quantizer, "vector_quantize_rows", search_spy)
+    monkeypatch.setattr(vector_quantizer, "vq_code_stats", stats_spy)
+    vq(_rand(2, 3, 5, seed=61, device=device).transpose(1, 2))  # non-contiguous (2, 5, 3)
+    (codebook, rows), = searched
+    assert codebook is before
+    assert counted[0].data_ptr() == rows.data_ptr() and counted[0].shape == (10, 3)
+    assert vq.codebook is not before and torch.equal(before, kept)
 
 
 # --- dead-code restart --------------------------------------------------------------------------------------

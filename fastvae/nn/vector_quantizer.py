@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from fastvae.ops import _checks
-from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize, vq_code_stats
+from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize_rows, vq_code_stats
 
 __all__ = ["VectorQuantizer"]
 
@@ -151,12 +150,15 @@ class VectorQuantizer(nn.Module):
             :class:`fastvae.VQOutput` as described in the class docstring.
         """
         moved = self._channels_last(x)
-        rewrites_codebook = self.training and (self.ema or self.dead_code_threshold > 0)
-        # The update rewrites the codebook in place; the op must keep the codes it quantised with.
-        codebook = self.codebook.clone() if rewrites_codebook else self.codebook
-        out = vector_quantize(moved, codebook, beta=self.beta, metric=self.metric, precision=self.precision)
+        # With EMA the update replaces the codebook buffer by a new tensor, so the op keeps the codes
+        # it quantised with and nothing is copied. A trained codebook (a Parameter, which the
+        # optimiser holds) is restarted in place: then the op gets a copy, or backward would see the
+        # restarted rows.
+        restarts_parameter = self.training and not self.ema and self.dead_code_threshold > 0
+        codebook = self.codebook.clone() if restarts_parameter else self.codebook
+        out, rows = vector_quantize_rows(moved, codebook, beta=self.beta, metric=self.metric, precision=self.precision)
         if self.training:
-            self._update(moved.detach(), out.indices)
+            self._update(rows.detach(), out.indices)
         loss = self.beta * out.commitment_loss if self.ema else out.loss
         channel_dim = self.channel_dim % x.dim()
         return out._replace(quantized=out.quantized.movedim(-1, channel_dim), loss=loss)
@@ -167,12 +169,11 @@ class VectorQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def _update(self, x: torch.Tensor, indices: torch.Tensor) -> None:
-        rows = x.reshape(-1, self.dim)
+    def _update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
+        """The EMA statistics and restarts from the searched ``rows (N, D)`` (L2-normalised for the
+        cosine metric) and their code ``indices``."""
         if rows.shape[0] == 0:
             return
-        if self.metric == "cosine":
-            rows = F.normalize(rows, dim=-1)
         counts, sums = vq_code_stats(rows, indices.reshape(-1), self.num_codes)
         if _distributed():
             dist.all_reduce(counts)
@@ -190,7 +191,7 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
             codebook = self.ema_sum / smoothed.unsqueeze(1)
             finite &= codebook.isfinite().all(1)
-            self.codebook.copy_(torch.where(finite.unsqueeze(1), codebook, self.codebook))
+            self.codebook = torch.where(finite.unsqueeze(1), codebook, self.codebook)
         self.skipped_updates.add_(~finite)
         if self.dead_code_threshold > 0:
             self._restart_dead_codes(rows)
@@ -216,7 +217,11 @@ class VectorQuantizer(nn.Module):
             dist.broadcast(replacement, src=0)
         restart = replacement.isfinite().all(1)
         reset_count = max(1.0, self.dead_code_threshold)
-        self.codebook.copy_(torch.where(restart.unsqueeze(1), replacement, self.codebook))
+        restarted = torch.where(restart.unsqueeze(1), replacement, self.codebook)
+        if self.ema:
+            self.codebook = restarted
+        else:
+            self.codebook.copy_(restarted)
         if self.ema:
             restarted_sum = replacement.to(self.ema_sum.dtype) * reset_count
             self.ema_sum.copy_(torch.where(restart.unsqueeze(1), restarted_sum, self.ema_sum))

@@ -246,13 +246,23 @@ def vector_quantize(
         TypeError: non-floating or mixed dtypes, a non-number ``beta``.
         ValueError: as for :func:`vq_nearest`; a negative ``beta``.
     """
+    return vector_quantize_rows(x, codebook, beta=beta, metric=metric, precision=precision)[0]
+
+
+def vector_quantize_rows(
+    x: torch.Tensor, codebook: torch.Tensor, *, beta: float = 0.25, metric: str = "l2", precision: str = "ieee"
+) -> tuple[VQOutput, torch.Tensor]:
+    """:func:`vector_quantize`, and the ``(N, D)`` rows it searched with (contiguous, L2-normalised
+    for ``"cosine"``), so that a caller gathering code statistics (:class:`fastvae.nn.VectorQuantizer`)
+    does not copy and normalise ``x`` a second time. Arguments, checks and errors as for
+    :func:`vector_quantize`; the rows carry ``x``'s gradient (detach them for statistics)."""
     x, codebook = _check_x_codebook(x, codebook)
     beta = _checks.number(beta, "beta", low=0.0)
     metric = _checks.choice(metric, "metric", _checks.METRICS)
     precision = _checks.choice(precision, "precision", PRECISIONS)
     rows, codes = _prepared(x, codebook, metric)
     quantized, indices, commitment, codebook_loss, perplexity = _vector_quantize(rows, codes, precision)
-    return VQOutput(
+    out = VQOutput(
         quantized=quantized.reshape(x.shape),
         indices=indices.reshape(x.shape[:-1]),
         loss=codebook_loss + beta * commitment,
@@ -260,6 +270,7 @@ def vector_quantize(
         codebook_loss=codebook_loss,
         perplexity=perplexity,
     )
+    return out, rows
 
 
 def vq_code_stats(x: torch.Tensor, indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
