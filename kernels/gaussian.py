@@ -14,6 +14,9 @@ The noise is the stream of :mod:`fastvae.reference.philox`: element ``(r, d)`` i
 one Philox call per group of four elements, as a ``(BLOCK_R, BLOCK_D / 4)`` block, and interleaves
 the four lanes back into ``(BLOCK_R, BLOCK_D)`` with ``tl.join`` and ``tl.reshape``. Backward passes
 regenerate the noise from the seed.
+
+Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.gaussian`, which the cuda and
+cpu backends share: empty inputs launch nothing, and a row sum over ``D = 0`` is zero.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import triton.language as tl
 
 from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
 from fastvae.kernels.aot import AotConfig
+from fastvae.plan import gaussian as plan
 
 _LOG_2PI = tl.constexpr(math.log(2.0 * math.pi))
 _TWO_PI = tl.constexpr(2.0 * math.pi)
@@ -534,8 +538,8 @@ def _tile_grid(n_rows: int, dim: int, block_r: int, block_d: int) -> tuple[int, 
 def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
     """``z = mu + exp(logvar / 2) * eps``, eps from the stream of ``seed`` when None. (R, D) -> (R, D)."""
     n_rows, dim = mu.shape
-    z = torch.empty_like(mu)
-    if z.numel() == 0:
+    z, launch = plan.reparameterize_fwd(mu)
+    if not launch:
         return z
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_fwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
@@ -550,8 +554,8 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Gradient of :func:`reparameterize_fwd` (stream noise) for logvar: ``g * exp(logvar/2) * eps / 2``."""
     n_rows, dim = logvar.shape
-    grad_logvar = torch.empty_like(logvar)
-    if grad_logvar.numel() == 0:
+    grad_logvar, launch = plan.reparameterize_bwd(logvar)
+    if not launch:
         return grad_logvar
     block_r, block_d = _blocks(dim, logvar.dtype)
     _reparameterize_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
@@ -567,9 +571,8 @@ def reparameterize_kl_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`reparameterize_fwd` and the per-row KL to N(0, I) in one pass. (R, D) -> ((R, D), (R,))."""
     n_rows, dim = mu.shape
-    z = torch.empty_like(mu)
-    kl = mu.new_empty(n_rows)
-    if n_rows == 0:
+    (z, kl), launch = plan.reparameterize_kl_fwd(mu)
+    if not launch:
         return z, kl
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_fwd_kernel[(triton.cdiv(n_rows, block_r), 1)](
@@ -586,8 +589,8 @@ def reparameterize_kl_bwd(
 ) -> list[torch.Tensor]:
     """Gradients ``[d mu, d logvar]`` of :func:`reparameterize_kl_fwd` with stream noise."""
     n_rows, dim = mu.shape
-    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
-    if mu.numel() == 0:
+    (grad_mu, grad_logvar), launch = plan.reparameterize_kl_bwd(mu)
+    if not launch:
         return [grad_mu, grad_logvar]
     block_r, block_d = _blocks(dim, mu.dtype)
     _reparameterize_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](
@@ -603,8 +606,8 @@ def gaussian_kl_fwd(
 ) -> torch.Tensor:
     """Per-row KL to ``N(mu_p, e^logvar_p)``, or to N(0, I) when the prior is None. (R, D) -> (R,)."""
     n_rows, dim = mu.shape
-    kl = mu.new_empty(n_rows)
-    if n_rows == 0:
+    kl, launch = plan.gaussian_kl_fwd(mu)
+    if not launch:
         return kl
     has_prior = mu_p is not None and logvar_p is not None
     (mu_p, logvar_p), shared = _prior_rows(mu_p, logvar_p) if has_prior else ((mu, logvar), False)
@@ -628,8 +631,8 @@ def gaussian_kl_bwd(
     """Gradients of :func:`gaussian_kl_fwd`: ``[d mu, d logvar]``, plus ``[d mu_p, d logvar_p]`` with a prior."""
     n_rows, dim = mu.shape
     has_prior = mu_p is not None and logvar_p is not None
-    grads = [torch.empty_like(mu) for _ in range(4 if has_prior else 2)]
-    if mu.numel() == 0:
+    grads, launch = plan.gaussian_kl_bwd(mu, has_prior)
+    if not launch:
         return grads
     prior, shared = _prior_rows(mu_p, logvar_p) if has_prior else ((mu, logvar), False)
     prior_grads = grads[2:] if has_prior else grads
@@ -646,8 +649,8 @@ def gaussian_kl_bwd(
 def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torch.Tensor | None) -> torch.Tensor:
     """Per-row ``log N(x; mu, e^logvar)`` summed over D; mu = 0 and logvar = 0 where None. (R, D) -> (R,)."""
     n_rows, dim = x.shape
-    out = x.new_empty(n_rows)
-    if n_rows == 0:
+    out, launch = plan.gaussian_log_prob_fwd(x)
+    if not launch:
         return out
     block_r, block_d = _blocks(dim, x.dtype)
     _gaussian_log_prob_fwd_kernel[_row_grid(n_rows, block_r)](
@@ -665,11 +668,9 @@ def gaussian_log_prob_bwd(
 ) -> list[torch.Tensor]:
     """Gradients of :func:`gaussian_log_prob_fwd`: ``[d x]``, then ``d mu`` if mu is given, then ``d logvar``."""
     n_rows, dim = x.shape
-    grad_x = torch.empty_like(x)
-    grad_mu = None if mu is None else torch.empty_like(x)
-    grad_logvar = None if logvar is None else torch.empty_like(x)
+    (grad_x, grad_mu, grad_logvar), launch = plan.gaussian_log_prob_bwd(x, mu is not None, logvar is not None)
     grads = [t for t in (grad_x, grad_mu, grad_logvar) if t is not None]
-    if x.numel() == 0:
+    if not launch:
         return grads
     block_r, block_d = _blocks(dim, x.dtype)
     _gaussian_log_prob_bwd_kernel[_tile_grid(n_rows, dim, block_r, block_d)](

@@ -19,6 +19,9 @@ Arithmetic runs in the ``ACC`` constexpr, float32 (float64 for float64 inputs); 
 the input dtype, the log-sum-exp in ``ACC``. A column whose log-weights are all ``-inf`` has
 log-sum-exp ``-inf`` and zero weights: the running max is replaced by 0 wherever it is infinite, so
 that ``exp(-inf - -inf)`` is never formed.
+
+Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.iwae`, which the cuda and cpu
+backends share.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import triton.language as tl
 
 from fastvae.kernels import on_input_device
 from fastvae.kernels.aot import AotConfig
+from fastvae.plan import accumulation_dtype
+from fastvae.plan import iwae as plan
 
 __all__ = [
     "AOT_CONFIGS",
@@ -265,8 +270,9 @@ _MIN_PROGRAMS = 1024
 
 
 def _compute_type(dtype: torch.dtype) -> tl.dtype:
-    """The ``ACC`` constexpr for inputs of ``dtype``: float64 stays, the others compute in float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """The ``ACC`` constexpr for inputs of ``dtype``: their accumulation dtype (float64 stays, the others
+    compute in float32)."""
+    return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
 
 
 def _block_d(dim: int) -> int:
@@ -304,8 +310,8 @@ def iwae_log_weights_fwd(
         ``log_w`` of shape ``(K, B)`` in the input dtype.
     """
     samples, batch, dim = z.shape
-    log_w = torch.empty((samples, batch), dtype=z.dtype, device=z.device)
-    if log_w.numel() == 0:
+    log_w, launch = plan.iwae_log_weights_fwd(log_px_z, z)
+    if not launch:
         return log_w
     block_d = _block_d(dim)
     block_b = _BD_TILE // block_d
@@ -336,10 +342,8 @@ def iwae_log_weights_bwd(
     """
     samples, batch, dim = z.shape
     grad = grad.contiguous()
-    grad_z = torch.empty_like(z)
-    grad_mu = torch.empty_like(mu)
-    grad_logvar = torch.empty_like(logvar)
-    if grad_mu.numel() == 0:
+    (grad_z, grad_mu, grad_logvar), launch = plan.iwae_log_weights_bwd(z)
+    if not launch:
         return [grad_z, grad_mu, grad_logvar]
     block_d = _block_d(dim)
     block_b = _BD_TILE // block_d
@@ -351,15 +355,12 @@ def iwae_log_weights_bwd(
     return [grad_z, grad_mu, grad_logvar]
 
 
-def _bound_fwd(log_w: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shared by both bounds: ``log_w (K, M * B)`` with ``groups = M``; returns ``(bound (B,), lse (M * B,))``."""
-    samples, columns = log_w.shape
-    batch = columns // groups
-    bound = torch.empty(batch, dtype=log_w.dtype, device=log_w.device)
-    compute = torch.float64 if log_w.dtype == torch.float64 else torch.float32
-    lse = torch.empty(columns, dtype=compute, device=log_w.device)
-    if columns == 0:
+def _bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared by both bounds: ``log_w (K, M, B)`` -> ``(bound (B,), lse (M, B))``."""
+    (bound, lse), launch = plan.bound_fwd(log_w)
+    if not launch:
         return bound, lse
+    samples, groups, batch = log_w.shape
     block_k, block_b = _bound_blocks(batch)
     _iwae_bound_fwd_kernel[(triton.cdiv(batch, block_b),)](
         log_w, bound, lse, samples, groups, batch,
@@ -368,18 +369,19 @@ def _bound_fwd(log_w: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Te
     return bound, lse
 
 
-def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor, groups: int) -> torch.Tensor:
-    """Shared by both bounds: ``log_w (K, M * B)`` with ``groups = M``; returns ``grad_log_w`` like ``log_w``."""
-    samples, columns = log_w.shape
-    grad = grad.contiguous()
-    grad_log_w = torch.empty_like(log_w)
-    if grad_log_w.numel() == 0:
+def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Shared by both bounds: ``grad (B,)``, ``log_w (K, M, B)``, ``lse (M, B)`` -> ``grad_log_w (K, M, B)``."""
+    grad_log_w, launch = plan.bound_bwd(log_w)
+    if not launch:
         return grad_log_w
+    samples, groups, batch = log_w.shape
+    columns = groups * batch
+    grad = grad.contiguous()
     block_k, block_c = _bound_blocks(columns)
     blocks_c = triton.cdiv(columns, block_c)
     k_chunk = _k_chunk(samples, block_k, blocks_c)
     _iwae_bound_bwd_kernel[(blocks_c, triton.cdiv(samples, k_chunk))](
-        grad, log_w, lse, grad_log_w, samples, columns, columns // groups, groups, k_chunk,
+        grad, log_w, lse, grad_log_w, samples, columns, batch, groups, k_chunk,
         ACC=_compute_type(log_w.dtype), BLOCK_K=block_k, BLOCK_C=block_c, num_warps=_NUM_WARPS,
     )  # fmt: skip
     return grad_log_w
@@ -396,7 +398,8 @@ def iwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(bound (B,), lse (B,))``: the bound in ``log_w``'s dtype, ``-inf`` where every weight is
         ``-inf``; the log-sum-exp in float32 (float64 for float64), for the backward pass.
     """
-    return _bound_fwd(log_w, 1)
+    bound, lse = _bound_fwd(log_w.unsqueeze(1))
+    return bound, lse.squeeze(0)
 
 
 @on_input_device
@@ -409,7 +412,7 @@ def iwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -
     Returns:
         ``grad_log_w (K, B)`` in ``log_w``'s dtype; zero in columns whose ``lse`` is not finite.
     """
-    return _bound_bwd(grad, log_w, lse, 1)
+    return _bound_bwd(grad, log_w.unsqueeze(1), lse.unsqueeze(0)).squeeze(1)
 
 
 @on_input_device
@@ -423,9 +426,7 @@ def miwae_bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(bound (B,), lse (M, B))``: the bound in ``log_w``'s dtype; the log-sum-exps in float32
         (float64 for float64), for the backward pass.
     """
-    samples, groups, batch = log_w.shape
-    bound, lse = _bound_fwd(log_w.view(samples, groups * batch), groups)
-    return bound, lse.view(groups, batch)
+    return _bound_fwd(log_w)
 
 
 @on_input_device
@@ -438,8 +439,7 @@ def miwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) 
     Returns:
         ``grad_log_w (K, M, B)`` in ``log_w``'s dtype; zero where ``lse`` is not finite.
     """
-    samples, groups, batch = log_w.shape
-    return _bound_bwd(grad, log_w.view(samples, groups * batch), lse, groups).view(samples, groups, batch)
+    return _bound_bwd(grad, log_w, lse)
 
 
 # --- ahead-of-time compile check ----------------------------------------------------------------------

@@ -9,9 +9,9 @@ float64) on one device. ``mu``, ``logvar``, ``eps``, the prior and ``x`` are mad
 place through their strides, since autograd hands over expanded (stride-0) gradients of sums, after a
 cast to the inputs' dtype if theirs differs.
 
-Outputs are allocated with PyTorch on the input's device; CUDA kernels run on its current stream,
-CPU kernels on the calling thread.
-Empty inputs launch nothing: row outputs over ``D = 0`` are sums of nothing, zeros.
+Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.gaussian` (shared with the
+triton backend): empty inputs launch nothing, and row outputs over ``D = 0`` are sums of nothing,
+zeros. CUDA kernels run on the input device's current stream, CPU kernels on the calling thread.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from fastvae.cuda import dtype_code, kernels, on_device, stream
+from fastvae.plan import gaussian as plan
 
 __all__ = [
     "gaussian_kl_bwd",
@@ -41,27 +42,17 @@ def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def _row_sums(t: torch.Tensor) -> torch.Tensor:
-    """The ``(R,)`` output of a sum over the rows of ``t`` ``(R, D)``: zeros (sums of nothing) when D = 0."""
-    rows, dim = t.shape
-    return (torch.empty if dim else torch.zeros)(rows, dtype=t.dtype, device=t.device)
-
-
 def _sample(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int, kl: torch.Tensor | None
-) -> torch.Tensor:
-    """Shared by both samplers: ``z``, and the row KL into ``kl`` when it is given."""
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int, z: torch.Tensor, kl: torch.Tensor | None
+) -> None:
+    """Shared by both samplers: fill ``z``, and the row KL into ``kl`` when it is given."""
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), _dense(eps)
     rows, dim = mu.shape
-    z = torch.empty_like(mu)
-    if z.numel() == 0:
-        return z
     with on_device(mu):
         kernels(mu).reparameterize_fwd(
             dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
             rows, dim, seed, stream(mu),
         )  # fmt: skip
-    return z
 
 
 def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
@@ -73,7 +64,10 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
     Returns:
         ``z`` ``(R, D)`` in the input dtype.
     """
-    return _sample(mu, logvar, eps, seed, None)
+    z, launch = plan.reparameterize_fwd(mu)
+    if launch:
+        _sample(mu, logvar, eps, seed, z, None)
+    return z
 
 
 def reparameterize_kl_fwd(
@@ -87,8 +81,10 @@ def reparameterize_kl_fwd(
     Returns:
         ``(z (R, D), kl (R,))`` in the input dtype.
     """
-    kl = _row_sums(mu)
-    return _sample(mu, logvar, eps, seed, kl), kl
+    (z, kl), launch = plan.reparameterize_kl_fwd(mu)
+    if launch:
+        _sample(mu, logvar, eps, seed, z, kl)
+    return z, kl
 
 
 def _reparameterize_grads(
@@ -97,23 +93,20 @@ def _reparameterize_grads(
     mu: torch.Tensor | None,
     grad_mu: torch.Tensor | None,
     logvar: torch.Tensor,
+    grad_logvar: torch.Tensor,
     seed: int,
-) -> torch.Tensor:
-    """Shared by both samplers' backward: ``grad_logvar``, and with ``grad_kl`` ``grad_mu`` into ``grad_mu``."""
+) -> None:
+    """Shared by both samplers' backward: fill ``grad_logvar``, and with ``grad_kl`` ``grad_mu``."""
     logvar, mu = logvar.contiguous(), _dense(mu)
     grad_z = grad_z.to(logvar.dtype)
     grad_kl = None if grad_kl is None else grad_kl.to(logvar.dtype)
     rows, dim = logvar.shape
-    grad_logvar = torch.empty_like(logvar)
-    if grad_logvar.numel() == 0:
-        return grad_logvar
     with on_device(logvar):
         kernels(logvar).reparameterize_bwd(
             dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
             0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
             grad_logvar.data_ptr(), rows, dim, seed, stream(logvar),
         )  # fmt: skip
-    return grad_logvar
 
 
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
@@ -125,7 +118,10 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) ->
     Returns:
         ``grad_logvar = grad_z * exp(logvar / 2) * eps / 2``, ``(R, D)`` in the input dtype.
     """
-    return _reparameterize_grads(grad_z, None, None, None, logvar, seed)
+    grad_logvar, launch = plan.reparameterize_bwd(logvar)
+    if launch:
+        _reparameterize_grads(grad_z, None, None, None, logvar, grad_logvar, seed)
+    return grad_logvar
 
 
 def reparameterize_kl_bwd(
@@ -140,8 +136,10 @@ def reparameterize_kl_bwd(
     Returns:
         ``[grad_mu, grad_logvar]``, each ``(R, D)`` in the input dtype.
     """
-    grad_mu = torch.empty_like(mu)
-    return [grad_mu, _reparameterize_grads(grad_z, grad_kl, mu, grad_mu, logvar, seed)]
+    (grad_mu, grad_logvar), launch = plan.reparameterize_kl_bwd(mu)
+    if launch:
+        _reparameterize_grads(grad_z, grad_kl, mu, grad_mu, logvar, grad_logvar, seed)
+    return [grad_mu, grad_logvar]
 
 
 def gaussian_kl_fwd(
@@ -159,8 +157,8 @@ def gaussian_kl_fwd(
     has_prior = mu_p is not None and logvar_p is not None
     mu_p, logvar_p = (_dense(mu_p), _dense(logvar_p)) if has_prior else (None, None)
     rows, dim = mu.shape
-    kl = _row_sums(mu)
-    if kl.numel() == 0 or dim == 0:
+    kl, launch = plan.gaussian_kl_fwd(mu)
+    if not launch:
         return kl
     with on_device(mu):
         kernels(mu).gaussian_kl_fwd(
@@ -190,8 +188,8 @@ def gaussian_kl_bwd(
     has_prior = mu_p is not None and logvar_p is not None
     mu_p, logvar_p = (_dense(mu_p), _dense(logvar_p)) if has_prior else (None, None)
     rows, dim = mu.shape
-    grads = [torch.empty_like(mu) for _ in range(4 if has_prior else 2)]
-    if mu.numel() == 0:
+    grads, launch = plan.gaussian_kl_bwd(mu, has_prior)
+    if not launch:
         return grads
     prior_grads = grads[2:] if has_prior else [None, None]
     with on_device(mu):
@@ -214,8 +212,8 @@ def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torc
     """
     x, mu, logvar = x.contiguous(), _dense(mu), _dense(logvar)
     rows, dim = x.shape
-    out = _row_sums(x)
-    if out.numel() == 0 or dim == 0:
+    out, launch = plan.gaussian_log_prob_fwd(x)
+    if not launch:
         return out
     with on_device(x):
         kernels(x).gaussian_log_prob_fwd(
@@ -238,11 +236,9 @@ def gaussian_log_prob_bwd(
     """
     x, mu, logvar, grad = x.contiguous(), _dense(mu), _dense(logvar), grad.to(x.dtype)
     rows, dim = x.shape
-    grad_x = torch.empty_like(x)
-    grad_mu = None if mu is None else torch.empty_like(x)
-    grad_logvar = None if logvar is None else torch.empty_like(x)
+    (grad_x, grad_mu, grad_logvar), launch = plan.gaussian_log_prob_bwd(x, mu is not None, logvar is not None)
     grads = [t for t in (grad_x, grad_mu, grad_logvar) if t is not None]
-    if x.numel() == 0:
+    if not launch:
         return grads
     with on_device(x):
         kernels(x).gaussian_log_prob_bwd(

@@ -9,19 +9,19 @@ on one device. These are made contiguous here (a no-op for what the op passes); 
 gradients (``grad``) are read in place through their strides, since autograd hands over expanded
 (stride-0) gradients of sums, after a cast to the inputs' dtype if theirs differs. The log-sum-exps are float32 (float64 for float64 inputs).
 
-Outputs are allocated with PyTorch on the input's device; CUDA kernels run on its current stream,
-CPU kernels on the calling thread.
-Empty inputs launch nothing: sums over an empty dim are zeros, the mean over ``M = 0`` groups and the
-log-mean-exp over ``K = 0`` samples NaN (the op itself rejects both).
+Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.iwae` (shared with the triton
+backend): empty inputs launch nothing, sums over an empty dim are zeros, the mean over ``M = 0``
+groups and the log-mean-exp over ``K = 0`` samples NaN (the op itself rejects both). CUDA kernels run
+on the input device's current stream, CPU kernels on the calling thread.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fastvae.cuda import dtype_code, kernels, on_device, stream
+from fastvae.plan import accumulation_dtype
+from fastvae.plan import iwae as plan
 
 __all__ = [
     "iwae_bound_bwd",
@@ -31,11 +31,6 @@ __all__ = [
     "miwae_bound_bwd",
     "miwae_bound_fwd",
 ]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the log-sum-exps: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def iwae_log_weights_fwd(
@@ -51,10 +46,8 @@ def iwae_log_weights_fwd(
     """
     log_px_z, z, mu, logvar = (t.contiguous() for t in (log_px_z, z, mu, logvar))
     samples, batch, dim = z.shape
-    if dim == 0:
-        return log_px_z.clone()
-    log_w = torch.empty((samples, batch), dtype=z.dtype, device=z.device)
-    if log_w.numel() == 0:
+    log_w, launch = plan.iwae_log_weights_fwd(log_px_z, z)
+    if not launch:
         return log_w
     with on_device(z):
         kernels(z).iwae_log_weights_fwd(
@@ -79,12 +72,8 @@ def iwae_log_weights_bwd(
     z, mu, logvar = (t.contiguous() for t in (z, mu, logvar))
     grad = grad.to(z.dtype)
     samples, batch, dim = z.shape
-    grad_z = torch.empty_like(z)
-    if samples == 0:
-        return [grad_z, torch.zeros_like(mu), torch.zeros_like(logvar)]
-    grad_mu = torch.empty_like(mu)
-    grad_logvar = torch.empty_like(logvar)
-    if grad_mu.numel() == 0:
+    (grad_z, grad_mu, grad_logvar), launch = plan.iwae_log_weights_bwd(z)
+    if not launch:
         return [grad_z, grad_mu, grad_logvar]
     with on_device(z):
         kernels(z).iwae_log_weights_bwd(
@@ -99,11 +88,8 @@ def _bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared by both bounds: ``log_w (K, M, B)`` -> ``(bound (B,), lse (M, B))``."""
     log_w = log_w.contiguous()
     samples, groups, batch = log_w.shape
-    bound = torch.empty(batch, dtype=log_w.dtype, device=log_w.device)
-    lse = torch.empty((groups, batch), dtype=_compute_dtype(log_w.dtype), device=log_w.device)
-    if samples == 0 or groups == 0:
-        return bound.fill_(math.nan), lse.fill_(-math.inf)
-    if batch == 0:
+    (bound, lse), launch = plan.bound_fwd(log_w)
+    if not launch:
         return bound, lse
     with on_device(log_w):
         kernels(log_w).iwae_bound_fwd(
@@ -116,10 +102,10 @@ def _bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """Shared by both bounds: ``grad (B,)``, ``log_w (K, M, B)``, ``lse (M, B)`` -> ``grad_log_w``."""
     log_w, grad = log_w.contiguous(), grad.to(log_w.dtype)
-    lse = lse.to(_compute_dtype(log_w.dtype)).contiguous()
+    lse = lse.to(accumulation_dtype(log_w.dtype)).contiguous()
     samples, groups, batch = log_w.shape
-    grad_log_w = torch.empty_like(log_w)
-    if grad_log_w.numel() == 0:
+    grad_log_w, launch = plan.bound_bwd(log_w)
+    if not launch:
         return grad_log_w
     with on_device(log_w):
         kernels(log_w).iwae_bound_bwd(
