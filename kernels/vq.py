@@ -18,7 +18,9 @@ exactly as ``|x - e|^2`` -- so ``precision`` only decides which code wins a near
 ``D``) and the per-code usage counts (int32 atomics), and one small program turns them into the losses
 (means over the ``N D`` elements, as ``F.mse_loss``) and the perplexity. Backward and the code statistics are segment sums by atomics: no one-hot matrix.
 
-No host function synchronises with the device.
+The codebook split, the outputs and workspaces and the empty inputs are planned by
+:mod:`fastvae.plan.vq`, which the cuda backend shares; the tiles are :func:`search_config`'s. No host
+function synchronises with the device.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import triton.language as tl
 
 from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
 from fastvae.kernels.aot import AotConfig
+from fastvae.plan import accumulation_dtype
+from fastvae.plan import vq as plan
 
 __all__ = ["vector_quantize_bwd", "vector_quantize_fwd", "vq_code_stats_fwd", "vq_nearest_fwd"]
 
@@ -345,10 +349,6 @@ def _vq_code_stats_fwd_kernel(
 
 # --- launch heuristics ----------------------------------------------------------------------------------
 
-#: Programs that keep every SM busy: about two per SM of an H100/H200 (132 SMs). Fewer row blocks
-#: than this and the search splits the codebook across programs.
-TARGET_PROGRAMS = 264
-
 #: Rows and columns per program of the row-wise kernels (epilogue, backward, code statistics).
 ROW_BLOCK_N, ROW_BLOCK_D = 32, 64
 #: Codes per program of the |e|^2 kernel; entries per iteration of the one-program statistics kernel.
@@ -387,66 +387,29 @@ def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
     return SearchConfig(64, 64, 16, 4, 3)
 
 
-def codebook_splits(row_blocks: int, k_tiles: int) -> tuple[int, int]:
-    """``(splits, tiles_per_split)``: split the codebook's ``k_tiles`` tiles only when ``row_blocks`` are
-    too few to fill the GPU, into at most ``TARGET_PROGRAMS / row_blocks`` non-empty splits."""
-    if row_blocks >= TARGET_PROGRAMS:
-        return 1, k_tiles
-    tiles_per_split = triton.cdiv(k_tiles, min(k_tiles, triton.cdiv(TARGET_PROGRAMS, row_blocks)))
-    return triton.cdiv(k_tiles, tiles_per_split), tiles_per_split
-
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Launch the search; returns the per-split ``(scores (S, N), int32 indices (S, N), S)``."""
+def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.SearchWorkspace:
+    """Launch ``|e|^2 / 2`` and the search on ``x (N, D)``, ``codebook (K, D)`` (N, D >= 1); returns the
+    workspace holding the per-split ``(scores (S, N), int32 indices (S, N))``."""
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
-    acc = _accumulation(x.dtype)
-    half_sq = torch.empty(num_codes, dtype=acc, device=x.device)
-    _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
-        codebook, half_sq, num_codes, dim, ALIGNED=aligned_rows(dim, codebook), BLOCK_K=NORM_BLOCK_K, BLOCK_D=ROW_BLOCK_D
-    )
     config = search_config(dim, x.dtype, precision)
-    row_blocks = triton.cdiv(num_rows, config.block_n)
-    splits, tiles_per_split = codebook_splits(row_blocks, triton.cdiv(num_codes, config.block_k))
-    part_score = torch.empty((splits, num_rows), dtype=acc, device=x.device)
-    part_index = torch.empty((splits, num_rows), dtype=torch.int32, device=x.device)
-    _vq_nearest_fwd_kernel[(row_blocks, splits)](
-        x,
-        codebook,
-        half_sq,
-        part_score,
-        part_index,
-        num_rows,
-        num_codes,
-        dim,
-        tiles_per_split,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        BLOCK_D=config.block_d,
-        SINGLE_D=dim <= config.block_d,
-        EVEN_D=dim % config.block_d == 0,
-        PRECISION=precision if x.dtype == torch.float32 else "ieee",
-        INTERPRETED=_interpreted(),
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    return part_score, part_index, splits
-
-
-def _check(x: torch.Tensor, codebook: torch.Tensor) -> None:
-    """Code indices and per-code usage counts are int32 in the kernels."""
-    if x.shape[0] >= 2**31 or codebook.shape[0] >= 2**31:
-        raise ValueError(
-            f"N and K must be below 2**31 on the triton backend, got N = {x.shape[0]}, K = {codebook.shape[0]}"
-        )
+    workspace = plan.search_workspace(x, num_codes, config.block_n, config.block_k)
+    _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
+        codebook, workspace.half_sq, num_codes, dim, ALIGNED=aligned_rows(dim, codebook), BLOCK_K=NORM_BLOCK_K,
+        BLOCK_D=ROW_BLOCK_D,
+    )  # fmt: skip
+    _vq_nearest_fwd_kernel[(triton.cdiv(num_rows, config.block_n), workspace.splits)](
+        x, codebook, workspace.half_sq, workspace.part_score, workspace.part_index, num_rows, num_codes, dim,
+        workspace.tiles_per_split, BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_D=config.block_d,
+        SINGLE_D=dim <= config.block_d, EVEN_D=dim % config.block_d == 0,
+        PRECISION=precision if x.dtype == torch.float32 else "ieee", INTERPRETED=_interpreted(),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return workspace
 
 
 # --- host functions -------------------------------------------------------------------------------------
@@ -460,29 +423,26 @@ def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> t
     ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance recomputed
     exactly as ``|x - e|^2`` in the accumulation dtype.
     """
-    _check(x, codebook)
+    plan.check_sizes(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
-    num_rows, dim = x.shape
-    indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
-    distances = torch.empty(num_rows, dtype=x.dtype, device=x.device)
-    if num_rows == 0:
+    (indices, distances), launch = plan.vq_nearest_fwd(x)
+    if not launch:
         return indices, distances
-    if dim == 0:  # every code is at distance 0: the lowest index wins
-        return indices.zero_(), distances.zero_()
-    part_score, part_index, splits = _search(x, codebook, precision)
+    num_rows, dim = x.shape
+    workspace = _search(x, codebook, precision)
     _vq_nearest_epilogue_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
         x,
         codebook,
-        part_score,
-        part_index,
+        workspace.part_score,
+        workspace.part_index,
         indices,
         distances,
         distances,  # quantized, block sums and usage are not written without QUANTIZE
-        part_score,
-        part_index,
+        workspace.part_score,
+        workspace.part_index,
         num_rows,
         dim,
-        splits,
+        workspace.splits,
         ALIGNED=aligned_rows(dim, x),
         BLOCK_N=ROW_BLOCK_N,
         BLOCK_D=ROW_BLOCK_D,
@@ -501,26 +461,22 @@ def vector_quantize_fwd(
     the last three 0-dim, all floating outputs in x's dtype; the losses are means over the ``N D``
     elements. ``N = 0`` gives NaN losses and perplexity, ``D = 0`` NaN losses.
     """
-    _check(x, codebook)
+    plan.check_sizes(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
+    outputs, launch = plan.vector_quantize_fwd(x)
+    if not launch:
+        return outputs
+    quantized, indices, *statistics = outputs
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
-    quantized = torch.empty_like(x)
-    indices = torch.empty(num_rows, dtype=torch.int64, device=x.device)
-    if num_rows == 0:
-        return quantized, indices, *(x.new_full((), float("nan")) for _ in range(3))
-    if dim == 0:  # every row takes code 0: losses are means over no elements, perplexity 1
-        return quantized, indices.zero_(), x.new_full((), float("nan")), x.new_full((), float("nan")), x.new_ones(())
-    statistics = [torch.empty((), dtype=x.dtype, device=x.device) for _ in range(3)]
-    part_score, part_index, splits = _search(x, codebook, precision)
-    row_blocks = triton.cdiv(num_rows, ROW_BLOCK_N)
-    block_sums = torch.empty(row_blocks, dtype=part_score.dtype, device=x.device)
-    usage = torch.zeros(num_codes, dtype=torch.int32, device=x.device)
+    workspace = _search(x, codebook, precision)
+    block_sums, usage = plan.epilogue_workspace(x, num_codes, ROW_BLOCK_N)
+    row_blocks = block_sums.numel()
     _vq_nearest_epilogue_kernel[(row_blocks,)](
         x,
         codebook,
-        part_score,
-        part_index,
+        workspace.part_score,
+        workspace.part_index,
         indices,
         block_sums,  # no distances are stored with QUANTIZE
         quantized,
@@ -528,7 +484,7 @@ def vector_quantize_fwd(
         usage,
         num_rows,
         dim,
-        splits,
+        workspace.splits,
         ALIGNED=aligned_rows(dim, x, quantized),
         BLOCK_N=ROW_BLOCK_N,
         BLOCK_D=ROW_BLOCK_D,
@@ -537,7 +493,7 @@ def vector_quantize_fwd(
     _vector_quantize_stats_kernel[(1,)](
         block_sums, usage, *statistics, row_blocks, num_codes, num_rows, BLOCK=STATS_BLOCK
     )
-    return quantized, indices, *statistics
+    return outputs
 
 
 @on_input_device
@@ -551,11 +507,11 @@ def vector_quantize_bwd(
 ) -> list[torch.Tensor]:
     """Gradients ``[d x, d codebook]`` of :func:`vector_quantize_fwd`, as the reference's backward:
     one pass over the rows, the codebook gradient a segment sum by atomics in the accumulation dtype."""
+    plan.check_sizes(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
     num_rows, dim = x.shape
-    grad_x = torch.empty_like(x)
-    grad_codebook = torch.zeros(codebook.shape, dtype=_accumulation(codebook.dtype), device=x.device)
-    if num_rows > 0 and dim > 0:
+    (grad_x, grad_codebook), launch = plan.vector_quantize_bwd(x, codebook)
+    if launch:
         _vector_quantize_bwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
             grad_quantized.contiguous(),
             grad_commitment,
@@ -578,10 +534,8 @@ def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) ->
     """Per-code row counts ``(K,)`` and row sums ``(K, D)`` in the accumulation dtype, by atomics."""
     x = x.contiguous()
     num_rows, dim = x.shape
-    acc = _accumulation(x.dtype)
-    counts = torch.zeros(num_codes, dtype=acc, device=x.device)
-    sums = torch.zeros((num_codes, dim), dtype=acc, device=x.device)
-    if num_rows > 0:
+    (counts, sums), launch = plan.vq_code_stats_fwd(x, num_codes)
+    if launch:
         _vq_code_stats_fwd_kernel[(triton.cdiv(num_rows, ROW_BLOCK_N),)](
             x, indices.contiguous(), counts, sums, num_rows, dim, ALIGNED=aligned_rows(dim, x),
             BLOCK_N=ROW_BLOCK_N, BLOCK_D=ROW_BLOCK_D,
@@ -617,7 +571,7 @@ def _aot_configs() -> list[AotConfig]:
     """Every launch the host functions can pick on a GPU (INTERPRETED is interpreter-only)."""
     configs = []
     for dtype, precision, dims in _AOT_SEARCH_CASES:
-        t, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[_accumulation(dtype)]
+        t, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[accumulation_dtype(dtype)]
         for dim in dims:
             config = search_config(dim, dtype, precision)
             constexprs = {
@@ -636,7 +590,7 @@ def _aot_configs() -> list[AotConfig]:
             )
     rows = {"BLOCK_N": ROW_BLOCK_N, "BLOCK_D": ROW_BLOCK_D}
     for dtype, t in _TRITON_TYPES.items():
-        acc = _TRITON_TYPES[_accumulation(dtype)]
+        acc = _TRITON_TYPES[accumulation_dtype(dtype)]
         configs.append(
             _aot(
                 _vq_code_norms_kernel,

@@ -28,6 +28,7 @@ import fastvae
 import fastvae.reference.vq as reference_vq
 from fastvae import backend as backend_module
 from fastvae.ops.vq import OP_NAMES
+from fastvae.plan import vq as plan
 
 # --- backends ---------------------------------------------------------------------------------------
 
@@ -279,11 +280,11 @@ def test_search_never_holds_the_n_by_k_matrix(device, monkeypatch, op) -> None:
     assert largest < rows * num_codes // 10, f"an op saw a tensor of {largest} elements"
 
 
-# --- the triton search: small tiles, codebook splits, ties across them, every output written ----------
+# --- the search: small tiles, codebook splits, ties across them, every output written -----------------
 
-#: How the small-tiles fixture splits the codebook's 16-code tiles across programs: never (one program
-#: walks every tile, so a tie crosses tiles inside the running arg-min), one split per tile (ties meet
-#: in the epilogue's combine), three tiles per split (both).
+#: How the small-tiles fixture splits the codebook's tiles across programs: never (one program walks
+#: every tile, so a tie crosses tiles inside the running arg-min), one split per tile (ties meet in
+#: the epilogue's combine), three tiles per split (both).
 SPLIT_RULES: dict[str, Callable[[int, int], tuple[int, int]]] = {
     "one-split": lambda row_blocks, k_tiles: (1, k_tiles),
     "split-per-tile": lambda row_blocks, k_tiles: (k_tiles, 1),
@@ -293,13 +294,14 @@ SMALL_TILE = 16
 
 
 class ForcedTiles:
-    """The split rule forced on the triton search, and the ``(splits, tiles per split)`` of each launch."""
+    """The split rule forced on the searches, and the ``(splits, tiles per split)`` of each launch."""
 
     def __init__(self, rule: str) -> None:
         self.rule = rule
         self.launched: list[tuple[int, int]] = []
 
-    def splits(self, row_blocks: int, k_tiles: int) -> tuple[int, int]:
+    def splits(self, row_blocks: int, k_tiles: int, target: int) -> tuple[int, int]:
+        """Stands in for :func:`fastvae.plan.vq.codebook_splits`; the rule ignores the target."""
         self.launched.append(SPLIT_RULES[self.rule](row_blocks, k_tiles))
         return self.launched[-1]
 
@@ -312,16 +314,17 @@ class ForcedTiles:
 
 @pytest.fixture(params=list(SPLIT_RULES))
 def small_tiles(request: pytest.FixtureRequest, monkeypatch) -> ForcedTiles:
-    """On the triton backend, search in 16 x 16 x 16 tiles (rows x codes x D) with the codebook split as
-    the parameter says, so that small inputs cross row, code and D tiles and split boundaries."""
+    """Split the codebook as the parameter says on the triton and cuda backends (the split is their shared
+    plan), and on the triton backend search in 16 x 16 x 16 tiles (rows x codes x D), so that small
+    inputs cross row, code and D tiles and split boundaries."""
     forced = ForcedTiles(request.param)
+    monkeypatch.setattr(plan, "codebook_splits", forced.splits)
     try:
         import fastvae.kernels.vq as kernels
     except ImportError:  # no triton here: the triton backend does not run either
         return forced
     config = kernels.SearchConfig(SMALL_TILE, SMALL_TILE, SMALL_TILE, num_warps=4, num_stages=2)
     monkeypatch.setattr(kernels, "search_config", lambda dim, dtype, precision: config)
-    monkeypatch.setattr(kernels, "codebook_splits", forced.splits)
     return forced
 
 
@@ -426,17 +429,28 @@ def test_vq_nearest_vectors_wider_than_one_d_tile(device, dtype) -> None:
     assert torch.equal(fastvae.vector_quantize(x, codebook).indices, indices)
 
 
+#: Programs that fill an H100 or H200: 2 on each of 132 SMs.
+H100_PROGRAMS = 264
+
+
+def test_the_split_targets_two_programs_per_sm() -> None:
+    # CPU tensors (the Triton interpreter) are split as on an H100.
+    assert plan.target_programs(torch.device("cpu")) == H100_PROGRAMS
+    if torch.cuda.is_available():
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert plan.target_programs(torch.device("cuda", 0)) == 2 * sms
+
+
 @pytest.mark.parametrize(
     ("row_blocks", "k_tiles"), [(1, 1), (1, 128), (3, 5), (100, 7), (200, 128), (263, 2), (264, 128), (8192, 128)]
 )
 def test_codebook_split_heuristic(row_blocks, k_tiles) -> None:
-    kernels = pytest.importorskip("fastvae.kernels.vq")
-    splits, per_split = kernels.codebook_splits(row_blocks, k_tiles)
+    splits, per_split = plan.codebook_splits(row_blocks, k_tiles, H100_PROGRAMS)
     assert (splits - 1) * per_split < k_tiles <= splits * per_split  # every tile covered, no split empty
-    if row_blocks >= kernels.TARGET_PROGRAMS:
+    if row_blocks >= H100_PROGRAMS:
         assert splits == 1
     else:
-        wanted = min(k_tiles, math.ceil(kernels.TARGET_PROGRAMS / row_blocks))
+        wanted = min(k_tiles, math.ceil(H100_PROGRAMS / row_blocks))
         assert wanted / 2 < splits <= wanted
 
 
@@ -445,8 +459,8 @@ def test_search_splits_only_batches_too_small_to_fill_the_gpu() -> None:
     config = kernels.search_config(64, torch.bfloat16, "ieee")
     k_tiles = math.ceil(16384 / config.block_k)
     # The VQ-VAE benchmark shape, N = 2^20 rows: one split; 64 rows: the codebook spread over programs.
-    assert kernels.codebook_splits(math.ceil(2**20 / config.block_n), k_tiles) == (1, k_tiles)
-    assert kernels.codebook_splits(1, k_tiles)[0] == min(k_tiles, kernels.TARGET_PROGRAMS)
+    assert plan.codebook_splits(math.ceil(2**20 / config.block_n), k_tiles, H100_PROGRAMS) == (1, k_tiles)
+    assert plan.codebook_splits(1, k_tiles, H100_PROGRAMS)[0] == min(k_tiles, H100_PROGRAMS)
 
 
 # --- the edges of the compiled kernels: odd sizes, unaligned pointers, ties, codebook splits --------------
