@@ -138,13 +138,10 @@ P* pointer(std::uintptr_t ptr, const char* name, bool used = true) {
   return reinterpret_cast<P*>(ptr);
 }
 
-// rows_per_block >= 1 and a grid of ceil(num_rows / rows_per_block) blocks within CUDA's limit.
-void require_row_blocks(std::int64_t num_rows, std::int64_t rows_per_block) {
-  require_in_range(rows_per_block, 1, kMaxInt32, "rows_per_block");
-  if ((num_rows + rows_per_block - 1) / rows_per_block > kMaxInt32) {
-    throw py::value_error("rows_per_block = " + std::to_string(rows_per_block) + " needs more than " +
-                          "2^31 - 1 blocks for num_rows = " + std::to_string(num_rows));
-  }
+py::tuple vq_search_tile(int dtype, bool tf32, std::int64_t dim) {
+  require_in_range(dim, 0, kMaxInt32, "dim");
+  const fastvae::VqSearchTile tile = fastvae::vq_search_tile(dtype, tf32, dim);
+  return py::make_tuple(tile.block_n, tile.block_k);
 }
 
 void vq_code_half_sq(int dtype, std::uintptr_t codebook_ptr, std::uintptr_t half_sq_ptr,
@@ -161,16 +158,14 @@ void vq_code_half_sq(int dtype, std::uintptr_t codebook_ptr, std::uintptr_t half
 void vq_search(int dtype, bool tf32, std::uintptr_t x_ptr, std::uintptr_t codebook_ptr,
                std::uintptr_t half_sq_ptr, std::uintptr_t part_score_ptr,
                std::uintptr_t part_index_ptr, std::int64_t num_rows, std::int64_t num_codes,
-               std::int64_t dim, int block_n, int block_k, int d_tile, std::int64_t splits,
-               std::int64_t tiles_per_split, std::uintptr_t stream) {
+               std::int64_t dim, std::int64_t splits, std::int64_t tiles_per_split,
+               std::uintptr_t stream) {
   require_in_range(num_rows, 0, kMaxInt32, "num_rows");
   require_in_range(num_codes, 1, kMaxInt32, "num_codes");
   require_in_range(dim, 0, kMaxInt32, "dim");
-  require_in_range(block_n, 1, 1024, "block_n");
-  require_in_range(block_k, 1, 1024, "block_k");
-  require_in_range(d_tile, 1, 1024, "d_tile");
   require_in_range(splits, 1, kMaxGridY, "splits");
   require_in_range(tiles_per_split, 1, kMaxInt32, "tiles_per_split");
+  const std::int64_t block_k = fastvae::vq_search_tile(dtype, tf32, dim).block_k;
   const std::int64_t split_codes = tiles_per_split * block_k;
   if ((splits - 1) * split_codes >= num_codes || splits * split_codes < num_codes) {
     throw py::value_error("splits = " + std::to_string(splits) + " of tiles_per_split = " +
@@ -184,25 +179,22 @@ void vq_search(int dtype, bool tf32, std::uintptr_t x_ptr, std::uintptr_t codebo
                      pointer<const void>(half_sq_ptr, "half_sq_ptr", used),
                      pointer<void>(part_score_ptr, "part_score_ptr", used),
                      pointer<std::int32_t>(part_index_ptr, "part_index_ptr", used), num_rows,
-                     num_codes, dim, block_n, block_k, d_tile, splits, tiles_per_split,
-                     as_stream(stream));
+                     num_codes, dim, splits, tiles_per_split, as_stream(stream));
 }
 
 // Checks shared by the two epilogues.
-void require_epilogue_sizes(std::int64_t num_rows, std::int64_t dim, std::int64_t splits,
-                            std::int64_t rows_per_block) {
+void require_epilogue_sizes(std::int64_t num_rows, std::int64_t dim, std::int64_t splits) {
   require_in_range(num_rows, 0, kMaxInt32, "num_rows");
   require_in_range(dim, 0, kMaxInt32, "dim");
   require_in_range(splits, 1, kMaxGridY, "splits");
-  require_row_blocks(num_rows, rows_per_block);
 }
 
 void vq_nearest_epilogue(int dtype, std::uintptr_t x_ptr, std::uintptr_t codebook_ptr,
                          std::uintptr_t part_score_ptr, std::uintptr_t part_index_ptr,
                          std::uintptr_t indices_ptr, std::uintptr_t distances_ptr,
                          std::int64_t num_rows, std::int64_t dim, std::int64_t splits,
-                         std::int64_t rows_per_block, std::uintptr_t stream) {
-  require_epilogue_sizes(num_rows, dim, splits, rows_per_block);
+                         std::uintptr_t stream) {
+  require_epilogue_sizes(num_rows, dim, splits);
   const bool used = num_rows > 0;
   fastvae::vq_nearest_epilogue(
       dtype, pointer<const void>(x_ptr, "x_ptr", used && dim > 0),
@@ -210,7 +202,7 @@ void vq_nearest_epilogue(int dtype, std::uintptr_t x_ptr, std::uintptr_t codeboo
       pointer<const void>(part_score_ptr, "part_score_ptr", used),
       pointer<const std::int32_t>(part_index_ptr, "part_index_ptr", used),
       pointer<std::int64_t>(indices_ptr, "indices_ptr", used),
-      pointer<void>(distances_ptr, "distances_ptr", used), num_rows, dim, splits, rows_per_block,
+      pointer<void>(distances_ptr, "distances_ptr", used), num_rows, dim, splits,
       as_stream(stream));
 }
 
@@ -219,8 +211,8 @@ void vector_quantize_epilogue(int dtype, std::uintptr_t x_ptr, std::uintptr_t co
                               std::uintptr_t indices_ptr, std::uintptr_t quantized_ptr,
                               std::uintptr_t block_sums_ptr, std::uintptr_t usage_ptr,
                               std::int64_t num_rows, std::int64_t dim, std::int64_t splits,
-                              std::int64_t rows_per_block, std::uintptr_t stream) {
-  require_epilogue_sizes(num_rows, dim, splits, rows_per_block);
+                              std::uintptr_t stream) {
+  require_epilogue_sizes(num_rows, dim, splits);
   const bool used = num_rows > 0;
   fastvae::vector_quantize_epilogue(
       dtype, pointer<const void>(x_ptr, "x_ptr", used && dim > 0),
@@ -230,7 +222,7 @@ void vector_quantize_epilogue(int dtype, std::uintptr_t x_ptr, std::uintptr_t co
       pointer<std::int64_t>(indices_ptr, "indices_ptr", used),
       pointer<void>(quantized_ptr, "quantized_ptr", used && dim > 0),
       pointer<void>(block_sums_ptr, "block_sums_ptr", used),
-      pointer<std::int32_t>(usage_ptr, "usage_ptr", used), num_rows, dim, splits, rows_per_block,
+      pointer<std::int32_t>(usage_ptr, "usage_ptr", used), num_rows, dim, splits,
       as_stream(stream));
 }
 
@@ -255,10 +247,9 @@ void vector_quantize_bwd(int dtype, std::uintptr_t grad_quantized_ptr,
                          std::uintptr_t x_ptr, std::uintptr_t codebook_ptr,
                          std::uintptr_t indices_ptr, std::uintptr_t grad_x_ptr,
                          std::uintptr_t grad_codebook_ptr, std::int64_t num_rows, std::int64_t dim,
-                         std::int64_t rows_per_block, std::uintptr_t stream) {
+                         std::uintptr_t stream) {
   require_in_range(num_rows, 0, kMaxInt32, "num_rows");
   require_in_range(dim, 0, kMaxInt32, "dim");
-  require_row_blocks(num_rows, rows_per_block);
   const bool used = num_rows > 0 && dim > 0;
   fastvae::vector_quantize_bwd(
       dtype, pointer<const void>(grad_quantized_ptr, "grad_quantized_ptr", used),
@@ -267,24 +258,23 @@ void vector_quantize_bwd(int dtype, std::uintptr_t grad_quantized_ptr,
       pointer<const void>(x_ptr, "x_ptr", used), pointer<const void>(codebook_ptr, "codebook_ptr", used),
       pointer<const std::int64_t>(indices_ptr, "indices_ptr", used),
       pointer<void>(grad_x_ptr, "grad_x_ptr", used),
-      pointer<void>(grad_codebook_ptr, "grad_codebook_ptr", used), num_rows, dim, rows_per_block,
+      pointer<void>(grad_codebook_ptr, "grad_codebook_ptr", used), num_rows, dim,
       as_stream(stream));
 }
 
 void vq_code_stats(int dtype, std::uintptr_t x_ptr, std::uintptr_t indices_ptr,
                    std::uintptr_t counts_ptr, std::uintptr_t sums_ptr, std::int64_t num_rows,
-                   std::int64_t num_codes, std::int64_t dim, std::int64_t rows_per_block,
-                   std::uintptr_t stream) {
-  require_non_negative(num_rows, "num_rows");
+                   std::int64_t num_codes, std::int64_t dim, std::uintptr_t stream) {
+  // A grid of ceil(num_rows / kVqRowsPerBlock) blocks within CUDA's limit of 2^31 - 1.
+  require_in_range(num_rows, 0, kMaxInt32 * fastvae::kVqRowsPerBlock, "num_rows");
   require_in_range(num_codes, 1, INT64_MAX, "num_codes");
   require_in_range(dim, 0, kMaxInt32, "dim");
-  require_row_blocks(num_rows, rows_per_block);
   const bool used = num_rows > 0;
   fastvae::vq_code_stats(dtype, pointer<const void>(x_ptr, "x_ptr", used && dim > 0),
                          pointer<const std::int64_t>(indices_ptr, "indices_ptr", used),
                          pointer<void>(counts_ptr, "counts_ptr", used),
                          pointer<void>(sums_ptr, "sums_ptr", used && dim > 0), num_rows, num_codes,
-                         dim, rows_per_block, as_stream(stream));
+                         dim, as_stream(stream));
 }
 
 }  // namespace vq_bindings
@@ -308,6 +298,15 @@ void define_cuda(py::module_& m) {
   def_gaussian_iwae<CudaLaunch>(m);
 
   // --- vq defs ---
+  m.attr("vq_rows_per_block") = fastvae::kVqRowsPerBlock;
+  m.def("vq_search_tile", &vq_bindings::vq_search_tile, py::arg("dtype"), py::arg("tf32"),
+        py::arg("dim"),
+        "(block_n, block_k): the rows and codes per CTA tile vq_search runs for dtype code "
+        "`dtype`, tf32 and dim, chosen by the heuristic next to the launch. Exact products "
+        "(float32 without tf32, float64): (64, 64); tensor cores (float16, bfloat16, float32 with "
+        "tf32): (256, 64) when a row fits a 128-byte staging chunk, else (128, 128). The caller "
+        "pads half_sq to whole block_k tiles and splits the codebook from it. Raises ValueError "
+        "for an unknown dtype code or dim out of range.");
   m.def("vq_code_half_sq", &vq_bindings::vq_code_half_sq, py::arg("dtype"),
         py::arg("codebook_ptr"), py::arg("half_sq_ptr"), py::arg("num_codes"),
         py::arg("padded_codes"), py::arg("dim"), py::arg("stream"),
@@ -318,22 +317,17 @@ void define_cuda(py::module_& m) {
   m.def("vq_search", &vq_bindings::vq_search, py::arg("dtype"), py::arg("tf32"), py::arg("x_ptr"),
         py::arg("codebook_ptr"), py::arg("half_sq_ptr"), py::arg("part_score_ptr"),
         py::arg("part_index_ptr"), py::arg("num_rows"), py::arg("num_codes"), py::arg("dim"),
-        py::arg("block_n"), py::arg("block_k"), py::arg("d_tile"), py::arg("splits"),
-        py::arg("tiles_per_split"), py::arg("stream"),
-        "Nearest-code search without the N x K matrix: for every row n of x (num_rows, dim) and "
-        "split s (codes [s, s + 1) * tiles_per_split * block_k), the lowest score "
-        "|e|^2 / 2 - x.e and its lowest index into part_score[s, n] (float32; float64 for "
-        "float64) and part_index[s, n] (int32). half_sq comes from vq_code_half_sq padded to "
-        "whole block_k tiles. Tiles (block_n, block_k, d_tile): on tensor cores for float16, "
-        "bfloat16 and float32 with tf32, d_tile of 32, 64 or 128 bytes with (256, 64) when "
-        "dim <= d_tile, else 128 bytes with (128, 128); (64, 64, 16) with exact products for "
-        "float32 without tf32 and float64. Raises ValueError for bad sizes, splits that leave a split "
-        "empty or miss codes, or an unsupported tile; RuntimeError if the launch fails.");
+        py::arg("splits"), py::arg("tiles_per_split"), py::arg("stream"),
+        "Nearest-code search without the N x K matrix, on the tile of vq_search_tile: for every "
+        "row n of x (num_rows, dim) and split s (codes [s, s + 1) * tiles_per_split * block_k), "
+        "the lowest score |e|^2 / 2 - x.e and its lowest index into part_score[s, n] (float32; "
+        "float64 for float64) and part_index[s, n] (int32). half_sq comes from vq_code_half_sq "
+        "padded to whole block_k tiles. Raises ValueError for bad sizes or splits that leave a "
+        "split empty or miss codes; RuntimeError if the launch fails.");
   m.def("vq_nearest_epilogue", &vq_bindings::vq_nearest_epilogue, py::arg("dtype"),
         py::arg("x_ptr"), py::arg("codebook_ptr"), py::arg("part_score_ptr"),
         py::arg("part_index_ptr"), py::arg("indices_ptr"), py::arg("distances_ptr"),
-        py::arg("num_rows"), py::arg("dim"), py::arg("splits"), py::arg("rows_per_block"),
-        py::arg("stream"),
+        py::arg("num_rows"), py::arg("dim"), py::arg("splits"), py::arg("stream"),
         "Finishes vq_nearest after vq_search: the first minimum over the splits (lowest index) "
         "into int64 indices[n], and distances[n] = |x_n - e|^2 recomputed exactly in the "
         "accumulation dtype, stored in x's dtype. Raises ValueError for a null pointer or sizes "
@@ -342,11 +336,11 @@ void define_cuda(py::module_& m) {
         py::arg("x_ptr"), py::arg("codebook_ptr"), py::arg("part_score_ptr"),
         py::arg("part_index_ptr"), py::arg("indices_ptr"), py::arg("quantized_ptr"),
         py::arg("block_sums_ptr"), py::arg("usage_ptr"), py::arg("num_rows"), py::arg("dim"),
-        py::arg("splits"), py::arg("rows_per_block"), py::arg("stream"),
+        py::arg("splits"), py::arg("stream"),
         "Finishes vector_quantize's search: int64 indices[n], quantized[n] = codebook[indices[n]], "
-        "block_sums[b] = sum of |x_n - e|^2 over the rows_per_block rows of block b, divided by dim "
-        "(accumulation dtype), and usage[k] += 1 per row on code k (int32, zeroed by the caller). "
-        "Raises ValueError for a null pointer or sizes out of range.");
+        "block_sums[b] = sum of |x_n - e|^2 over the vq_rows_per_block rows of block b, divided by "
+        "dim (accumulation dtype), and usage[k] += 1 per row on code k (int32, zeroed by the "
+        "caller). Raises ValueError for a null pointer or sizes out of range.");
   m.def("vector_quantize_stats", &vq_bindings::vector_quantize_stats, py::arg("dtype"),
         py::arg("block_sums_ptr"), py::arg("usage_ptr"), py::arg("commitment_ptr"),
         py::arg("codebook_loss_ptr"), py::arg("perplexity_ptr"), py::arg("num_blocks"),
@@ -359,7 +353,7 @@ void define_cuda(py::module_& m) {
         py::arg("grad_quantized_ptr"), py::arg("grad_commitment_ptr"),
         py::arg("grad_codebook_loss_ptr"), py::arg("x_ptr"), py::arg("codebook_ptr"),
         py::arg("indices_ptr"), py::arg("grad_x_ptr"), py::arg("grad_codebook_ptr"),
-        py::arg("num_rows"), py::arg("dim"), py::arg("rows_per_block"), py::arg("stream"),
+        py::arg("num_rows"), py::arg("dim"), py::arg("stream"),
         "Gradients of vector_quantize: grad_x = grad_quantized + grad_commitment * 2 (x - e) / (N D) "
         "(contiguous, x's dtype) and grad_codebook[k] += -grad_codebook_loss * 2 (x_n - e_k) / (N D) "
         "over the rows on code k, by atomics into a zeroed buffer of the accumulation dtype. The "
@@ -367,7 +361,7 @@ void define_cuda(py::module_& m) {
         "pointer or sizes out of range.");
   m.def("vq_code_stats", &vq_bindings::vq_code_stats, py::arg("dtype"), py::arg("x_ptr"),
         py::arg("indices_ptr"), py::arg("counts_ptr"), py::arg("sums_ptr"), py::arg("num_rows"),
-        py::arg("num_codes"), py::arg("dim"), py::arg("rows_per_block"), py::arg("stream"),
+        py::arg("num_codes"), py::arg("dim"), py::arg("stream"),
         "Per-code counts[k] += 1 and sums[k] += x_n for every row n with indices[n] = k (int64), "
         "by atomics into zeroed buffers of the accumulation dtype; rows with an index outside "
         "[0, num_codes) are skipped. Raises ValueError for a null pointer or sizes out of range.");

@@ -1,7 +1,8 @@
 // Vector-quantisation kernels and their launchers (declared in vq.h): the nearest-code search behind
 // vq_nearest and vector_quantize, its epilogues, the VQ statistics, the backward pass, and the
 // per-code statistics of the EMA codebook update. The formulas are those of fastvae/reference/vq.py;
-// the host side (tile choice, codebook split, allocation) is fastvae/cuda/vq.py.
+// the host side (codebook split, allocation) is fastvae/cuda/vq.py with fastvae/plan/vq.py, and the
+// tiles are chosen here, next to the launches (with_search_tile, kVqRowsPerBlock).
 //
 // Search. Row n takes the code k of lowest score(n, k) = |e_k|^2 / 2 - x_n . e_k (half the squared
 // distance minus |x_n|^2 / 2, which every code shares); the N x K scores only ever exist one tile at
@@ -36,7 +37,7 @@
 // while the current one is multiplied.
 //
 // Row-wise kernels (epilogues, backward, code statistics) give a warp to a row at a time, lanes
-// striding along D (coalesced), rows_per_block rows to a block, with int64 offsets throughout. The
+// striding along D (coalesced), kVqRowsPerBlock rows to a block, with int64 offsets throughout. The
 // segment sums of the backward pass and of the code statistics are atomics into the accumulation
 // dtype; block sums of the losses (squared distances over D, so that the losses are means over the
 // N D elements) are reduced in a fixed order, so the losses are deterministic.
@@ -744,16 +745,40 @@ int copy_width(const void* x, const void* codebook, int dim) {
   return 0;
 }
 
-[[noreturn]] void bad_tiles(int block_n, int block_k, int d_tile, const char* expected) {
-  throw std::invalid_argument("vq_search: unsupported tile block_n=" + std::to_string(block_n) +
-                              ", block_k=" + std::to_string(block_k) +
-                              ", d_tile=" + std::to_string(d_tile) + " (expected " + expected +
-                              ")");
+// The search's tile heuristic, next to its launch (as flash-attention's num_splits_heuristic):
+// calls f(Tile{}) with the tile the search runs for storage type T, tf32 and dim. Exact products
+// (float64; float32 without tf32) take SimtTile. Tensor cores stage D in rows of 32, 64 or 128
+// bytes, the narrowest that holds all of D, with x resident (256 x 64 tiles); longer rows stream x
+// and codebook chunks of 128 bytes (128 x 128 tiles).
+template <typename T, typename F>
+void with_search_tile(bool tf32, std::int64_t dim, F&& f) {
+  if constexpr (std::is_same_v<T, double>) {
+    f(SimtTile<T>{});
+  } else {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!tf32) {
+        f(SimtTile<T>{});
+        return;
+      }
+    }
+    const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(T));
+    if (row_bytes <= 32) {
+      f(MmaTile<T, 2, true>{});
+    } else if (row_bytes <= 64) {
+      f(MmaTile<T, 4, true>{});
+    } else if (row_bytes <= 128) {
+      f(MmaTile<T, 8, true>{});
+    } else {
+      f(MmaTile<T, 8, false>{});
+    }
+  }
 }
 
+// The tensor-core search on one of its tiles; half_sq and the scores are float.
 template <typename T, int CHUNKS, bool RESIDENT>
-void launch_mma_search(const T* x, const T* codebook, const float* half_sq, float* part_score,
-                       std::int32_t* part_index, const SearchShape& shape, cudaStream_t stream) {
+void launch_search(MmaTile<T, CHUNKS, RESIDENT>, const T* x, const T* codebook, const void* half_sq,
+                   void* part_score, std::int32_t* part_index, const SearchShape& shape,
+                   cudaStream_t stream) {
   using Tile = MmaTile<T, CHUNKS, RESIDENT>;
   const auto kernel = vq_search_mma_kernel<T, CHUNKS, RESIDENT>;
   FASTVAE_CHECK_CUDA(
@@ -761,97 +786,52 @@ void launch_mma_search(const T* x, const T* codebook, const float* half_sq, floa
   const dim3 grid(static_cast<unsigned int>(ceil_div(shape.num_rows, Tile::kBlockN)),
                   static_cast<unsigned int>(shape.splits));
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
-      x, codebook, half_sq, part_score, part_index, shape.num_rows, shape.num_codes, shape.dim,
-      shape.tiles_per_split, copy_width<T>(x, codebook, shape.dim));
+      x, codebook, static_cast<const float*>(half_sq), static_cast<float*>(part_score), part_index,
+      shape.num_rows, shape.num_codes, shape.dim, shape.tiles_per_split,
+      copy_width<T>(x, codebook, shape.dim));
   FASTVAE_CHECK_LAUNCH(vq_search_mma_kernel);
 }
 
-// The tensor-core search: d_tile picks the chunk (32, 64 or 128 bytes), D <= d_tile the resident
-// variant (256 x 64 tiles); longer rows stream in 128-byte chunks (128 x 128 tiles).
+// The exact search (T = float or double); half_sq and the scores are T.
 template <typename T>
-void mma_search(const T* x, const T* codebook, const float* half_sq, float* part_score,
-                std::int32_t* part_index, const SearchShape& shape, int block_n, int block_k,
-                int d_tile, cudaStream_t stream) {
-  const std::int64_t chunk_bytes = std::int64_t{d_tile} * static_cast<std::int64_t>(sizeof(T));
-  const bool resident = shape.dim <= d_tile;
-  const char* expected =
-      "d_tile of 32, 64 or 128 bytes and block_n x block_k = 256 x 64 when D <= d_tile, else a "
-      "128-byte d_tile and 128 x 128";
-  const bool tiles_match = resident ? block_n == 256 && block_k == 64
-                                    : block_n == 128 && block_k == 128 && chunk_bytes == 128;
-  if (!tiles_match) {
-    bad_tiles(block_n, block_k, d_tile, expected);
-  }
-  switch (chunk_bytes) {
-    case 32:
-      launch_mma_search<T, 2, true>(x, codebook, half_sq, part_score, part_index, shape, stream);
-      break;
-    case 64:
-      launch_mma_search<T, 4, true>(x, codebook, half_sq, part_score, part_index, shape, stream);
-      break;
-    case 128:
-      if (resident) {
-        launch_mma_search<T, 8, true>(x, codebook, half_sq, part_score, part_index, shape, stream);
-      } else {
-        launch_mma_search<T, 8, false>(x, codebook, half_sq, part_score, part_index, shape, stream);
-      }
-      break;
-    default:
-      bad_tiles(block_n, block_k, d_tile, expected);
-  }
-}
-
-template <typename T>
-void simt_search(const T* x, const T* codebook, const T* half_sq, T* part_score,
-                 std::int32_t* part_index, const SearchShape& shape, int block_n, int block_k,
-                 int d_tile, cudaStream_t stream) {
+void launch_search(SimtTile<T>, const T* x, const T* codebook, const void* half_sq,
+                   void* part_score, std::int32_t* part_index, const SearchShape& shape,
+                   cudaStream_t stream) {
   using Tile = SimtTile<T>;
-  if (block_n != Tile::kBlockN || block_k != Tile::kBlockK || d_tile != Tile::kDChunk) {
-    bad_tiles(block_n, block_k, d_tile, "block_n = block_k = 64, d_tile = 16");
-  }
   const dim3 grid(static_cast<unsigned int>(ceil_div(shape.num_rows, Tile::kBlockN)),
                   static_cast<unsigned int>(shape.splits));
   vq_search_simt_kernel<T><<<grid, Tile::kThreads, 0, stream>>>(
-      x, codebook, half_sq, part_score, part_index, shape.num_rows, shape.num_codes, shape.dim,
-      shape.tiles_per_split);
+      x, codebook, static_cast<const T*>(half_sq), static_cast<T*>(part_score), part_index,
+      shape.num_rows, shape.num_codes, shape.dim, shape.tiles_per_split);
   FASTVAE_CHECK_LAUNCH(vq_search_simt_kernel);
 }
 
 template <typename T>
 void search(bool tf32, const void* x, const void* codebook, const void* half_sq, void* part_score,
-            std::int32_t* part_index, const SearchShape& shape, int block_n, int block_k,
-            int d_tile, cudaStream_t stream) {
-  const T* x_t = static_cast<const T*>(x);
-  const T* codebook_t = static_cast<const T*>(codebook);
+            std::int32_t* part_index, const SearchShape& shape, cudaStream_t stream) {
   if ((reinterpret_cast<std::uintptr_t>(half_sq) & 15u) != 0) {
     throw std::invalid_argument("vq_search: half_sq must be 16-byte aligned");
   }
-  if constexpr (std::is_same_v<T, double>) {
-    simt_search<double>(x_t, codebook_t, static_cast<const double*>(half_sq),
-                        static_cast<double*>(part_score), part_index, shape, block_n, block_k,
-                        d_tile, stream);
-  } else if constexpr (std::is_same_v<T, float>) {
-    if (tf32) {
-      mma_search<float>(x_t, codebook_t, static_cast<const float*>(half_sq),
-                        static_cast<float*>(part_score), part_index, shape, block_n, block_k,
-                        d_tile, stream);
-    } else {
-      simt_search<float>(x_t, codebook_t, static_cast<const float*>(half_sq),
-                         static_cast<float*>(part_score), part_index, shape, block_n, block_k,
-                         d_tile, stream);
-    }
-  } else {
-    mma_search<T>(x_t, codebook_t, static_cast<const float*>(half_sq),
-                  static_cast<float*>(part_score), part_index, shape, block_n, block_k, d_tile,
-                  stream);
-  }
+  with_search_tile<T>(tf32, shape.dim, [&](auto tile) {
+    launch_search(tile, static_cast<const T*>(x), static_cast<const T*>(codebook), half_sq,
+                  part_score, part_index, shape, stream);
+  });
 }
 
-unsigned int row_blocks(std::int64_t num_rows, std::int64_t rows_per_block) {
-  return static_cast<unsigned int>(ceil_div(num_rows, rows_per_block));
+unsigned int row_blocks(std::int64_t num_rows) {
+  return static_cast<unsigned int>(ceil_div(num_rows, kVqRowsPerBlock));
 }
 
 }  // namespace
+
+VqSearchTile vq_search_tile(int dtype, bool tf32, std::int64_t dim) {
+  VqSearchTile tile{};
+  FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype",
+                         with_search_tile<scalar_t>(tf32, dim, [&](auto chosen) {
+                           tile = {decltype(chosen)::kBlockN, decltype(chosen)::kBlockK};
+                         }));
+  return tile;
+}
 
 void vq_code_half_sq(int dtype, const void* codebook, void* half_sq, std::int64_t num_codes,
                      std::int64_t padded_codes, std::int64_t dim, cudaStream_t stream) {
@@ -859,7 +839,8 @@ void vq_code_half_sq(int dtype, const void* codebook, void* half_sq, std::int64_
     return;
   }
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype", {
-    vq_code_half_sq_kernel<scalar_t><<<row_blocks(padded_codes, kWarps), kThreads, 0, stream>>>(
+    vq_code_half_sq_kernel<scalar_t>
+        <<<static_cast<unsigned int>(ceil_div(padded_codes, kWarps)), kThreads, 0, stream>>>(
         static_cast<const scalar_t*>(codebook), static_cast<acc_t<scalar_t>*>(half_sq), num_codes,
         padded_codes, dim);
     FASTVAE_CHECK_LAUNCH(vq_code_half_sq_kernel);
@@ -868,8 +849,8 @@ void vq_code_half_sq(int dtype, const void* codebook, void* half_sq, std::int64_
 
 void vq_search(int dtype, bool tf32, const void* x, const void* codebook, const void* half_sq,
                void* part_score, std::int32_t* part_index, std::int64_t num_rows,
-               std::int64_t num_codes, std::int64_t dim, int block_n, int block_k, int d_tile,
-               std::int64_t splits, std::int64_t tiles_per_split, cudaStream_t stream) {
+               std::int64_t num_codes, std::int64_t dim, std::int64_t splits,
+               std::int64_t tiles_per_split, cudaStream_t stream) {
   if (num_rows == 0) {
     return;
   }
@@ -878,23 +859,22 @@ void vq_search(int dtype, bool tf32, const void* x, const void* codebook, const 
                           static_cast<int>(tiles_per_split)};
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype",
                          search<scalar_t>(tf32, x, codebook, half_sq, part_score, part_index,
-                                          shape, block_n, block_k, d_tile, stream));
+                                          shape, stream));
 }
 
 void vq_nearest_epilogue(int dtype, const void* x, const void* codebook, const void* part_score,
                          const std::int32_t* part_index, std::int64_t* indices, void* distances,
                          std::int64_t num_rows, std::int64_t dim, std::int64_t splits,
-                         std::int64_t rows_per_block, cudaStream_t stream) {
+                         cudaStream_t stream) {
   if (num_rows == 0) {
     return;
   }
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype", {
-    vq_epilogue_kernel<scalar_t, false>
-        <<<row_blocks(num_rows, rows_per_block), kThreads, 0, stream>>>(
-            static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(codebook),
-            static_cast<const acc_t<scalar_t>*>(part_score), part_index, indices,
-            static_cast<scalar_t*>(distances), nullptr, nullptr, nullptr, num_rows, dim, splits,
-            rows_per_block);
+    vq_epilogue_kernel<scalar_t, false><<<row_blocks(num_rows), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(codebook),
+        static_cast<const acc_t<scalar_t>*>(part_score), part_index, indices,
+        static_cast<scalar_t*>(distances), nullptr, nullptr, nullptr, num_rows, dim, splits,
+        kVqRowsPerBlock);
     FASTVAE_CHECK_LAUNCH(vq_epilogue_kernel);
   });
 }
@@ -903,18 +883,16 @@ void vector_quantize_epilogue(int dtype, const void* x, const void* codebook,
                               const void* part_score, const std::int32_t* part_index,
                               std::int64_t* indices, void* quantized, void* block_sums,
                               std::int32_t* usage, std::int64_t num_rows, std::int64_t dim,
-                              std::int64_t splits, std::int64_t rows_per_block,
-                              cudaStream_t stream) {
+                              std::int64_t splits, cudaStream_t stream) {
   if (num_rows == 0) {
     return;
   }
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype", {
-    vq_epilogue_kernel<scalar_t, true>
-        <<<row_blocks(num_rows, rows_per_block), kThreads, 0, stream>>>(
-            static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(codebook),
-            static_cast<const acc_t<scalar_t>*>(part_score), part_index, indices, nullptr,
-            static_cast<scalar_t*>(quantized), static_cast<acc_t<scalar_t>*>(block_sums), usage,
-            num_rows, dim, splits, rows_per_block);
+    vq_epilogue_kernel<scalar_t, true><<<row_blocks(num_rows), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(codebook),
+        static_cast<const acc_t<scalar_t>*>(part_score), part_index, indices, nullptr,
+        static_cast<scalar_t*>(quantized), static_cast<acc_t<scalar_t>*>(block_sums), usage,
+        num_rows, dim, splits, kVqRowsPerBlock);
     FASTVAE_CHECK_LAUNCH(vq_epilogue_kernel);
   });
 }
@@ -938,33 +916,30 @@ void vector_quantize_stats(int dtype, const void* block_sums, const std::int32_t
 void vector_quantize_bwd(int dtype, const void* grad_quantized, const void* grad_commitment,
                          const void* grad_codebook_loss, const void* x, const void* codebook,
                          const std::int64_t* indices, void* grad_x, void* grad_codebook,
-                         std::int64_t num_rows, std::int64_t dim, std::int64_t rows_per_block,
-                         cudaStream_t stream) {
+                         std::int64_t num_rows, std::int64_t dim, cudaStream_t stream) {
   if (num_rows == 0 || dim == 0) {
     return;
   }
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype", {
-    vector_quantize_bwd_kernel<scalar_t>
-        <<<row_blocks(num_rows, rows_per_block), kThreads, 0, stream>>>(
-            static_cast<const scalar_t*>(grad_quantized),
-            static_cast<const scalar_t*>(grad_commitment),
-            static_cast<const scalar_t*>(grad_codebook_loss), static_cast<const scalar_t*>(x),
-            static_cast<const scalar_t*>(codebook), indices, static_cast<scalar_t*>(grad_x),
-            static_cast<acc_t<scalar_t>*>(grad_codebook), num_rows, dim, rows_per_block);
+    vector_quantize_bwd_kernel<scalar_t><<<row_blocks(num_rows), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(grad_quantized), static_cast<const scalar_t*>(grad_commitment),
+        static_cast<const scalar_t*>(grad_codebook_loss), static_cast<const scalar_t*>(x),
+        static_cast<const scalar_t*>(codebook), indices, static_cast<scalar_t*>(grad_x),
+        static_cast<acc_t<scalar_t>*>(grad_codebook), num_rows, dim, kVqRowsPerBlock);
     FASTVAE_CHECK_LAUNCH(vector_quantize_bwd_kernel);
   });
 }
 
 void vq_code_stats(int dtype, const void* x, const std::int64_t* indices, void* counts, void* sums,
                    std::int64_t num_rows, std::int64_t num_codes, std::int64_t dim,
-                   std::int64_t rows_per_block, cudaStream_t stream) {
+                   cudaStream_t stream) {
   if (num_rows == 0) {
     return;
   }
   FASTVAE_DISPATCH_FLOAT(dtype, scalar_t, "dtype", {
-    vq_code_stats_kernel<scalar_t><<<row_blocks(num_rows, rows_per_block), kThreads, 0, stream>>>(
+    vq_code_stats_kernel<scalar_t><<<row_blocks(num_rows), kThreads, 0, stream>>>(
         static_cast<const scalar_t*>(x), indices, static_cast<acc_t<scalar_t>*>(counts),
-        static_cast<acc_t<scalar_t>*>(sums), num_rows, num_codes, dim, rows_per_block);
+        static_cast<acc_t<scalar_t>*>(sums), num_rows, num_codes, dim, kVqRowsPerBlock);
     FASTVAE_CHECK_LAUNCH(vq_code_stats_kernel);
   });
 }

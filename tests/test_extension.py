@@ -225,6 +225,34 @@ def test_an_empty_launch_launches_nothing(C: types.ModuleType, empty: dict[str, 
     assert C.gaussian_kl_fwd(**{**VALID_KL, **empty}) is None
 
 
+@pytest.mark.parametrize(
+    ("dtype", "tf32", "dim", "tile"),
+    [
+        (3, True, 1000, (64, 64)),  # float64: exact products, whatever tf32 says
+        (0, False, 8, (64, 64)),  # float32 "ieee": exact products
+        (0, True, 32, (256, 64)),  # tf32: a row of 128 bytes stays resident
+        (0, True, 33, (128, 128)),  # one more element streams
+        (1, False, 1, (256, 64)),  # float16: tensor cores, with or without tf32
+        (2, True, 64, (256, 64)),
+        (2, False, 65, (128, 128)),
+    ],
+)
+def test_the_vq_search_tile_is_chosen_next_to_the_launch(
+    C: types.ModuleType, dtype: int, tf32: bool, dim: int, tile: tuple[int, int]
+) -> None:
+    # Host code only: no device needed. The Python side sizes the search's workspace from this answer.
+    assert C.vq_search_tile(dtype, tf32, dim) == tile
+
+
+def test_vq_search_checks_its_splits_against_its_own_tile(C: types.ModuleType) -> None:
+    # float16, D = 8: 64-code tiles, so one split of one tile misses codes 64..99.
+    sizes = {"num_rows": 4, "num_codes": 100, "dim": 8, "splits": 1, "tiles_per_split": 1, "stream": 0}
+    with pytest.raises(ValueError, match="must cover num_codes = 100"):
+        C.vq_search(1, False, 256, 512, 768, 1024, 1280, **sizes)
+    with pytest.raises(ValueError, match="^dtype: unsupported dtype code 7"):
+        C.vq_search_tile(7, False, 8)
+
+
 def test_device_calls_without_a_device_raise_runtime_error(C: types.ModuleType) -> None:
     if _visible_devices(C) > 0:
         pytest.skip("a CUDA device is visible")

@@ -2,10 +2,11 @@
 
 One module per op family (``gaussian``, ``iwae``, ``vq``) holds the host functions
 ``<op>_fwd`` / ``<op>_bwd`` with the signatures of the matching functions in :mod:`fastvae.kernels`:
-they allocate the outputs with PyTorch, and pass pointers, sizes, dtype codes and the current CUDA
-stream to the extension, which checks them and launches. ``gaussian`` and ``iwae`` serve both
-devices: the extension's submodule ``fastvae._C.cpu`` has the same functions for host memory
-(:func:`kernels` picks by the tensor's device), so one host layer plans both backends' calls. The op
+they take the outputs, empty inputs and workspaces from :mod:`fastvae.plan` (the planning the triton
+backend shares), and pass pointers, sizes, dtype codes and the current CUDA stream to the extension,
+which checks them, chooses its tiles and launches. ``gaussian`` and ``iwae`` serve both devices: the
+extension's submodule ``fastvae._C.cpu`` has the same functions for host memory (:func:`kernels`
+picks by the tensor's device), so one host layer serves both backends' calls. The op
 modules in :mod:`fastvae.ops` register these modules as the ``cuda`` and ``cpu`` backends; they are
 imported only when a backend first needs them. This package holds the helpers they share.
 """
