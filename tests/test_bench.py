@@ -123,7 +123,7 @@ def test_every_cpu_row_ran_and_has_its_numbers(quick):
     # No triton/cuda on the CPU; the cpu backend where fastvae._C is built, for the ops it implements.
     cpu = "cpu" in fastvae.available_backends()
     assert {row["backend"] for row in rows} == {"eager", "compile", "torch", *(["cpu"] if cpu else [])}
-    assert {row["op"] for row in rows if row["backend"] == "cpu"} == ({"reparameterize", "reparameterize_kl", "gaussian_kl", "iwae"} if cpu else set())
+    assert {row["op"] for row in rows if row["backend"] == "cpu"} == ({"reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob", "iwae"} if cpu else set())
     for row in rows:
         assert row["status"] == "ok", row
         assert row["median_ms"] > 0 and row["peak_memory_bytes"] >= 0 and row["fraction_of_ceiling"] > 0
@@ -643,7 +643,7 @@ def test_core_selection_is_the_issue_list_plus_the_user_rows():
 
 def test_user_selection_covers_every_op_at_the_user_shapes_in_both_modes():
     user = _keys(shapes.plan("user", cuda=False))
-    gaussian = {(op, name) for op in ("reparameterize", "reparameterize_kl", "gaussian_kl")
+    gaussian = {(op, name) for op in ("reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob")
                 for name in ("B64xD16", "B256xD32", "B1024xD128")}
     others = {("iwae", "K16xB64xD16"), ("vq_nearest", "N4096xK512xD64"), ("vector_quantize", "N4096xK512xD64")}
     assert {(op, name) for op, name, *_ in user} == gaussian | others

@@ -56,6 +56,7 @@ __all__ = [
     "copy_step",
     "default_cpu_budget_bytes",
     "eager_gaussian_kl",
+    "eager_gaussian_log_prob",
     "eager_iwae",
     "eager_reparameterize",
     "eager_reparameterize_kl",
@@ -91,6 +92,11 @@ def eager_reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
 def eager_gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
     """Per-row ``KL(N(mu, e^logvar) || N(0, I)) = -0.5 * sum(1 + lv - mu^2 - e^lv)``. Returns ``(kl,)``."""
     return (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1),)
+
+
+def eager_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
+    """Per-row ``log N(x; mu, e^lv) = -0.5 * sum(log 2 pi + lv + (x - mu)^2 e^-lv)``. Returns ``(log_p,)``."""
+    return (-0.5 * torch.sum(_LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar), dim=-1),)
 
 
 def eager_reparameterize_kl(mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
@@ -145,6 +151,10 @@ def _fastvae_gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
     return (fastvae.gaussian_kl(mu, logvar),)
 
 
+def _fastvae_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
+    return (fastvae.gaussian_log_prob(x, mu, logvar),)
+
+
 def _fastvae_iwae(log_px_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Tensors:
     return (fastvae.iwae_bound(fastvae.iwae_log_weights(log_px_z, z, mu, logvar), dim=0),)
 
@@ -170,6 +180,11 @@ def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen
 def _gaussian_inputs(dims: Dims, dtype: torch.dtype, device: torch.device, generator: torch.Generator) -> Tensors:
     shape = (dims["B"], dims["D"])
     return _randn(shape, dtype, device, generator), _randn(shape, dtype, device, generator, scale=0.5)
+
+
+def _log_prob_inputs(dims: Dims, dtype: torch.dtype, device: torch.device, generator: torch.Generator) -> Tensors:
+    shape = (dims["B"], dims["D"])
+    return _randn(shape, dtype, device, generator), *_gaussian_inputs(dims, dtype, device, generator)
 
 
 def _iwae_inputs(dims: Dims, dtype: torch.dtype, device: torch.device, generator: torch.Generator) -> Tensors:
@@ -281,6 +296,18 @@ OP_SPECS: dict[str, OpSpec] = {
             # fwd: mu, logvar -> kl; bwd: d kl, mu, logvar -> d mu, d logvar.
             elements_moved=lambda d, mode: _fwd_bwd(
                 mode, 2 * d["B"] * d["D"] + d["B"], 4 * d["B"] * d["D"] + d["B"]
+            ),
+        ),
+        OpSpec(
+            "gaussian_log_prob",
+            ("gaussian_log_prob_fwd", "gaussian_log_prob_bwd"),
+            _log_prob_inputs,
+            eager_gaussian_log_prob,
+            _fastvae_gaussian_log_prob,
+            lambda d: 3 * d["B"] * d["D"],
+            # fwd: x, mu, logvar -> log_p; bwd: d log_p, x, mu, logvar -> d x, d mu, d logvar.
+            elements_moved=lambda d, mode: _fwd_bwd(
+                mode, 3 * d["B"] * d["D"] + d["B"], 6 * d["B"] * d["D"] + d["B"]
             ),
         ),
         OpSpec(

@@ -31,6 +31,7 @@ COVERS: dict[str, tuple[str, ...]] = {
     "reparameterize": ("reparameterize_fwd", "reparameterize_bwd"),
     "reparameterize_kl": ("reparameterize_kl_fwd", "reparameterize_kl_bwd"),
     "gaussian_kl": ("gaussian_kl_fwd", "gaussian_kl_bwd"),
+    "gaussian_log_prob": ("gaussian_log_prob_fwd", "gaussian_log_prob_bwd"),
     "iwae": (
         "iwae_log_weights_fwd", "iwae_log_weights_bwd", "iwae_bound_fwd", "iwae_bound_bwd",
         "miwae_bound_fwd", "miwae_bound_bwd",

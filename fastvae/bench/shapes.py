@@ -20,8 +20,8 @@ modes), made by :func:`plan` from one of :data:`SELECTIONS`:
 
 Dims per op family:
 
-* Gaussian ops (``reparameterize``, ``reparameterize_kl``, ``gaussian_kl``): ``B`` rows of a
-  ``D``-dimensional latent.
+* Gaussian ops (``reparameterize``, ``reparameterize_kl``, ``gaussian_kl``, ``gaussian_log_prob``):
+  ``B`` rows of a ``D``-dimensional latent.
 * ``iwae`` (``iwae_log_weights`` then ``iwae_bound``): ``K`` importance samples of a batch of ``B``
   rows, latent size ``D``.
 * VQ ops (``vq_nearest``, ``vector_quantize``): ``N`` vectors of size ``D``, a codebook of ``K``
@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 #: Every op the benchmarks measure.
-OPS: tuple[str, ...] = ("reparameterize", "reparameterize_kl", "gaussian_kl", "iwae", "vq_nearest", "vector_quantize")
+OPS: tuple[str, ...] = (
+    "reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob", "iwae", "vq_nearest", "vector_quantize",
+)
 
 #: Benchmark backends: ``eager`` is the plain PyTorch a user would write without fastvae, ``compile``
 #: is ``torch.compile`` of that same function, and ``torch``/``triton``/``cuda``/``cpu`` are fastvae's op
@@ -134,6 +136,7 @@ SHAPES: dict[str, tuple[Shape, ...]] = {
     "reparameterize": _GAUSSIAN,
     "reparameterize_kl": _GAUSSIAN,
     "gaussian_kl": _GAUSSIAN,
+    "gaussian_log_prob": _GAUSSIAN,
     "iwae": _IWAE,
     "vq_nearest": _VQ,
     "vector_quantize": _VQ,
