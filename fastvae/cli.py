@@ -1,9 +1,10 @@
 """The ``fastvae`` command line.
 
-``fastvae demo`` trains a small Gaussian VAE and a small VQ autoencoder on an embedded procedural
-data set (random horizontal and vertical bars on an 8 x 8 grid) through the fastvae ops, and reports
-the ELBO, the importance-weighted bound and the codebook perplexity. It needs no download and runs in
-seconds on a CPU.
+``fastvae demo`` trains two models of the zoo, ``vae`` (a Gaussian VAE) and ``vq_vae`` (a small VQ-VAE
+with its PixelCNN prior), on an embedded procedural data set (random horizontal and vertical bars on
+an 8 x 8 grid) with the trainer of ``fastvae train``, and reports the held-out ELBO, the
+importance-weighted bound and the codebook perplexity. It needs no download and runs in seconds on a
+CPU. It writes the data set and one run directory per model under ``--out`` (see :func:`_demo`).
 
 ``fastvae train`` trains a model of the zoo on dSprites or user data (one process, or data-parallel under
 ``torchrun``); ``fastvae evaluate RUN_DIR`` scores a trained run and ``fastvae sample RUN_DIR`` draws
@@ -17,20 +18,32 @@ CPU) against eager PyTorch, ``torch.compile`` and the hardware ceilings, prints 
 from __future__ import annotations
 
 import argparse
+import gzip
+import struct
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import fastvae
-from fastvae import bench
+from fastvae import bench, models
 from fastvae.bench import shapes as bench_shapes
 from fastvae.bench import training as bench_training
 from fastvae.train import commands as train_commands
+from fastvae.train.checkpoint import METRICS_NAME, RUN_FILES, atomic_write
+from fastvae.train.cli_args import as_flag
+from fastvae.train.metrics_log import read_metrics
+from fastvae.train.trainer import (
+    NonFiniteLossError,
+    SettingError,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    resolve_device,
+)
 
 __all__ = ["bars", "main"]
 
@@ -40,6 +53,27 @@ _DESCRIPTION = (
     "fastvae: fused Triton/CUDA kernels for VAEs, a zoo of models and their trainer. "
     "'fastvae COMMAND --help' describes each command."
 )
+
+#: The demo's training set: images drawn once and written to ``--out``, in the MNIST IDX format
+#: (uint8 0 or 255), which :func:`fastvae.data.load` reads without numpy.
+_DEMO_DATA = "bars-images-idx3-ubyte.gz"
+_DEMO_TRAIN_IMAGES = 8192
+#: Fresh images, drawn after the training set, that the trained models are scored on.
+_DEMO_HELD_OUT = 512
+#: Importance samples of the IWAE bound.
+_DEMO_IWAE_SAMPLES = 64
+_DEMO_LATENT_DIM = 8
+_DEMO_LR = 2e-3
+#: The models the demo trains: zoo name, hyper-parameters, and what it prints about them.
+_DEMO_MODELS: tuple[tuple[str, dict[str, Any], str], ...] = (
+    ("vae", {}, f"{_DEMO_LATENT_DIM}-d Gaussian latent, Bernoulli decoder; "
+     "loss = recon (BCE summed over 64 pixels) + kl (summed over latent dims)"),
+    ("vq_vae", {"codebook_size": 32, "hidden": 32, "res_blocks": 1, "prior_channels": 16, "prior_layers": 2},
+     f"a 2 x 2 grid of {_DEMO_LATENT_DIM}-d codes from a 32-code EMA codebook with dead-code restarts, "
+     "a PixelCNN prior over the grid; loss = recon + 0.25 * commitment + prior"),
+)
+#: What a metrics record holds besides the loss terms.
+_RECORD_EXTRAS = ("step", "images_per_s", "lr", "disc_lr", "time")
 
 
 def bars(n: int, *, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
@@ -53,82 +87,114 @@ def bars(n: int, *, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
     return (rows | cols).float().reshape(n, _SIDE * _SIDE)
 
 
-def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
+def _write_bars(path: Path, n: int, generator: torch.Generator) -> None:
+    """Write ``n`` images of :func:`bars` to ``path`` as a gzip-compressed MNIST IDX images file."""
+    pixels = bytes((bars(n, generator=generator) * 255).to(torch.uint8).flatten().tolist())
+    header = struct.pack(">IIII", 0x00000803, n, _SIDE, _SIDE)
+    atomic_write(path, lambda tmp: tmp.write_bytes(gzip.compress(header + pixels, mtime=0)))
 
 
-def _bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x | logits) summed over pixels: (..., 64) -> (...)."""
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+def _demo_out_error(out: Path, overwrite: bool) -> str | None:
+    """Why the demo may not write to ``out``, or None: as for ``fastvae train --out``, it must be new
+    or empty unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        return f"--out: {out} is a file, not a directory; name a new or empty directory"
+    found = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if found and not overwrite:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        runs = " and ".join(f"{name}/" for name, _, _ in _DEMO_MODELS)
+        return (
+            f"--out: {out} is not empty ({shown}); choose a new or empty --out, or pass --overwrite to train "
+            f"there anyway (replacing {_DEMO_DATA} and fastvae's run files in {runs} there: "
+            f"{', '.join(RUN_FILES)}; other files are kept)"
+        )
+    return None
 
 
-def _train_vae(args: argparse.Namespace, device: torch.device, data: torch.Generator) -> None:
-    latent = 8
-    encoder = _mlp(64, 128, 2 * latent).to(device)
-    decoder = _mlp(latent, 128, 64).to(device)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=2e-3)
-    print(f"[vae] {latent}-d Gaussian latent, loss = BCE summed over 64 pixels + KL summed over latents")
-    for step in range(1, args.steps + 1):
-        x = bars(args.batch_size, generator=data).to(device)
-        mu, logvar = encoder(x).chunk(2, dim=-1)
-        z, kl = fastvae.reparameterize_kl(mu, logvar, reduction="mean")
-        recon = -_bernoulli_log_prob(decoder(z), x).mean()
-        loss = recon + kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step == 1 or step % args.log_every == 0 or step == args.steps:
-            print(f"[vae] step {step:4d}  loss {loss.item():8.3f}  recon {recon.item():8.3f}  kl {kl.item():6.3f}")
-
-    samples = 64
-    with torch.no_grad():
-        x = bars(512, generator=data).to(device)
-        mu, logvar = encoder(x).chunk(2, dim=-1)
-        z = fastvae.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
-        log_w = fastvae.iwae_log_weights(_bernoulli_log_prob(decoder(z), x), z, mu, logvar)
-        elbo = log_w.mean()
-        bound = fastvae.iwae_bound(log_w, dim=0).mean()
-    print(f"[vae] held-out ELBO {elbo.item():.3f} nats; IWAE bound (K={samples}) {bound.item():.3f} nats")
+@torch.no_grad()
+def _held_out_scores(model: models.VAEModel, x: torch.Tensor) -> str:
+    """The trained ``model``'s scores on the held-out images ``x (B, 1, 8, 8)``, as one line."""
+    model.eval()
+    scores = [f"held-out ELBO {model.elbo(x).mean().item():.3f} nats"]
+    if hasattr(model, "log_likelihood"):
+        bound = model.log_likelihood(x, _DEMO_IWAE_SAMPLES).mean().item()
+        scores.append(f"IWAE bound (K={_DEMO_IWAE_SAMPLES}) {bound:.3f} nats")
+    out = model(x)
+    if "perplexity" in out:
+        scores.append(f"codebook perplexity {out.perplexity.item():.2f}")
+    return "; ".join(scores)
 
 
-def _train_vq(args: argparse.Namespace, device: torch.device, data: torch.Generator) -> None:
-    codes, groups, dim = 32, 4, 8
-    encoder = _mlp(64, 128, groups * dim).to(device)
-    decoder = _mlp(groups * dim, 128, 64).to(device)
-    quantizer = fastvae.nn.VectorQuantizer(codes, dim, ema=True, dead_code_threshold=0.05).to(device)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=2e-3)
-    print(f"[vq]  {groups} x {codes}-code EMA codebook, dead-code restart under an EMA count of 0.05")
-    for step in range(1, args.steps + 1):
-        x = bars(args.batch_size, generator=data).to(device)
-        out = quantizer(encoder(x).reshape(-1, groups, dim))
-        recon = -_bernoulli_log_prob(decoder(out.quantized.reshape(-1, groups * dim)), x).mean()
-        loss = recon + out.loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step == 1 or step % args.log_every == 0 or step == args.steps:
-            print(
-                f"[vq]  step {step:4d}  loss {loss.item():8.3f}  recon {recon.item():8.3f}  "
-                f"commitment {out.commitment_loss.item():7.4f}  perplexity {out.perplexity.item():6.2f}"
-            )
+def _demo_train(
+    args: argparse.Namespace, name: str, hparams: dict[str, Any], data: Path, held_out: torch.Tensor
+) -> None:
+    """Train zoo model ``name`` on ``data`` with the trainer, in ``<out>/<name>``; print its metrics
+    records (each the mean of the loss terms over the steps since the previous one) and held-out scores."""
+    config = TrainConfig(
+        model=name, data=str(data), steps=args.steps, batch_size=args.batch_size, out=str(Path(args.out) / name),
+        device=args.device, lr=_DEMO_LR, seed=args.seed, latent_dim=_DEMO_LATENT_DIM, log_every=args.log_every,
+        checkpoint_every=args.steps, sample_every=args.steps, overwrite=args.overwrite, backend=args.backend,
+        hparams=hparams,
+    )
+    with Trainer(config) as trainer:
+        trainer.fit()
+        tag = f"[{name}]"
+        for record in read_metrics(trainer.out / METRICS_NAME):
+            terms = "  ".join(f"{key} {value:8.3f}" for key, value in record.items() if key not in _RECORD_EXTRAS)
+            print(f"{tag} step {record['step']:4d}  {terms}")
+        torch.manual_seed(args.seed)
+        print(f"{tag} {_held_out_scores(trainer.model, held_out.to(trainer.device))}")
+        print(f"{tag} run in {trainer.out}", flush=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """``fastvae demo``: write the bars data set to ``<out>/bars-images-idx3-ubyte.gz``, train each model
+    of :data:`_DEMO_MODELS` on it with :class:`~fastvae.train.trainer.Trainer` (what ``fastvae train``
+    runs) in ``<out>/<model>``, and print each run's metrics records and held-out scores.
+
+    ``--out`` must be new or empty unless ``--overwrite``, which replaces the data file and the
+    trainer's own files in the run directories and keeps every other file. Returns the exit status:
+    0; 2 for bad arguments; 1 for a non-finite loss; ``128 + signal`` when interrupted.
+    """
     if args.steps < 1 or args.batch_size < 1 or args.log_every < 1:
         print("fastvae demo: --steps, --batch-size and --log-every must be >= 1", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    data = torch.Generator().manual_seed(args.seed)
+    out = Path(args.out)
+    problem = _demo_out_error(out, args.overwrite)
+    try:
+        resolve_device(args.device)
+    except SettingError as error:
+        problem = error.spelled(as_flag)
+    if problem is not None:
+        print(f"fastvae demo: {problem}", file=sys.stderr)
+        return 2
     with fastvae.use_backend(args.backend):
         print(
-            f"fastvae {fastvae.__version__} on {device} (torch {torch.__version__}); backend {args.backend}, "
+            f"fastvae {fastvae.__version__} on {args.device} (torch {torch.__version__}); backend {args.backend}, "
             f"available: {', '.join(fastvae.available_backends())}"
         )
-        start = time.perf_counter()
-        _train_vae(args, device, data)
-        _train_vq(args, device, data)
-    print(f"done in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / _DEMO_DATA
+    _write_bars(data, _DEMO_TRAIN_IMAGES, generator)
+    held_out = bars(_DEMO_HELD_OUT, generator=generator).reshape(-1, 1, _SIDE, _SIDE)
+    print(f"data: {_DEMO_TRAIN_IMAGES} random-bar images in {data}; scores on {_DEMO_HELD_OUT} fresh ones")
+    for name, hparams, described in _DEMO_MODELS:
+        print(f"[{name}] training the zoo's {name!r} with fastvae train's trainer: {described}", flush=True)
+        try:
+            _demo_train(args, name, hparams, data, held_out)
+        except NonFiniteLossError as error:
+            print(f"fastvae demo: {error}", file=sys.stderr)
+            return 1
+        except TrainingInterrupted as error:
+            print(f"fastvae demo: {error}", file=sys.stderr)
+            return 128 + int(error.signal_number)
+        except SettingError as error:
+            print(f"fastvae demo: {error.spelled(as_flag)}", file=sys.stderr)
+            return 2
+    print(f"done in {time.perf_counter() - start:.1f} s; fastvae evaluate RUN_DIR scores a run, fastvae sample "
+          "RUN_DIR draws from it")
     return 0
 
 
@@ -222,18 +288,28 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a small VAE and VQ autoencoder on embedded data",
-        description="Train a small Gaussian VAE and a small VQ autoencoder on an embedded procedural data set "
-        "(random horizontal and vertical bars on an 8 x 8 grid) through the fastvae ops, and report the ELBO, the "
-        "importance-weighted bound and the codebook perplexity. Needs no download; runs in seconds on a CPU.",
+        description="Train a small Gaussian VAE and a small VQ autoencoder of the zoo (vae and vq_vae) on an embedded "
+        "procedural data set (random horizontal and vertical bars on an 8 x 8 grid) with the trainer of fastvae "
+        "train, through the fastvae ops, and report the ELBO, the importance-weighted bound and the codebook "
+        "perplexity on held-out images. Needs no download; runs in seconds on a CPU. Writes the data set and a run "
+        "directory per model (metrics.jsonl, checkpoint, samples and reconstructions) to --out, a new or empty "
+        "directory unless --overwrite.",
     )
     demo.add_argument("--steps", type=int, default=500, help="training steps per model (default 500)")
     demo.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    demo.add_argument("--log-every", type=int, default=100, help="print every N steps (default 100)")
+    demo.add_argument("--log-every", type=int, default=100,
+                      help="print every N steps the loss terms averaged over those steps (default 100)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if present)"
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda if present)",
     )
     demo.add_argument("--backend", default="auto", choices=fastvae.backend.BACKENDS, help="op backend (default auto)")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR",
+                      help="where the data set and the runs go: DIR/vae, DIR/vq_vae (default runs/demo)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="train in an --out that is not empty: replaces the demo's data file and fastvae's run "
+                      "files in its run directories, keeps every other file")
     demo.set_defaults(run=_demo)
     _add_bench_parser(commands)
     train_commands.add_parsers(commands)

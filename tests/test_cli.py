@@ -7,7 +7,10 @@ import re
 import pytest
 import torch
 
+import fastvae.data
 from fastvae import cli
+from fastvae.train.checkpoint import read_config
+from fastvae.train.metrics_log import read_metrics
 
 
 def test_bars_are_unions_of_full_rows_and_columns():
@@ -20,16 +23,50 @@ def test_bars_are_unions_of_full_rows_and_columns():
         assert torch.equal(rebuilt.float(), image)
 
 
-def test_demo_trains_and_iwae_bound_is_tighter_than_elbo(capsys):
-    status = cli.main(["demo", "--steps", "60", "--batch-size", "64", "--log-every", "30", "--device", "cpu"])
+def test_demo_trains_with_the_trainer_and_iwae_bound_is_tighter_than_elbo(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    status = cli.main(
+        ["demo", "--steps", "60", "--batch-size", "64", "--log-every", "30", "--device", "cpu", "--out", str(out_dir)]
+    )
     out = capsys.readouterr().out
     assert status == 0
-    vae_losses = [float(v) for v in re.findall(r"\[vae\] step +\d+ +loss +([-\d.]+)", out)]
-    assert len(vae_losses) == 3 and vae_losses[-1] < vae_losses[0]
-    elbo, bound = map(float, re.search(r"ELBO ([-\d.]+) nats; IWAE bound \(K=64\) ([-\d.]+) nats", out).groups())
+    # One line per metrics record the trainer wrote (steps 30 and 60: each the mean of its 30 steps).
+    for name in ("vae", "vq_vae"):
+        printed = [float(v) for v in re.findall(rf"\[{name}\] step +\d+ +loss +([-\d.]+)", out)]
+        records = read_metrics(out_dir / name / "metrics.jsonl")
+        assert [record["step"] for record in records] == [30, 60]
+        assert printed == pytest.approx([record["loss"] for record in records], abs=1e-3)
+        assert printed[-1] < printed[0]
+        for run_file in ("checkpoint.safetensors", "config.json", "samples_60.png", "recon_60.png"):
+            assert (out_dir / name / run_file).is_file()
+        data = read_config(out_dir / name / "config.json")["train"]["data"]
+        assert data == str(out_dir / "bars-images-idx3-ubyte.gz")
+    scores = re.search(r"\[vae\] held-out ELBO ([-\d.]+) nats; IWAE bound \(K=64\) ([-\d.]+) nats", out)
+    elbo, bound = map(float, scores.groups())
     assert bound >= elbo
     perplexities = [float(v) for v in re.findall(r"perplexity +([\d.]+)", out)]
     assert len(perplexities) == 3 and all(1.0 <= p <= 32.0 for p in perplexities)
+    # The data file holds the bars: every image a union of full rows and columns.
+    images = fastvae.data.load(out_dir / "bars-images-idx3-ubyte.gz").batch(torch.arange(100))[0].reshape(100, 8, 8)
+    rebuilt = images.bool().all(dim=2, keepdim=True) | images.bool().all(dim=1, keepdim=True)
+    assert torch.equal(rebuilt.float(), images)
+
+
+def test_demo_writes_over_files_only_when_asked(capsys, tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    argv = ["demo", "--steps", "2", "--batch-size", "8", "--log-every", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert mine.read_text() == "mine"
+    assert (tmp_path / "vae" / "checkpoint.safetensors").is_file()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(mine), "--device", "cpu"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_demo_rejects_non_positive_steps(capsys):
