@@ -1,6 +1,8 @@
 """Ahead-of-time compile check of every Triton kernel, for GPUs this machine need not have.
 
-Each kernel module lists the launch configurations its host functions use in ``AOT_CONFIGS``; this
+Each kernel module lists the launch configurations its host functions use in ``AOT_CONFIGS``, derived
+from the launch heuristics the host functions call at run time (evaluated at every size in
+:data:`SIZES`, duplicates dropped by :func:`distinct`), not written by hand; this
 compiles each one with ``triton.compile(..., target=GPUTarget("cuda", arch, 32))`` for every
 requested architecture and both specialisations the JIT applies at run time: ``aligned`` (every
 pointer 16-byte aligned and every integer argument divisible by 16, except those the kernel lists in
@@ -25,10 +27,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 #: Kernel modules (under fastvae.kernels) that hold AOT_CONFIGS.
 MODULES: tuple[str, ...] = ("gaussian", "iwae", "vq")
+
+#: The sizes (row lengths D, column counts) at which the modules evaluate their launch heuristics to
+#: list what the host functions can launch. Every heuristic's choice changes at sizes of 257 or less
+#: (tile widths up to 256, and one past them), so past 1024 no size gives a launch not seen below it.
+SIZES = range(1, 1025)
 
 
 class AotConfig(NamedTuple):
@@ -47,6 +54,19 @@ class AotConfig(NamedTuple):
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 3
+
+
+def distinct(configs: Iterable[AotConfig]) -> list[AotConfig]:
+    """``configs`` without repeats (the same kernel, signature, constexprs, warps and stages), in order."""
+    seen: set[str] = set()
+    unique = []
+    for config in configs:
+        key = repr((id(config.kernel), sorted(config.signature.items()), sorted(config.constexprs.items()),
+                    config.num_warps, config.num_stages))  # fmt: skip
+        if key not in seen:
+            seen.add(key)
+            unique.append(config)
+    return unique
 
 
 class AotResult(NamedTuple):

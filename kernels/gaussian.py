@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
+from fastvae.kernels import _block_base, _row_length, aligned_rows, aot, on_input_device
 from fastvae.kernels.aot import AotConfig
 from fastvae.plan import gaussian as plan
 
@@ -734,16 +734,21 @@ def _config(kernel, pointer: str, constexprs: dict[str, object]) -> AotConfig:
     return AotConfig(kernel, signature, constexprs, num_warps=NUM_WARPS)
 
 
+def _tiles(dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Every ``(BLOCK_R, BLOCK_D)`` :func:`_blocks` picks for ``dtype`` at some D in ``aot.SIZES``, narrowest first."""
+    return sorted({_blocks(dim, dtype) for dim in aot.SIZES}, key=lambda tile: tile[1])
+
+
 def _aot_configs() -> list[AotConfig]:
     """Each kernel's heaviest variant at every tile the heuristic picks, for float32, bfloat16 and
-    float16 tensors; its other variants once, at the narrowest tile (the most registers per element)."""
+    float16 tensors; its other variants once, at the narrowest float32 tile (the most registers per
+    element)."""
     configs = []
     for kernel, variants in _VARIANTS.items():
         for pointer, dtype in (("*fp32", torch.float32), ("*bf16", torch.bfloat16), ("*fp16", torch.float16)):
-            for block_d in BLOCK_DS:
-                block_r, _ = _blocks(block_d, dtype)
+            for block_r, block_d in _tiles(dtype):
                 configs.append(_config(kernel, pointer, dict(variants[0], ALIGNED=True, BLOCK_R=block_r, BLOCK_D=block_d)))
-        block_r, block_d = _blocks(BLOCK_DS[0], torch.float32)
+        block_r, block_d = _tiles(torch.float32)[0]
         for variant in variants[1:]:
             configs.append(_config(kernel, "*fp32", dict(variant, ALIGNED=True, BLOCK_R=block_r, BLOCK_D=block_d)))
     return configs

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.kernels import on_input_device
+from fastvae.kernels import aot, on_input_device
 from fastvae.kernels.aot import AotConfig
 from fastvae.plan import accumulation_dtype
 from fastvae.plan import iwae as plan
@@ -280,6 +280,24 @@ def _block_d(dim: int) -> int:
     return next((block for block in _BLOCK_DS if block >= dim), _BLOCK_DS[-1])
 
 
+def _log_weights_fwd_blocks(dim: int) -> dict[str, object]:
+    """The block constexprs of the log-weights' forward kernel for latent size ``dim``."""
+    block_d = _block_d(dim)
+    one_d_block = dim <= block_d
+    return {
+        "BLOCK_K": _FWD_BLOCK_K if one_d_block else _BWD_BLOCK_K,
+        "BLOCK_B": _BD_TILE // block_d,
+        "BLOCK_D": block_d,
+        "ONE_D_BLOCK": one_d_block,
+    }
+
+
+def _log_weights_bwd_blocks(dim: int) -> dict[str, int]:
+    """The block constexprs of the log-weights' backward kernel for latent size ``dim``."""
+    block_d = _block_d(dim)
+    return {"BLOCK_K": _BWD_BLOCK_K, "BLOCK_B": _BD_TILE // block_d, "BLOCK_D": block_d}
+
+
 def _bound_blocks(columns: int) -> tuple[int, int]:
     """(BLOCK_K, BLOCK_B) of the bound kernels for ``columns`` contiguous columns."""
     return _BOUND_TALL if columns <= _BOUND_TALL[1] else _BOUND_WIDE
@@ -313,16 +331,12 @@ def iwae_log_weights_fwd(
     log_w, launch = plan.iwae_log_weights_fwd(log_px_z, z)
     if not launch:
         return log_w
-    block_d = _block_d(dim)
-    block_b = _BD_TILE // block_d
-    one_d_block = dim <= block_d
-    block_k = _FWD_BLOCK_K if one_d_block else _BWD_BLOCK_K
-    blocks_b = triton.cdiv(batch, block_b)
-    k_chunk = _k_chunk(samples, block_k, blocks_b)
+    blocks = _log_weights_fwd_blocks(dim)
+    blocks_b = triton.cdiv(batch, blocks["BLOCK_B"])
+    k_chunk = _k_chunk(samples, blocks["BLOCK_K"], blocks_b)
     _iwae_log_weights_fwd_kernel[(blocks_b, triton.cdiv(samples, k_chunk))](
-        log_px_z, z, mu, logvar, log_w, samples, batch, dim, k_chunk,
-        ACC=_compute_type(z.dtype), BLOCK_K=block_k, BLOCK_B=block_b, BLOCK_D=block_d,
-        ONE_D_BLOCK=one_d_block, num_warps=_NUM_WARPS,
+        log_px_z, z, mu, logvar, log_w, samples, batch, dim, k_chunk, ACC=_compute_type(z.dtype), **blocks,
+        num_warps=_NUM_WARPS,
     )  # fmt: skip
     return log_w
 
@@ -345,11 +359,9 @@ def iwae_log_weights_bwd(
     (grad_z, grad_mu, grad_logvar), launch = plan.iwae_log_weights_bwd(z)
     if not launch:
         return [grad_z, grad_mu, grad_logvar]
-    block_d = _block_d(dim)
-    block_b = _BD_TILE // block_d
-    _iwae_log_weights_bwd_kernel[(triton.cdiv(batch, block_b), triton.cdiv(dim, block_d))](
-        grad, z, mu, logvar, grad_z, grad_mu, grad_logvar, samples, batch, dim,
-        ACC=_compute_type(z.dtype), BLOCK_K=_BWD_BLOCK_K, BLOCK_B=block_b, BLOCK_D=block_d,
+    blocks = _log_weights_bwd_blocks(dim)
+    _iwae_log_weights_bwd_kernel[(triton.cdiv(batch, blocks["BLOCK_B"]), triton.cdiv(dim, blocks["BLOCK_D"]))](
+        grad, z, mu, logvar, grad_z, grad_mu, grad_logvar, samples, batch, dim, ACC=_compute_type(z.dtype), **blocks,
         num_warps=_NUM_WARPS,
     )  # fmt: skip
     return [grad_z, grad_mu, grad_logvar]
@@ -446,35 +458,35 @@ def miwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) 
 
 
 def _aot_configs() -> list[AotConfig]:
-    """Every configuration the host functions above can launch, for each half/single pointer type."""
+    """Every configuration the host functions above can launch, for each half/single pointer type: the
+    block heuristics evaluated at every latent size and column count in ``aot.SIZES``."""
     configs: list[AotConfig] = []
-    for pointer in ("*fp32", "*fp16", "*bf16"):
-        acc = {"ACC": tl.float32}
-        for block_d in _BLOCK_DS:
-            one_d_block = (True, False) if block_d == _BLOCK_DS[-1] else (True,)
-            for one in one_d_block:
-                configs.append(AotConfig(
-                    _iwae_log_weights_fwd_kernel,
-                    {**dict.fromkeys(("log_px_z_ptr", "z_ptr", "mu_ptr", "logvar_ptr", "log_w_ptr"), pointer),
-                     **dict.fromkeys(("K", "B", "D", "K_CHUNK"), "i32"),
-                     **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_B", "BLOCK_D", "ONE_D_BLOCK"), "constexpr")},
-                    {**acc, "BLOCK_K": _FWD_BLOCK_K if one else _BWD_BLOCK_K, "BLOCK_B": _BD_TILE // block_d,
-                     "BLOCK_D": block_d, "ONE_D_BLOCK": one},
-                    num_warps=_NUM_WARPS,
-                ))  # fmt: skip
+    for pointer, dtype in (("*fp32", torch.float32), ("*fp16", torch.float16), ("*bf16", torch.bfloat16)):
+        acc = {"ACC": _compute_type(dtype)}
+        lse = "*fp64" if accumulation_dtype(dtype) == torch.float64 else "*fp32"
+        for dim in aot.SIZES:
+            configs.append(AotConfig(
+                _iwae_log_weights_fwd_kernel,
+                {**dict.fromkeys(("log_px_z_ptr", "z_ptr", "mu_ptr", "logvar_ptr", "log_w_ptr"), pointer),
+                 **dict.fromkeys(("K", "B", "D", "K_CHUNK"), "i32"),
+                 **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_B", "BLOCK_D", "ONE_D_BLOCK"), "constexpr")},
+                {**acc, **_log_weights_fwd_blocks(dim)},
+                num_warps=_NUM_WARPS,
+            ))  # fmt: skip
             configs.append(AotConfig(
                 _iwae_log_weights_bwd_kernel,
                 {**dict.fromkeys(("grad_ptr", "z_ptr", "mu_ptr", "logvar_ptr", "grad_z_ptr", "grad_mu_ptr",
                                   "grad_logvar_ptr"), pointer),
                  **dict.fromkeys(("K", "B", "D"), "i32"),
                  **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_B", "BLOCK_D"), "constexpr")},
-                {**acc, "BLOCK_K": _BWD_BLOCK_K, "BLOCK_B": _BD_TILE // block_d, "BLOCK_D": block_d},
+                {**acc, **_log_weights_bwd_blocks(dim)},
                 num_warps=_NUM_WARPS,
             ))  # fmt: skip
-        for block_k, block_b in (_BOUND_WIDE, _BOUND_TALL):
+        for columns in aot.SIZES:
+            block_k, block_b = _bound_blocks(columns)
             configs.append(AotConfig(
                 _iwae_bound_fwd_kernel,
-                {"log_w_ptr": pointer, "bound_ptr": pointer, "lse_ptr": "*fp32",
+                {"log_w_ptr": pointer, "bound_ptr": pointer, "lse_ptr": lse,
                  **dict.fromkeys(("K", "M", "B"), "i32"),
                  **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_B"), "constexpr")},
                 {**acc, "BLOCK_K": block_k, "BLOCK_B": block_b},
@@ -482,13 +494,13 @@ def _aot_configs() -> list[AotConfig]:
             ))  # fmt: skip
             configs.append(AotConfig(
                 _iwae_bound_bwd_kernel,
-                {"grad_ptr": pointer, "log_w_ptr": pointer, "lse_ptr": "*fp32", "grad_log_w_ptr": pointer,
+                {"grad_ptr": pointer, "log_w_ptr": pointer, "lse_ptr": lse, "grad_log_w_ptr": pointer,
                  **dict.fromkeys(("K", "C", "B", "M", "K_CHUNK"), "i32"),
                  **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_C"), "constexpr")},
                 {**acc, "BLOCK_K": block_k, "BLOCK_C": block_b},
                 num_warps=_NUM_WARPS,
             ))  # fmt: skip
-    return configs
+    return aot.distinct(configs)
 
 
 #: Every launch configuration of this module, for ``python -m fastvae.kernels.aot --module iwae``.

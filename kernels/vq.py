@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.kernels import _block_base, _row_length, aligned_rows, on_input_device
+from fastvae.kernels import _block_base, _row_length, aligned_rows, aot, on_input_device
 from fastvae.kernels.aot import AotConfig
 from fastvae.plan import accumulation_dtype
 from fastvae.plan import vq as plan
@@ -387,6 +387,20 @@ def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
     return SearchConfig(64, 64, 16, 4, 3)
 
 
+def _search_launch(dim: int, dtype: torch.dtype, precision: str) -> tuple[SearchConfig, dict[str, object]]:
+    """The search's :func:`search_config` and the constexprs it launches with (all but INTERPRETED)."""
+    config = search_config(dim, dtype, precision)
+    constexprs = {
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "BLOCK_D": config.block_d,
+        "SINGLE_D": dim <= config.block_d,
+        "EVEN_D": dim % config.block_d == 0,
+        "PRECISION": precision if dtype == torch.float32 else "ieee",
+    }
+    return config, constexprs
+
+
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -396,7 +410,7 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
     workspace holding the per-split ``(scores (S, N), int32 indices (S, N))``."""
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
-    config = search_config(dim, x.dtype, precision)
+    config, constexprs = _search_launch(dim, x.dtype, precision)
     workspace = plan.search_workspace(x, num_codes, config.block_n, config.block_k)
     _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
         codebook, workspace.half_sq, num_codes, dim, ALIGNED=aligned_rows(dim, codebook), BLOCK_K=NORM_BLOCK_K,
@@ -404,10 +418,8 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
     )  # fmt: skip
     _vq_nearest_fwd_kernel[(triton.cdiv(num_rows, config.block_n), workspace.splits)](
         x, codebook, workspace.half_sq, workspace.part_score, workspace.part_index, num_rows, num_codes, dim,
-        workspace.tiles_per_split, BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_D=config.block_d,
-        SINGLE_D=dim <= config.block_d, EVEN_D=dim % config.block_d == 0,
-        PRECISION=precision if x.dtype == torch.float32 else "ieee", INTERPRETED=_interpreted(),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        workspace.tiles_per_split, **constexprs, INTERPRETED=_interpreted(), num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )  # fmt: skip
     return workspace
 
@@ -547,15 +559,8 @@ def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) ->
 
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
-#: Per dtype and precision, one D for each tile choice of :func:`search_config`, with a full and a
-#: partial last D-tile.
-_AOT_SEARCH_CASES = (
-    (torch.float16, "ieee", (64, 63, 128, 127, 160, 161)),
-    (torch.bfloat16, "ieee", (64, 63, 128, 127, 160, 161)),
-    (torch.float32, "tf32", (64, 63, 80, 81)),
-    (torch.float32, "ieee", (32, 31, 64, 63)),
-    (torch.float64, "ieee", (32, 31, 64, 63)),
-)
+#: The values of ``precision`` the host functions take (those of ``fastvae.ops.vq.PRECISIONS``).
+_PRECISIONS = ("ieee", "tf32")
 
 
 def _pointers(**names: str) -> dict[str, str]:
@@ -567,27 +572,27 @@ def _aot(kernel, pointers: dict[str, str], scalars: tuple[str, ...], constexprs:
     return AotConfig(kernel, signature, constexprs, warps, stages)
 
 
-def _aot_configs() -> list[AotConfig]:
-    """Every launch the host functions can pick on a GPU (INTERPRETED is interpreter-only)."""
+def _search_aot_configs() -> list[AotConfig]:
+    """The search at every tile :func:`_search_launch` picks for some dtype, precision and D in
+    :data:`aot.SIZES` (INTERPRETED is interpreter-only)."""
     configs = []
-    for dtype, precision, dims in _AOT_SEARCH_CASES:
-        t, acc = _TRITON_TYPES[dtype], _TRITON_TYPES[accumulation_dtype(dtype)]
-        for dim in dims:
-            config = search_config(dim, dtype, precision)
-            constexprs = {
-                "BLOCK_N": config.block_n,
-                "BLOCK_K": config.block_k,
-                "BLOCK_D": config.block_d,
-                "SINGLE_D": dim <= config.block_d,
-                "EVEN_D": dim % config.block_d == 0,
-                "PRECISION": precision,
-                "INTERPRETED": False,
-            }
-            pointers = _pointers(x_ptr=t, codebook_ptr=t, half_sq_ptr=acc, part_score_ptr=acc, part_index_ptr="i32")
-            scalars = ("num_rows", "num_codes", "dim", "tiles_per_split")
-            configs.append(
-                _aot(_vq_nearest_fwd_kernel, pointers, scalars, constexprs, config.num_warps, config.num_stages)
-            )
+    for dtype, t in _TRITON_TYPES.items():
+        acc = _TRITON_TYPES[accumulation_dtype(dtype)]
+        pointers = _pointers(x_ptr=t, codebook_ptr=t, half_sq_ptr=acc, part_score_ptr=acc, part_index_ptr="i32")
+        scalars = ("num_rows", "num_codes", "dim", "tiles_per_split")
+        for precision in _PRECISIONS:
+            for dim in aot.SIZES:
+                config, constexprs = _search_launch(dim, dtype, precision)
+                constexprs = {**constexprs, "INTERPRETED": False}
+                configs.append(
+                    _aot(_vq_nearest_fwd_kernel, pointers, scalars, constexprs, config.num_warps, config.num_stages)
+                )
+    return aot.distinct(configs)
+
+
+def _aot_configs() -> list[AotConfig]:
+    """Every launch the host functions can pick on a GPU."""
+    configs = _search_aot_configs()
     rows = {"BLOCK_N": ROW_BLOCK_N, "BLOCK_D": ROW_BLOCK_D}
     for dtype, t in _TRITON_TYPES.items():
         acc = _TRITON_TYPES[accumulation_dtype(dtype)]
