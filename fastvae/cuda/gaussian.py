@@ -43,7 +43,12 @@ def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _sample(
-    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int, z: torch.Tensor, kl: torch.Tensor | None
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor | None,
+    seed: int,
+    z: torch.Tensor,
+    kl: torch.Tensor | None,
 ) -> None:
     """Shared by both samplers: fill ``z``, and the row KL into ``kl`` when it is given."""
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), _dense(eps)
