@@ -259,9 +259,9 @@ def use_backend(name: str) -> Iterator[None]:
         _override = previous
 
 
-#: What :func:`resolve` found, by ``(op, backend in force, device type)``: every op call asks, and
+#: What :func:`resolve` found, by ``(op, backend in force, device)``: every op call asks, and
 #: the answer changes only when implementations are registered (which clears it).
-_RESOLVED: dict[tuple[str, str, str], Callable[..., object]] = {}
+_RESOLVED: dict[tuple[str, str, torch.device], Callable[..., object]] = {}
 
 
 def resolve(op: str, device: torch.device) -> Callable[..., object]:
@@ -270,11 +270,11 @@ def resolve(op: str, device: torch.device) -> Callable[..., object]:
     Raises:
         BackendUnavailableError: a forced backend cannot run ``op`` on ``device``.
     """
-    name = _default if _override is None else _override
-    key = (op, name, device.type)
+    # Keyed by the device itself: hashing it is cheaper than building ``device.type``'s string.
+    key = (op, _default if _override is None else _override, device)
     impl = _RESOLVED.get(key)
     if impl is None:
-        impl = _RESOLVED[key] = _resolve(op, name, device)
+        impl = _RESOLVED[key] = _resolve(op, key[1], device)
     return impl
 
 

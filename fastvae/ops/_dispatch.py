@@ -80,7 +80,9 @@ class Dispatched:
             return self.custom(*args)
         if _functorch_active():
             return self._call_transformed(args)
-        if torch.is_grad_enabled() and _any_requires_grad(*args):
+        if not torch.is_grad_enabled():
+            return self._eager(*args)  # e.g. a backward op during backward: nothing records
+        if _any_requires_grad(*args):
             if self._apply is None:
                 # A backward op asked for a graph (double backward): the custom op, which says that
                 # it has no derivative.
