@@ -5,7 +5,7 @@ One module per op family (``gaussian``, ``iwae``, ``vq``) holds the host functio
 they take the outputs, empty inputs and workspaces from :mod:`fastvae.plan` (the planning the triton
 backend shares), and pass pointers, sizes, dtype codes and the current CUDA stream to the extension,
 which checks them, chooses its tiles and launches. ``gaussian`` and ``iwae`` serve both devices: the
-extension's submodule ``fastvae._C.cpu`` has the same functions for host memory (:func:`kernels`
+extension's submodule ``fastvae._C.cpu`` has the same functions for host memory (:func:`run_kernel`
 picks by the tensor's device), so one host layer serves both backends' calls. The op
 modules in :mod:`fastvae.ops` register these modules as the ``cuda`` and ``cpu`` backends; they are
 imported only when a backend first needs them. This package holds the helpers they share.
@@ -13,14 +13,13 @@ imported only when a backend first needs them. This package holds the helpers th
 
 from __future__ import annotations
 
-import contextlib
 import types
 
 import torch
 
 from fastvae import _extension
 
-__all__ = ["DTYPE_CODES", "dtype_code", "extension", "kernels", "on_device", "stream"]
+__all__ = ["DTYPE_CODES", "dtype_code", "extension", "run_kernel", "stream"]
 
 #: The dtype codes of csrc/dispatch.cuh (enum class DType).
 DTYPE_CODES: dict[torch.dtype, int] = {
@@ -43,16 +42,19 @@ def extension() -> types.ModuleType:
     return module
 
 
-def kernels(t: torch.Tensor) -> types.ModuleType:
-    """The extension's functions for ``t``'s device: ``fastvae._C`` for a CUDA tensor, its CPU
-    kernels ``fastvae._C.cpu`` (same names and arguments) otherwise."""
+def run_kernel(t: torch.Tensor, kernel: str, *args: object) -> None:
+    """Run ``fastvae._C``'s ``kernel`` for ``t``'s device with ``args`` and a stream argument.
+
+    For a CUDA tensor: ``fastvae._C.<kernel>`` with ``t``'s device current and its current stream.
+    For a CPU tensor: ``fastvae._C.cpu.<kernel>`` (same name and arguments), with stream 0, which the
+    CPU kernels ignore; no context is entered, since this path decides the cost of user-sized calls.
+    """
     module = extension()
-    return module if t.is_cuda else module.cpu
-
-
-def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """A context that makes ``t``'s CUDA device current for a launch; nothing for a CPU tensor."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    if t.is_cuda:
+        with torch.cuda.device(t.device):
+            getattr(module, kernel)(*args, torch.cuda.current_stream(t.device).cuda_stream)
+    else:
+        getattr(module.cpu, kernel)(*args, 0)
 
 
 def dtype_code(t: torch.Tensor, name: str) -> int:

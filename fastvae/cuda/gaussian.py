@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.cuda import dtype_code, kernels, on_device, stream
+from fastvae.cuda import dtype_code, run_kernel
 from fastvae.plan import gaussian as plan
 
 __all__ = [
@@ -53,11 +53,11 @@ def _sample(
     """Shared by both samplers: fill ``z``, and the row KL into ``kl`` when it is given."""
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), _dense(eps)
     rows, dim = mu.shape
-    with on_device(mu):
-        kernels(mu).reparameterize_fwd(
-            dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
-            rows, dim, seed, stream(mu),
-        )  # fmt: skip
+    run_kernel(
+        mu, "reparameterize_fwd",
+        dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
+        rows, dim, seed,
+    )  # fmt: skip
 
 
 def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
@@ -106,12 +106,12 @@ def _reparameterize_grads(
     grad_z = grad_z.to(logvar.dtype)
     grad_kl = None if grad_kl is None else grad_kl.to(logvar.dtype)
     rows, dim = logvar.shape
-    with on_device(logvar):
-        kernels(logvar).reparameterize_bwd(
-            dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
-            0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
-            grad_logvar.data_ptr(), rows, dim, seed, stream(logvar),
-        )  # fmt: skip
+    run_kernel(
+        logvar, "reparameterize_bwd",
+        dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
+        0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
+        grad_logvar.data_ptr(), rows, dim, seed,
+    )  # fmt: skip
 
 
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
@@ -165,11 +165,11 @@ def gaussian_kl_fwd(
     kl, launch = plan.gaussian_kl_fwd(mu)
     if not launch:
         return kl
-    with on_device(mu):
-        kernels(mu).gaussian_kl_fwd(
-            dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p), _ptr(logvar_p), kl.data_ptr(),
-            rows, dim, stream(mu),
-        )  # fmt: skip
+    run_kernel(
+        mu, "gaussian_kl_fwd",
+        dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p), _ptr(logvar_p), kl.data_ptr(),
+        rows, dim,
+    )  # fmt: skip
     return kl
 
 
@@ -197,12 +197,12 @@ def gaussian_kl_bwd(
     if not launch:
         return grads
     prior_grads = grads[2:] if has_prior else [None, None]
-    with on_device(mu):
-        kernels(mu).gaussian_kl_bwd(
-            dtype_code(mu, "mu"), grad.data_ptr(), grad.stride(0), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p),
-            _ptr(logvar_p), grads[0].data_ptr(), grads[1].data_ptr(), _ptr(prior_grads[0]), _ptr(prior_grads[1]),
-            rows, dim, stream(mu),
-        )  # fmt: skip
+    run_kernel(
+        mu, "gaussian_kl_bwd",
+        dtype_code(mu, "mu"), grad.data_ptr(), grad.stride(0), mu.data_ptr(), logvar.data_ptr(), _ptr(mu_p),
+        _ptr(logvar_p), grads[0].data_ptr(), grads[1].data_ptr(), _ptr(prior_grads[0]), _ptr(prior_grads[1]),
+        rows, dim,
+    )  # fmt: skip
     return grads
 
 
@@ -220,10 +220,10 @@ def gaussian_log_prob_fwd(x: torch.Tensor, mu: torch.Tensor | None, logvar: torc
     out, launch = plan.gaussian_log_prob_fwd(x)
     if not launch:
         return out
-    with on_device(x):
-        kernels(x).gaussian_log_prob_fwd(
-            dtype_code(x, "x"), x.data_ptr(), _ptr(mu), _ptr(logvar), out.data_ptr(), rows, dim, stream(x)
-        )
+    run_kernel(
+        x, "gaussian_log_prob_fwd",
+        dtype_code(x, "x"), x.data_ptr(), _ptr(mu), _ptr(logvar), out.data_ptr(), rows, dim,
+    )
     return out
 
 
@@ -245,9 +245,9 @@ def gaussian_log_prob_bwd(
     grads = [t for t in (grad_x, grad_mu, grad_logvar) if t is not None]
     if not launch:
         return grads
-    with on_device(x):
-        kernels(x).gaussian_log_prob_bwd(
-            dtype_code(x, "x"), grad.data_ptr(), grad.stride(0), x.data_ptr(), _ptr(mu), _ptr(logvar),
-            grad_x.data_ptr(), _ptr(grad_mu), _ptr(grad_logvar), rows, dim, stream(x),
-        )  # fmt: skip
+    run_kernel(
+        x, "gaussian_log_prob_bwd",
+        dtype_code(x, "x"), grad.data_ptr(), grad.stride(0), x.data_ptr(), _ptr(mu), _ptr(logvar),
+        grad_x.data_ptr(), _ptr(grad_mu), _ptr(grad_logvar), rows, dim,
+    )  # fmt: skip
     return grads

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from fastvae.cuda import dtype_code, kernels, on_device, stream
+from fastvae.cuda import dtype_code, run_kernel
 from fastvae.plan import accumulation_dtype
 from fastvae.plan import iwae as plan
 
@@ -49,11 +49,11 @@ def iwae_log_weights_fwd(
     log_w, launch = plan.iwae_log_weights_fwd(log_px_z, z)
     if not launch:
         return log_w
-    with on_device(z):
-        kernels(z).iwae_log_weights_fwd(
-            dtype_code(z, "z"), log_px_z.data_ptr(), z.data_ptr(), mu.data_ptr(), logvar.data_ptr(),
-            log_w.data_ptr(), samples, batch, dim, stream(z),
-        )  # fmt: skip
+    run_kernel(
+        z, "iwae_log_weights_fwd",
+        dtype_code(z, "z"), log_px_z.data_ptr(), z.data_ptr(), mu.data_ptr(), logvar.data_ptr(),
+        log_w.data_ptr(), samples, batch, dim,
+    )  # fmt: skip
     return log_w
 
 
@@ -75,12 +75,12 @@ def iwae_log_weights_bwd(
     (grad_z, grad_mu, grad_logvar), launch = plan.iwae_log_weights_bwd(z)
     if not launch:
         return [grad_z, grad_mu, grad_logvar]
-    with on_device(z):
-        kernels(z).iwae_log_weights_bwd(
-            dtype_code(z, "z"), grad.data_ptr(), grad.stride(0), grad.stride(1), z.data_ptr(), mu.data_ptr(),
-            logvar.data_ptr(), grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(), samples, batch,
-            dim, stream(z),
-        )  # fmt: skip
+    run_kernel(
+        z, "iwae_log_weights_bwd",
+        dtype_code(z, "z"), grad.data_ptr(), grad.stride(0), grad.stride(1), z.data_ptr(), mu.data_ptr(),
+        logvar.data_ptr(), grad_z.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(), samples, batch,
+        dim,
+    )  # fmt: skip
     return [grad_z, grad_mu, grad_logvar]
 
 
@@ -91,11 +91,11 @@ def _bound_fwd(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (bound, lse), launch = plan.bound_fwd(log_w)
     if not launch:
         return bound, lse
-    with on_device(log_w):
-        kernels(log_w).iwae_bound_fwd(
-            dtype_code(log_w, "log_w"), log_w.data_ptr(), bound.data_ptr(), lse.data_ptr(), samples, groups,
-            batch, stream(log_w),
-        )  # fmt: skip
+    run_kernel(
+        log_w, "iwae_bound_fwd",
+        dtype_code(log_w, "log_w"), log_w.data_ptr(), bound.data_ptr(), lse.data_ptr(), samples, groups,
+        batch,
+    )  # fmt: skip
     return bound, lse
 
 
@@ -107,11 +107,11 @@ def _bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) -> to
     grad_log_w, launch = plan.bound_bwd(log_w)
     if not launch:
         return grad_log_w
-    with on_device(log_w):
-        kernels(log_w).iwae_bound_bwd(
-            dtype_code(log_w, "log_w"), grad.data_ptr(), grad.stride(0), log_w.data_ptr(), lse.data_ptr(),
-            grad_log_w.data_ptr(), samples, groups, batch, stream(log_w),
-        )  # fmt: skip
+    run_kernel(
+        log_w, "iwae_bound_bwd",
+        dtype_code(log_w, "log_w"), grad.data_ptr(), grad.stride(0), log_w.data_ptr(), lse.data_ptr(),
+        grad_log_w.data_ptr(), samples, groups, batch,
+    )  # fmt: skip
     return grad_log_w
 
 

@@ -53,6 +53,8 @@ def same_shape(name: str, value: torch.Tensor, expected: Sequence[int], what: st
 
 def broadcast_to(name: str, value: torch.Tensor, shape: torch.Size, target: str) -> torch.Tensor:
     """``value`` expanded to ``shape``; it must broadcast to it without changing ``shape``."""
+    if value.shape == shape:
+        return value  # the common case, without torch.broadcast_shapes' Python (several us)
     try:
         if torch.broadcast_shapes(value.shape, shape) == shape:
             return value.expand(shape)
