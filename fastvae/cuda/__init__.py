@@ -42,6 +42,16 @@ def extension() -> types.ModuleType:
     return module
 
 
+#: ``fastvae._C`` once :func:`_load` has found it (read first on every launch).
+_loaded: types.ModuleType | None = None
+
+
+def _load() -> types.ModuleType:
+    global _loaded
+    _loaded = extension()
+    return _loaded
+
+
 def run_kernel(t: torch.Tensor, kernel: str, *args: object) -> None:
     """Run ``fastvae._C``'s ``kernel`` for ``t``'s device with ``args`` and a stream argument.
 
@@ -49,7 +59,7 @@ def run_kernel(t: torch.Tensor, kernel: str, *args: object) -> None:
     For a CPU tensor: ``fastvae._C.cpu.<kernel>`` (same name and arguments), with stream 0, which the
     CPU kernels ignore; no context is entered, since this path decides the cost of user-sized calls.
     """
-    module = extension()
+    module = _loaded or _load()
     if t.is_cuda:
         with torch.cuda.device(t.device):
             getattr(module, kernel)(*args, torch.cuda.current_stream(t.device).cuda_stream)

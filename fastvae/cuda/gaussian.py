@@ -51,12 +51,12 @@ def _sample(
     kl: torch.Tensor | None,
 ) -> None:
     """Shared by both samplers: fill ``z``, and the row KL into ``kl`` when it is given."""
-    mu, logvar, eps = mu.contiguous(), logvar.contiguous(), _dense(eps)
+    mu, logvar = mu.contiguous(), logvar.contiguous()
     rows, dim = mu.shape
     run_kernel(
         mu, "reparameterize_fwd",
-        dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), _ptr(eps), z.data_ptr(), _ptr(kl),
-        rows, dim, seed,
+        dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), 0 if eps is None else eps.contiguous().data_ptr(),
+        z.data_ptr(), 0 if kl is None else kl.data_ptr(), rows, dim, seed,
     )  # fmt: skip
 
 

@@ -34,17 +34,13 @@ def seed_value(seed: int | None) -> int | torch.Tensor:
     if seed is None:
         if tracing():
             return torch.randint(0, _DRAW_HIGH, (), dtype=torch.int64)
-        return int(_scratch_seed().random_(0, _DRAW_HIGH))
+        scratch = getattr(_scratch, "seed", None)
+        if scratch is None:
+            scratch = _scratch.seed = torch.empty((), dtype=torch.int64)
+        return int(scratch.random_(0, _DRAW_HIGH))
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     return torch.tensor(seed, dtype=torch.int64) if tracing() else seed
 
-
-def _scratch_seed() -> torch.Tensor:
-    """This thread's reusable 0-dim int64 seed tensor."""
-    scratch = getattr(_scratch, "seed", None)
-    if scratch is None:
-        scratch = _scratch.seed = torch.empty((), dtype=torch.int64)
-    return scratch

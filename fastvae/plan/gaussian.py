@@ -23,6 +23,8 @@ __all__ = [
 
 def _like(t: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``t``'s shape, dtype and device."""
+    if t.is_contiguous():
+        return torch.empty_like(t)  # keyword-free: the call costs less, and keeps the layout
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
