@@ -10,6 +10,7 @@ memory assertions are about allocations, which are deterministic.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import io
@@ -403,6 +404,18 @@ def test_round_robin_warms_up_then_interleaves_the_calls_and_times_each():
     assert [len(t) for t in times] == [3, 3, 3]
     assert min(times[0]) >= 2.0  # a's 2 ms sleep is in a's times ...
     assert max(times[1]) < 2.0  # ... and not in b's
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])
+def test_round_robin_orders_put_every_call_after_every_other_equally_often(n):
+    # A call that leaves the caches cold must not always precede the same call (a plain rotation
+    # A B C, B C A, C A B puts C after B twice and B after C never).
+    rows = timing.balanced_orders(n)
+    assert all(sorted(row) == list(range(n)) for row in rows)
+    follows = collections.Counter((row[i], row[i + 1]) for row in rows for i in range(n - 1))
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(follows.values())) <= 1
+    assert len(set(collections.Counter(row[0] for row in rows).values())) == 1
 
 
 def test_round_robin_checks_its_arguments():

@@ -1,9 +1,12 @@
 """Timing, its spread, CUDA graph replays and peak-memory measurement of benchmark calls.
 
 Calls compared with each other (the backends of one op at one shape) are timed round-robin: after
-their warm-up, each round times every call once, starting one call further each round (A B C, B C A,
-C A B, ...), so that load on the machine falls on all of them alike rather than on whichever ran
-while it lasted. Every timed call is kept: :func:`spread` turns them into the min, quartiles,
+their warm-up, each round times every call once, so that load on the machine falls on all of them
+alike rather than on whichever ran while it lasted. The rounds' orders form a Williams design
+(:func:`balanced_orders`): within them every call follows every other call equally often, so a call
+that leaves the caches cold (the ``torch`` reference's hundreds of small ops) slows its successors
+alike instead of always the same one (a plain rotation A B C, B C A, C A B puts C after B in two
+rounds of three and B after C in none). Every timed call is kept: :func:`spread` turns them into the min, quartiles,
 median and max of a row, and a row whose interquartile range exceeds :data:`NOISY_IQR_FRACTION` of
 its median is ``noisy``.
 
@@ -38,6 +41,7 @@ __all__ = [
     "NOISY_IQR_FRACTION",
     "GraphUnavailableError",
     "Spread",
+    "balanced_orders",
     "capture_graph",
     "default_repeats",
     "default_warmup",
@@ -131,6 +135,31 @@ def spread(times_ms: Sequence[float]) -> Spread:
     return Spread(ordered[0], _quantile(ordered, 0.25), _quantile(ordered, 0.5), _quantile(ordered, 0.75), ordered[-1])
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """The call orders of a Williams design for ``n`` calls: ``n`` rows for even ``n``, ``2 n`` for odd.
+
+    Each row is a permutation of ``range(n)``; over the rows, every ordered pair ``(a, b)`` of
+    distinct calls has ``b`` directly after ``a`` equally often, and every call runs first equally
+    often. Rows are the cyclic shifts of ``0, 1, n-1, 2, n-2, ...``, and for odd ``n`` also their
+    reverses.
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    first = [0]
+    low, high = 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(value + shift) % n for value in first] for shift in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 and n > 1 else rows
+
+
 def time_round_robin(
     calls: Sequence[Callable[[], object]],
     device: torch.device,
@@ -140,7 +169,7 @@ def time_round_robin(
     scopes: Sequence[Scope] | None = None,
 ) -> list[list[float]]:
     """Time ``calls`` interleaved: ``warmup`` untimed rounds, then ``repeats`` timed rounds, each
-    calling every call once, the first call of round ``r`` being ``calls[r % len(calls)]``.
+    calling every call once, in the orders of :func:`balanced_orders` taken in turn.
 
     Args:
         calls: zero-argument callables; each must leave no work queued that belongs to its next call.
@@ -161,16 +190,16 @@ def time_round_robin(
     if scopes is not None and len(scopes) != len(calls):
         raise ValueError(f"scopes: need one per call ({len(calls)}), got {len(scopes)}")
     scopes = scopes or [contextlib.nullcontext] * len(calls)
-    order = [[(start + offset) % len(calls) for offset in range(len(calls))] for start in range(len(calls))]
+    order = balanced_orders(len(calls))
     for round_index in range(warmup):
-        for index in order[round_index % len(calls)]:
+        for index in order[round_index % len(order)]:
             with scopes[index]():
                 calls[index]()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         events: list[list[tuple[torch.cuda.Event, torch.cuda.Event]]] = [[] for _ in calls]
         for round_index in range(repeats):
-            for index in order[round_index % len(calls)]:
+            for index in order[round_index % len(order)]:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 with scopes[index]():
                     start.record()
@@ -181,7 +210,7 @@ def time_round_robin(
         return [[start.elapsed_time(end) for start, end in pairs] for pairs in events]
     times: list[list[float]] = [[] for _ in calls]
     for round_index in range(repeats):
-        for index in order[round_index % len(calls)]:
+        for index in order[round_index % len(order)]:
             with scopes[index]():
                 start_s = time.perf_counter()
                 calls[index]()
