@@ -6,6 +6,7 @@ One module per op family: :mod:`~fastvae.ops.gaussian` (sampling, KL, log-densit
 
 from fastvae.ops.gaussian import gaussian_kl, gaussian_log_prob, reparameterize, reparameterize_kl
 from fastvae.ops.iwae import iwae_bound, iwae_log_weights, miwae_bound
+from fastvae.ops.rvq import rvq_nearest
 from fastvae.ops.vq import VQOutput, vector_quantize, vq_code_stats, vq_nearest
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "miwae_bound",
     "reparameterize",
     "reparameterize_kl",
+    "rvq_nearest",
     "vector_quantize",
     "vq_code_stats",
     "vq_nearest",
