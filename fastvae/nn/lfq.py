@@ -38,7 +38,7 @@ MAX_DIM = 20
 #: ``_CHUNK_ELEMENTS // (2^D_hi + 2^D_lo)`` rows (16 MiB of float32, whatever ``N``).
 _CHUNK_ELEMENTS = 2**22
 
-
+#: The dtypes :meth:`LFQ.indices_to_codes` accepts.
 _INTEGER_DTYPES = frozenset((torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64))
 
 
@@ -221,8 +221,9 @@ class LFQ(nn.Module):
       under ``1e-5`` (common at ``tau = 100``) count at their true ``-p log p``.
     * In eval mode it returns zero losses and ``quantized`` without a gradient; here eval mode
       computes the same outputs as training mode (run it under ``torch.no_grad()`` for inference).
-    * Its ``quantized`` in training mode is ``x + (sign(x) - x).detach()``, which can differ from
-      ``+-1`` by a rounding of ``x``; here it is exactly ``+-1``.
+    * Its ``quantized`` in training mode is ``x + (sign(x) - x).detach()``, which rounds away from
+      ``+-1`` for large ``|x|`` (``x = 1e8`` gives 0 in float32); here it is exactly ``+-1``.
+    * Its ``commitment_loss_weight`` defaults to 0; ``commitment_weight`` here to 0.25.
     * With ``torch.distributed`` initialised, it averages the ranks' batch-mean distributions with
       equal weights; here, in training mode, ``q`` is the mean over every rank's rows (the summed
       probabilities and the row counts are all-reduced in one call), so every rank computes the same
@@ -245,6 +246,13 @@ class LFQ(nn.Module):
         input ``x``: any shape with ``D`` along ``channel_dim``; float16, bfloat16, float32 or float64.
         Output: :class:`LFQOutput`, ``quantized`` in ``x``'s layout, ``indices`` of ``x``'s shape
         without ``channel_dim``, 0-dim losses.
+
+    Raises:
+        TypeError: a non-int ``dim`` or ``channel_dim``, a non-number weight or temperature; in
+            forward, a non-floating ``x``.
+        ValueError: ``dim`` outside ``[1, 20]``, a negative, NaN or infinite weight, a temperature that
+            is not positive and finite; in forward, ``channel_dim`` out of range or ``x`` without ``D``
+            channels there.
     """
 
     def __init__(
