@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from fastvae.ops import _checks
-from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize_rows, vq_code_stats
+from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize_rows, vq_code_stats, vq_nearest
 
-__all__ = ["VectorQuantizer"]
+__all__ = ["VectorQuantizer", "kmeans"]
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -22,6 +23,45 @@ def _positive_int(value: object, name: str) -> int:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def kmeans(rows: torch.Tensor, centroids: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means from ``centroids``, built on :func:`fastvae.vq_nearest` and :func:`fastvae.vq_code_stats`.
+
+    Each iteration assigns every row to its nearest centroid (ties to the lowest index) and moves each
+    centroid to the mean of its rows; a centroid with no rows stays where it is. When
+    ``torch.distributed`` is initialised the counts and sums are all-reduced, so every rank computes
+    the same centroids from all ranks' rows (the starting ``centroids`` must already agree). No
+    ``N x K`` matrix and no host synchronisation.
+
+    Args:
+        rows: ``(N, D)`` points; float16, bfloat16, float32 or float64.
+        centroids: ``(K, D)`` starting centroids, same dtype and device.
+        iters: Lloyd iterations, ``>= 0``.
+
+    Returns:
+        ``(centroids (K, D)`` in ``rows``' dtype, ``counts (K,)`` float32 (float64 for float64) of the
+        last assignment, all ranks' rows counted``)``; with ``iters = 0`` the given centroids and the
+        counts of their assignment.
+    """
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    for _ in range(iters):
+        counts, sums = _assignment_statistics(rows, centroids)
+        means = sums / counts.clamp(min=1).unsqueeze(1)
+        centroids = torch.where(counts.unsqueeze(1) > 0, means.to(centroids.dtype), centroids)
+    counts, _ = _assignment_statistics(rows, centroids)
+    return centroids, counts
+
+
+def _assignment_statistics(rows: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts ``(K,)`` and sums ``(K, D)`` of the rows nearest each centroid, over all ranks."""
+    indices, _ = vq_nearest(rows, centroids)
+    counts, sums = vq_code_stats(rows, indices, centroids.shape[0])
+    if _distributed():
+        dist.all_reduce(counts)
+        dist.all_reduce(sums)
+    return counts, sums
 
 
 class VectorQuantizer(nn.Module):
@@ -51,6 +91,16 @@ class VectorQuantizer(nn.Module):
     restarts use rank 0's picks, so every rank keeps the same codebook. No step synchronises with
     the host.
 
+    With ``kmeans_init=True`` the codebook starts from the first training batch: ``num_codes`` distinct
+    rows drawn at random (with replacement when the batch has fewer rows), then ``kmeans_iters``
+    iterations of Lloyd's algorithm (:func:`kmeans`), on the rows as the search sees them (normalised
+    for ``metric="cosine"``). Under ``torch.distributed`` rank 0's draw is broadcast and the
+    iterations all-reduce their statistics, so every rank starts from the same codebook. The EMA count
+    of each code becomes its number of rows in the last assignment (at least 1), and with EMA
+    ``ema_sum = count * code``. It happens once, before the first training step's search; the buffer
+    ``initialised`` (present only with ``kmeans_init``) records it, and a state dict without it (say,
+    from a module without ``kmeans_init``) loads as initialised.
+
     Non-finite batches: a code whose batch count or sum, or whose new EMA count or sum (or, with EMA,
     new codebook row), is NaN or infinite skips this step's update: its ``N_k``, ``m_k`` and codebook
     row stay as they were (a ``torch.where``, no host synchronisation), and its entry of the buffer
@@ -70,6 +120,8 @@ class VectorQuantizer(nn.Module):
         metric: ``"l2"`` or ``"cosine"`` (inputs and codes L2-normalised, see
             :func:`fastvae.vector_quantize`; EMA statistics then use the normalised inputs).
         channel_dim: the input dim that holds the ``D`` channels.
+        kmeans_init: initialise the codebook by k-means on the first training batch (above).
+        kmeans_iters: Lloyd iterations of that initialisation, ``>= 0``.
         precision: ``"ieee"`` (default: exact float32 products) or ``"tf32"`` (TF32 tensor cores):
             how the nearest-code search multiplies float32 inputs, passed to
             :func:`fastvae.vector_quantize`. Other dtypes ignore it.
@@ -97,6 +149,8 @@ class VectorQuantizer(nn.Module):
         metric: str = "l2",
         channel_dim: int = -1,
         precision: str = "ieee",
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
     ) -> None:
         super().__init__()
         self.num_codes = _positive_int(num_codes, "num_codes")
@@ -126,22 +180,24 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(initial)
         self.register_buffer("ema_count", torch.ones(num_codes))
         self.register_buffer("skipped_updates", torch.zeros(num_codes, dtype=torch.int64))
+        if not isinstance(kmeans_init, bool):
+            raise TypeError(f"kmeans_init must be a bool, got {type(kmeans_init).__name__}")
+        self.kmeans_init = kmeans_init
+        if isinstance(kmeans_iters, bool) or not isinstance(kmeans_iters, int) or kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be an int >= 0, got {kmeans_iters!r}")
+        self.kmeans_iters = kmeans_iters
+        if kmeans_init:
+            self.register_buffer("initialised", torch.tensor(False))
+        # Mirrors ``initialised`` on the host, so that no training step reads the buffer back.
+        self._awaits_kmeans = kmeans_init
 
     def extra_repr(self) -> str:
         return (
             f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
             f"decay={self.decay}, eps={self.eps}, dead_code_threshold={self.dead_code_threshold}, "
-            f"metric={self.metric!r}, channel_dim={self.channel_dim}, precision={self.precision!r}"
+            f"metric={self.metric!r}, channel_dim={self.channel_dim}, precision={self.precision!r}, "
+            f"kmeans_init={self.kmeans_init}, kmeans_iters={self.kmeans_iters}"
         )
-
-    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        x = _checks.tensor(x, "x", min_dim=1)
-        channel_dim = _checks.dim_index(self.channel_dim, "channel_dim", x.dim())
-        if x.shape[channel_dim] != self.dim:
-            raise ValueError(
-                f"x must have dim={self.dim} channels along channel_dim={self.channel_dim}, got shape {tuple(x.shape)}"
-            )
-        return x.movedim(channel_dim, -1)
 
     def forward(self, x: torch.Tensor) -> VQOutput:
         """Quantise ``x`` and, in training mode, update the codebook statistics.
@@ -149,7 +205,9 @@ class VectorQuantizer(nn.Module):
         Returns:
             :class:`fastvae.VQOutput` as described in the class docstring.
         """
-        moved = self._channels_last(x)
+        moved = _checks.channels_last(x, "x", self.dim, self.channel_dim)
+        if self.training and self._awaits_kmeans:
+            self._kmeans_initialise(moved)
         # With EMA the update replaces the codebook buffer by a new tensor, so the op keeps the codes
         # it quantised with and nothing is copied. A trained codebook (a Parameter, which the
         # optimiser holds) is restarted in place: then the op gets a copy, or backward would see the
@@ -164,9 +222,40 @@ class VectorQuantizer(nn.Module):
         return out._replace(quantized=out.quantized.movedim(-1, channel_dim), loss=loss)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # State dicts saved before ``skipped_updates`` existed load with a zero count.
+        # State dicts saved before ``skipped_updates`` and ``initialised`` existed load with a zero
+        # count and as initialised (they were trained).
         state_dict.setdefault(prefix + "skipped_updates", torch.zeros_like(self.skipped_updates))
+        if self.kmeans_init:
+            state_dict.setdefault(prefix + "initialised", torch.tensor(True))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.kmeans_init:
+            self._awaits_kmeans = not bool(self.initialised)  # one read, at load time
+
+    @torch.no_grad()
+    def _kmeans_initialise(self, moved: torch.Tensor) -> None:
+        """The codebook from k-means on the batch ``moved (..., D)`` (see the class docstring)."""
+        rows = moved.detach().reshape(-1, self.dim)
+        if rows.shape[0] == 0:
+            return
+        if self.metric == "cosine":
+            rows = F.normalize(rows, dim=-1)
+        rows = rows.to(self.codebook.dtype)
+        count = rows.shape[0]
+        picks = (
+            torch.randperm(count)[: self.num_codes]
+            if count >= self.num_codes
+            else torch.randint(count, (self.num_codes,))
+        ).to(rows.device)
+        start = rows[picks]
+        if _distributed():
+            dist.broadcast(start, src=0)
+        centroids, counts = kmeans(rows, start, self.kmeans_iters)
+        self.codebook.copy_(centroids)
+        self.ema_count.copy_(counts.clamp(min=1).to(self.ema_count.dtype))
+        if self.ema:
+            self.ema_sum.copy_(centroids.to(self.ema_sum.dtype) * self.ema_count.unsqueeze(1))
+        self.initialised.fill_(True)
+        self._awaits_kmeans = False
 
     @torch.no_grad()
     def _update(self, rows: torch.Tensor, indices: torch.Tensor) -> None:
@@ -175,12 +264,24 @@ class VectorQuantizer(nn.Module):
         if rows.shape[0] == 0:
             return
         counts, sums = vq_code_stats(rows, indices.reshape(-1), self.num_codes)
+        self._apply_statistics(counts, sums, rows)
+
+    @torch.no_grad()
+    def _apply_statistics(
+        self, counts: torch.Tensor, sums: torch.Tensor, rows: torch.Tensor, active: torch.Tensor | None = None
+    ) -> None:
+        """One step's update from this rank's code ``counts (K,)`` and ``sums (K, D)`` (all-reduced
+        here under ``torch.distributed``); dead codes restart from ``rows (N, D)``, ``N >= 1``.
+        ``active``, a 0-dim bool tensor, False leaves every buffer as it is (a stage that quantizer
+        dropout skipped), without a host synchronisation."""
         if _distributed():
             dist.all_reduce(counts)
             if self.ema:
                 dist.all_reduce(sums)
         new_count = self.ema_count.lerp(counts.to(self.ema_count.dtype), 1.0 - self.decay)
         finite = counts.isfinite() & new_count.isfinite()
+        if active is not None:
+            finite &= active  # an inactive step updates nothing, and is not counted as skipped
         if self.ema:
             new_sum = self.ema_sum.lerp(sums.to(self.ema_sum.dtype), 1.0 - self.decay)
             finite &= sums.isfinite().all(1) & new_sum.isfinite().all(1)
@@ -192,18 +293,20 @@ class VectorQuantizer(nn.Module):
             codebook = self.ema_sum / smoothed.unsqueeze(1)
             finite &= codebook.isfinite().all(1)
             self.codebook = torch.where(finite.unsqueeze(1), codebook, self.codebook)
-        self.skipped_updates.add_(~finite)
+        self.skipped_updates.add_(~finite if active is None else ~finite & active)
         if self.dead_code_threshold > 0:
-            self._restart_dead_codes(rows)
+            self._restart_dead_codes(rows, active)
 
-    def _restart_dead_codes(self, rows: torch.Tensor) -> None:
+    def _restart_dead_codes(self, rows: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Restart every dead code at its own finite row of ``rows (N, D)``, drawn without replacement.
 
         The ``j``-th dead code (in index order) takes the ``j``-th row of a random permutation of the
         finite rows; dead codes beyond the number of finite rows stay as they are (and dead) this
-        step. On device, no host synchronisation.
+        step. ``active`` False (a 0-dim bool tensor) restarts nothing. On device, no host synchronisation.
         """
         dead = self.ema_count < self.dead_code_threshold
+        if active is not None:
+            dead &= active
         finite_rows = rows.isfinite().all(1)
         # Random keys, non-finite rows last: the sort is a uniform permutation of the finite rows.
         keys = torch.rand(rows.shape[0], device=rows.device).masked_fill_(~finite_rows, 2.0)

@@ -63,6 +63,17 @@ def broadcast_to(name: str, value: torch.Tensor, shape: torch.Size, target: str)
     raise ValueError(f"{name} must broadcast to the shape of {target} {tuple(shape)}, got {tuple(value.shape)}")
 
 
+def channels_last(value: object, name: str, channels: int, channel_dim: int) -> torch.Tensor:
+    """``value``, a floating tensor with ``channels`` entries along ``channel_dim``, with that dim moved last."""
+    value = tensor(value, name, min_dim=1)
+    index = dim_index(channel_dim, "channel_dim", value.dim())
+    if value.shape[index] != channels:
+        raise ValueError(
+            f"{name} must have dim={channels} channels along channel_dim={channel_dim}, got shape {tuple(value.shape)}"
+        )
+    return value.movedim(index, -1)
+
+
 def choice(value: object, name: str, options: Sequence[str]) -> str:
     """Check that ``value`` is one of ``options``."""
     if not isinstance(value, str) or value not in options:
