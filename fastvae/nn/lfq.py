@@ -291,22 +291,13 @@ class LFQ(nn.Module):
             f"channel_dim={self.channel_dim}"
         )
 
-    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        x = _checks.tensor(x, "x", min_dim=1)
-        channel_dim = _checks.dim_index(self.channel_dim, "channel_dim", x.dim())
-        if x.shape[channel_dim] != self.dim:
-            raise ValueError(
-                f"x must have dim={self.dim} channels along channel_dim={self.channel_dim}, got shape {tuple(x.shape)}"
-            )
-        return x.movedim(channel_dim, -1)
-
     def forward(self, x: torch.Tensor) -> LFQOutput:
         """Quantise ``x`` (``D`` channels along ``channel_dim``) and compute the losses.
 
         Returns:
             :class:`LFQOutput` as described in the class docstring.
         """
-        moved = self._channels_last(x)
+        moved = _checks.channels_last(x, "x", self.dim, self.channel_dim)
         positive = moved > 0
         signs = torch.where(positive, moved.new_ones(()), moved.new_full((), -1.0))
         # Exactly +-1 (x - x.detach() is 0), with the gradient of x.
