@@ -10,7 +10,10 @@ from torch import nn
 from fastvae.ops import _checks
 from fastvae.ops.vq import PRECISIONS, VQOutput, vector_quantize_rows, vq_code_stats, vq_nearest
 
-__all__ = ["VectorQuantizer", "kmeans"]
+__all__ = ["GRADIENTS", "VectorQuantizer", "kmeans"]
+
+#: Values of ``gradient``: how the quantized output passes its gradient to the input.
+GRADIENTS: tuple[str, ...] = ("ste", "rotation")
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -23,6 +26,33 @@ def _positive_int(value: object, name: str) -> int:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def rotation_trick(rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The codes, with the rotation trick's gradient to ``rows`` (Fifty et al. 2024, section 4.2).
+
+    With ``u = x / |x|``, ``q = e / |e|``, ``w = (u + q) / |u + q|`` and ``R = I - 2 w w^T + 2 q u^T``
+    (the rotation taking ``u`` to ``q``), the output is ``sg[|e| / |x|] R x`` with ``R`` a constant:
+    its value is ``e`` (up to rounding) and its gradient to ``x`` is ``(|e| / |x|) R^T g``, instead of
+    the straight-through estimator's ``g``. Computed as ``x - 2 (x.w) w + 2 (x.u) q``, no ``D x D``
+    matrix, in float32 (float64 for float64). A row with ``x = 0`` gives ``e`` and no gradient.
+
+    Args:
+        rows: ``(N, D)`` inputs ``x``, carrying the gradient.
+        codes: ``(N, D)`` their codes ``e``, same dtype (their gradient is not used).
+
+    Returns:
+        ``(N, D)`` in ``rows``' dtype.
+    """
+    acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    x, e = rows.to(acc), codes.detach().to(acc)
+    norm_x, norm_e = x.detach().norm(dim=-1, keepdim=True), e.norm(dim=-1, keepdim=True)
+    tiny = torch.finfo(acc).tiny
+    u, q = x.detach() / norm_x.clamp_min(tiny), e / norm_e.clamp_min(tiny)
+    w = F.normalize(u + q, dim=-1)
+    rotated = x - 2.0 * (x * w).sum(-1, keepdim=True) * w + 2.0 * (x * u).sum(-1, keepdim=True) * q
+    scaled = rotated * (norm_e / norm_x.clamp_min(tiny))
+    return torch.where(norm_x > 0, scaled, e).to(rows.dtype)
 
 
 def kmeans(rows: torch.Tensor, centroids: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +152,14 @@ class VectorQuantizer(nn.Module):
         channel_dim: the input dim that holds the ``D`` channels.
         kmeans_init: initialise the codebook by k-means on the first training batch (above).
         kmeans_iters: Lloyd iterations of that initialisation, ``>= 0``.
+        codebook_dim: factorised codes (ViT-VQGAN, DAC): ``nn.Linear`` projections (with bias) from
+            ``dim`` to ``codebook_dim`` before the search and back after it; the codebook, the
+            search, the losses, the EMA statistics and k-means live in the ``codebook_dim`` space
+            (L2-normalised there with ``metric="cosine"``). None, or ``dim``: no projections.
+        gradient: how ``quantized`` passes its gradient to ``x``: ``"ste"`` (straight through, the
+            identity) or ``"rotation"`` (the rotation trick, :func:`rotation_trick`: the gradient is
+            rotated and rescaled as the map from ``x`` onto its code is). The losses and the codebook's
+            gradient are the same either way.
         precision: ``"ieee"`` (default: exact float32 products) or ``"tf32"`` (TF32 tensor cores):
             how the nearest-code search multiplies float32 inputs, passed to
             :func:`fastvae.vector_quantize`. Other dtypes ignore it.
@@ -151,6 +189,8 @@ class VectorQuantizer(nn.Module):
         precision: str = "ieee",
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
+        codebook_dim: int | None = None,
+        gradient: str = "ste",
     ) -> None:
         super().__init__()
         self.num_codes = _positive_int(num_codes, "num_codes")
@@ -171,8 +211,13 @@ class VectorQuantizer(nn.Module):
             raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
         self.channel_dim = channel_dim
         self.precision = _checks.choice(precision, "precision", PRECISIONS)
+        self.codebook_dim = self.dim if codebook_dim is None else _positive_int(codebook_dim, "codebook_dim")
+        self.gradient = _checks.choice(gradient, "gradient", GRADIENTS)
+        if self.codebook_dim != self.dim:
+            self.project_in = nn.Linear(self.dim, self.codebook_dim)
+            self.project_out = nn.Linear(self.codebook_dim, self.dim)
 
-        initial = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        initial = torch.empty(num_codes, self.codebook_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if ema:
             self.register_buffer("codebook", initial)
             self.register_buffer("ema_sum", initial.clone())
@@ -196,7 +241,8 @@ class VectorQuantizer(nn.Module):
             f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
             f"decay={self.decay}, eps={self.eps}, dead_code_threshold={self.dead_code_threshold}, "
             f"metric={self.metric!r}, channel_dim={self.channel_dim}, precision={self.precision!r}, "
-            f"kmeans_init={self.kmeans_init}, kmeans_iters={self.kmeans_iters}"
+            f"kmeans_init={self.kmeans_init}, kmeans_iters={self.kmeans_iters}, "
+            f"codebook_dim={self.codebook_dim}, gradient={self.gradient!r}"
         )
 
     def forward(self, x: torch.Tensor) -> VQOutput:
@@ -206,6 +252,8 @@ class VectorQuantizer(nn.Module):
             :class:`fastvae.VQOutput` as described in the class docstring.
         """
         moved = _checks.channels_last(x, "x", self.dim, self.channel_dim)
+        if self.codebook_dim != self.dim:
+            moved = self.project_in(moved)
         if self.training and self._awaits_kmeans:
             self._kmeans_initialise(moved)
         # With EMA the update replaces the codebook buffer by a new tensor, so the op keeps the codes
@@ -218,8 +266,13 @@ class VectorQuantizer(nn.Module):
         if self.training:
             self._update(rows.detach(), out.indices)
         loss = self.beta * out.commitment_loss if self.ema else out.loss
+        quantized = out.quantized
+        if self.gradient == "rotation":
+            quantized = rotation_trick(rows, quantized.reshape(rows.shape)).reshape(quantized.shape)
+        if self.codebook_dim != self.dim:
+            quantized = self.project_out(quantized)
         channel_dim = self.channel_dim % x.dim()
-        return out._replace(quantized=out.quantized.movedim(-1, channel_dim), loss=loss)
+        return out._replace(quantized=quantized.movedim(-1, channel_dim), loss=loss)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # State dicts saved before ``skipped_updates`` and ``initialised`` existed load with a zero
@@ -234,7 +287,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _kmeans_initialise(self, moved: torch.Tensor) -> None:
         """The codebook from k-means on the batch ``moved (..., D)`` (see the class docstring)."""
-        rows = moved.detach().reshape(-1, self.dim)
+        rows = moved.detach().reshape(-1, self.codebook_dim)
         if rows.shape[0] == 0:
             return
         if self.metric == "cosine":
