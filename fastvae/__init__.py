@@ -12,6 +12,7 @@ from fastvae.backend import (
 )
 from fastvae.ops import (
     VQOutput,
+    fsq,
     gaussian_kl,
     gaussian_log_prob,
     iwae_bound,
@@ -32,6 +33,7 @@ __all__ = [
     "VQOutput",
     "available_backends",
     "data",
+    "fsq",
     "gaussian_kl",
     "gaussian_log_prob",
     "iwae_bound",

@@ -1,9 +1,11 @@
 """The ops: argument checks, custom-op registration, autograd formulas and backend dispatch.
 
 One module per op family: :mod:`~fastvae.ops.gaussian` (sampling, KL, log-density),
-:mod:`~fastvae.ops.iwae` (importance-weighted bounds), :mod:`~fastvae.ops.vq` (vector quantisation).
+:mod:`~fastvae.ops.iwae` (importance-weighted bounds), :mod:`~fastvae.ops.vq` (vector quantisation),
+:mod:`~fastvae.ops.fsq` (finite scalar quantisation).
 """
 
+from fastvae.ops.fsq import fsq
 from fastvae.ops.gaussian import gaussian_kl, gaussian_log_prob, reparameterize, reparameterize_kl
 from fastvae.ops.iwae import iwae_bound, iwae_log_weights, miwae_bound
 from fastvae.ops.rvq import rvq_nearest
@@ -11,6 +13,7 @@ from fastvae.ops.vq import VQOutput, vector_quantize, vq_code_stats, vq_nearest
 
 __all__ = [
     "VQOutput",
+    "fsq",
     "gaussian_kl",
     "gaussian_log_prob",
     "iwae_bound",
