@@ -196,14 +196,42 @@ def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path
     )
     assert status == 0
     peer = json.loads((tmp_path / "bench.json").read_text())["peer"]
-    impls = {row["impl"]: row for row in peer}
-    assert set(impls) == {"vector-quantize-pytorch", "fastvae.nn.VectorQuantizer"}
     for row in peer:
         assert row["status"] == "ok" and row["mode"] == "fwd+bwd" and row["median_ms"] > 0
         assert row["peak_memory_bytes"] > 0 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
-    ours = impls["fastvae.nn.VectorQuantizer"]
-    assert ours["backend"] == "torch"
-    assert ours["speedup_vs_peer"] == pytest.approx(impls["vector-quantize-pytorch"]["median_ms"] / ours["median_ms"])
+    # Each layer against the peer's, on the selection's shapes: VectorQuantize with EMA at the VQ
+    # shape, FSQ at its quick shape.
+    layers = {"vector_quantize_ema": ("fastvae.nn.VectorQuantizer", "N4096xK1024xD64"),
+              "fsq": ("fastvae.nn.FSQ", "N4096xD4")}
+    assert [row["op"] for row in peer] == [op for op in layers for _ in range(2)]
+    for op, (fastvae_impl, shape) in layers.items():
+        impls = {row["impl"]: row for row in peer if row["op"] == op}
+        assert set(impls) == {"vector-quantize-pytorch", fastvae_impl}
+        assert all(row["shape"]["name"] == shape for row in impls.values())
+        ours = impls[fastvae_impl]
+        assert ours["backend"] == "torch"
+        assert ours["speedup_vs_peer"] == pytest.approx(impls["vector-quantize-pytorch"]["median_ms"] / ours["median_ms"])
+    assert "## peer: FSQ, levels (8, 5, 5, 5), forward + backward" in (tmp_path / "bench.md").read_text()
+    # fastvae's FSQ holds fewer temporaries than the peer's (the reference computes in place).
+    fsq = {row["impl"]: row["peak_memory_bytes"] for row in peer if row["op"] == "fsq"}
+    assert fsq["fastvae.nn.FSQ"] < fsq["vector-quantize-pytorch"]
+
+
+def test_fsq_peer_shapes_follow_the_selection():
+    def names(selection: str, chosen: tuple[str, ...] | None = None) -> list[str]:
+        return [shape.name for shape in shapes.fsq_peer_shapes(selection, chosen)]
+
+    assert names("quick") == names("user") == ["N4096xD4"]
+    # The N = 2^20, and a CPU-sized N, everywhere else (both fit a CPU).
+    assert names("full") == names("core") == ["N4096xD4", "N65536xD4", "N1048576xD4"]
+    assert all(shape.cpu for shape in shapes.FSQ_SHAPES)
+    assert names("full", ("N1048576xD4", "N4096xK1024xD64")) == ["N1048576xD4"]
+
+
+def test_shapes_names_fsq_peer_shapes_only_with_peer():
+    assert runner.validate(runner.BenchConfig(shapes=("N1048576xD4",), peer=True)).shapes == ("N1048576xD4",)
+    with pytest.raises(ValueError, match="^--shapes: unknown 'N1048576xD4'"):
+        runner.validate(runner.BenchConfig(shapes=("N1048576xD4",)))
 
 
 @pytest.mark.skipif(not ON_CPU, reason="on the CPU memory scaling is recorded as not measured")

@@ -400,12 +400,16 @@ def default_cpu_budget_bytes() -> int:
         return 8 * 10**9
 
 
-def backend_cannot_run(backend: str, op: str, device: torch.device) -> str | None:
-    """Why fastvae backend ``backend`` cannot run every fastvae op that benchmark op ``op`` calls on
-    ``device`` (unavailable here, or without one of them), or None when it can."""
+def backend_cannot_run(backend: str, fastvae_ops: tuple[str, ...], device: torch.device) -> str | None:
+    """Why fastvae backend ``backend`` is not benchmarked running the fastvae ops ``fastvae_ops`` (as
+    :mod:`fastvae.backend` names them, e.g. ``OP_SPECS[op].fastvae_ops``) on ``device``, or None when it
+    is: triton and cuda run on CUDA devices only (Triton's CPU interpreter is not a performance path),
+    and the backend must be available here and implement every op."""
+    if backend in ("triton", "cuda") and device.type != "cuda":
+        return f"the {backend} backend is benchmarked on CUDA devices only"
     try:
         with fastvae.use_backend(backend):
-            for name in OP_SPECS[op].fastvae_ops:
+            for name in fastvae_ops:
                 fastvae_backend.resolve(name, device)
     except fastvae.BackendUnavailableError as error:
         return str(error)
@@ -415,14 +419,11 @@ def backend_cannot_run(backend: str, op: str, device: torch.device) -> str | Non
 def skip_reason(case: Case, device: torch.device, *, cpu_budget_bytes: int) -> str | None:
     """Why ``case`` is not run on ``device``, or None when it runs.
 
-    Triton and CUDA backends run only on CUDA devices (Triton's CPU interpreter is not a performance
-    path); a fastvae backend must be available and implement the op; on the CPU a case whose
-    :func:`estimated_bytes` exceed ``cpu_budget_bytes`` is refused rather than let the machine swap.
+    A fastvae backend must be one :func:`backend_cannot_run` allows for the op; on the CPU a case
+    whose :func:`estimated_bytes` exceed ``cpu_budget_bytes`` is refused rather than let the machine swap.
     """
-    if case.backend in ("triton", "cuda") and device.type != "cuda":
-        return f"the {case.backend} backend is benchmarked on CUDA devices only"
     if case.backend in FASTVAE_BACKENDS:
-        reason = backend_cannot_run(case.backend, case.op, device)
+        reason = backend_cannot_run(case.backend, OP_SPECS[case.op].fastvae_ops, device)
         if reason is not None:
             return reason
     if device.type == "cpu":
@@ -601,17 +602,18 @@ def matmul_step(dims: Dims, dtype: str, device: torch.device, *, rotation_bytes:
 
 def module_step(module: torch.nn.Module, dims: Dims, dtype: str, device: torch.device, *,
                 rotation_bytes: int = 0, backend: str | None = None) -> Step:
-    """Forward and backward of a VQ layer in training mode on ``x (N, D)``.
+    """Forward and backward of a quantiser layer in training mode on ``x (N, D)``.
 
-    ``module`` is moved to ``device`` and ``dtype`` and called as ``module(x)``; it must return
-    either a fastvae :class:`~fastvae.VQOutput` or vector-quantize-pytorch's ``(quantized, indices,
-    loss)``. Gradients flow from ``quantized`` and the loss to ``x``.
+    ``module`` is moved to ``device`` and ``dtype`` and called as ``module(x)``; it must return a VQ
+    layer's ``(quantized, indices, loss, ...)`` (a fastvae :class:`~fastvae.VQOutput`, or
+    vector-quantize-pytorch's tuple) or an FSQ layer's ``(quantized, indices)``. Gradients flow from
+    ``quantized`` and the loss, where there is one, to ``x``.
     """
     module = module.to(device=device, dtype=DTYPES[dtype]).train()
 
     def call(x: torch.Tensor) -> Tensors:
         out = module(x)
-        return (out.quantized, out.loss) if isinstance(out, fastvae.VQOutput) else (out[0], out[2])
+        return (out[0], out[2]) if len(out) > 2 else (out[0],)
 
     x = _randn((dims["N"], dims["D"]), DTYPES[dtype], device, torch.Generator(device=device).manual_seed(0))
     return Step(call, (x,), mode="fwd+bwd", rotation_bytes=rotation_bytes, backend=backend)

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fastvae.bench.shapes import FSQ_LEVELS
+
 __all__ = ["JSON_NAME", "MARKDOWN_NAME", "PLOT_NAME", "markdown", "plot", "write_report"]
 
 JSON_NAME = "bench.json"
@@ -146,20 +148,24 @@ def _op_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(header, lines)
 
 
+#: The peer comparison's layers, by the ``op`` of their rows.
+_PEER_LAYERS = {"vector_quantize_ema": "VectorQuantize with EMA", "fsq": f"FSQ, levels {FSQ_LEVELS}"}
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: the header, one table per op, the peer comparison and memory scaling."""
     lines = _header(report)
     for op in dict.fromkeys(row["op"] for row in report["rows"]):
         lines += ["", f"## {op}", "", *_op_table([row for row in report["rows"] if row["op"] == op])]
-    if report["peer"]:
-        lines += ["", "## peer: VectorQuantize with EMA, forward + backward", ""]
+    for op in dict.fromkeys(row["op"] for row in report["peer"]):
+        lines += ["", f"## peer: {_PEER_LAYERS.get(op, op)}, forward + backward", ""]
         lines += _table(
             ["shape", "dtype", "impl", "backend", "median ms", "min-max ms", "IQR", "peak MiB", "vs peer", "status"],
             [[row["shape"]["name"], row["dtype"], row["impl"], row["backend"] or "-", _number(row["median_ms"]),
               _spread(row), _iqr(row), _mib(row["peak_memory_bytes"]),
               _speedup(row["speedup_vs_peer"], row["speedup_vs_peer_noisy"]),
               row["status"]]
-             for row in report["peer"]],
+             for row in report["peer"] if row["op"] == op],
         )
     if report["memory_scaling"]:
         lines += ["", "## memory scaling: largest N for vector_quantize forward + backward", ""]

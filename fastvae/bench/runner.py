@@ -3,9 +3,10 @@
 :func:`run` measures every case of the selected plan (:func:`fastvae.bench.shapes.plan`: op x shape x
 dtype x precision x mode, each against its backends of :mod:`fastvae.bench.cases`), the hardware
 ceilings of the same run (a device-to-device copy for the memory-bound ops, ``torch.matmul`` of the
-same shape for the VQ search), optionally the peer comparison against vector-quantize-pytorch and the
-memory scaling of ``vector_quantize``, and returns the report (the JSON document described in
-``benchmarks/README.md``).
+same shape for the VQ search), optionally the peer comparison against vector-quantize-pytorch (its
+``VectorQuantize`` with EMA at the selection's VQ shapes, its ``FSQ`` at
+:func:`~fastvae.bench.shapes.fsq_peer_shapes`) and the memory scaling of ``vector_quantize``, and
+returns the report (the JSON document described in ``benchmarks/README.md``).
 
 The backends of one op at one shape, dtype, precision and mode are built and warmed up one after
 the other, then timed round-robin (:func:`fastvae.bench.timing.time_round_robin`), so that the
@@ -35,7 +36,22 @@ import torch
 
 import fastvae
 from fastvae.bench import cases, timing
-from fastvae.bench.shapes import BACKENDS, DTYPES, MODES, OPS, SELECTIONS, SHAPES, Entry, Shape, plan, precisions_for
+from fastvae.bench.shapes import (
+    BACKENDS,
+    DTYPES,
+    FSQ_LEVELS,
+    FSQ_SHAPES,
+    MODES,
+    OPS,
+    SELECTIONS,
+    SHAPES,
+    Entry,
+    Shape,
+    fsq_peer_shapes,
+    plan,
+    precisions_for,
+)
+from fastvae.ops.fsq import OP_NAMES as FSQ_OP_NAMES
 
 __all__ = ["BenchConfig", "SCHEMA", "default_selection", "largest_fitting", "run", "validate"]
 
@@ -75,7 +91,7 @@ class BenchConfig:
         device: ``"cuda"`` or ``"cpu"``; None: CUDA when a device is visible.
         warmup: untimed calls before timing, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_warmup`.
         repeats: timed calls, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_repeats`.
-        peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on).
+        peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on) and ``FSQ``.
         memory_scaling: also find the largest N that fits for ``vector_quantize`` fwd+bwd (CUDA only).
         scaling_dtype: the dtype of the memory scaling.
         cpu_memory_gb: on the CPU, cases estimated to need more are skipped; None: half the RAM.
@@ -131,6 +147,8 @@ def validate(config: BenchConfig) -> BenchConfig:
     _choices((config.scaling_dtype,), tuple(DTYPES), "--scaling-dtype")
     if config.shapes is not None:
         known = {shape.name for op in config.ops for shape in SHAPES[op]}
+        if config.peer:
+            known |= {shape.name for shape in FSQ_SHAPES}
         unknown = [name for name in config.shapes if name not in known]
         if unknown or not config.shapes:
             raise ValueError(
@@ -454,9 +472,84 @@ def _fastvae_module(shape: Shape) -> torch.nn.Module:
     return fastvae.nn.VectorQuantizer(shape.dims["K"], shape.dims["D"], ema=True, decay=0.99, beta=0.25)
 
 
-def _peer_row(shape: Shape, dtype: str, impl: str, backend: str | None, status: str) -> dict[str, Any]:
+class _OneSequence(torch.nn.Module):
+    """vector-quantize-pytorch's FSQ, which takes ``(batch, n, d)``, on the benchmark's ``(N, D)``
+    as one sequence (views only: nothing is copied)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        quantized, indices = self.layer(x.unsqueeze(0))
+        return quantized.squeeze(0), indices.squeeze(0)
+
+
+def _peer_fsq(shape: Shape) -> torch.nn.Module:
+    from vector_quantize_pytorch import FSQ
+
+    return _OneSequence(FSQ(list(FSQ_LEVELS)))
+
+
+def _fastvae_fsq(shape: Shape) -> torch.nn.Module:
+    return fastvae.nn.FSQ(FSQ_LEVELS)
+
+
+def _vq_skip_reason(
+    shape: Shape, dtype: str, backend: str | None, device: torch.device, cpu_budget: int
+) -> str | None:
+    # The peer builds the naive distance matrix as eager code does; fastvae's layer runs the op on its
+    # backend: the equivalent vector_quantize case's guard and availability.
+    case = cases.Case("vector_quantize", shape, dtype, "fwd+bwd", backend or "eager")
+    return cases.skip_reason(case, device, cpu_budget_bytes=cpu_budget)
+
+
+def _fsq_skip_reason(
+    shape: Shape, dtype: str, backend: str | None, device: torch.device, cpu_budget: int
+) -> str | None:
+    # fastvae's backend must run the FSQ ops here; on the CPU, 8 float32 tensors of N x D (the input,
+    # outputs and gradient, and the peer's temporaries) must fit the budget.
+    if backend is not None:
+        reason = cases.backend_cannot_run(backend, FSQ_OP_NAMES, device)
+        if reason is not None:
+            return reason
+    needs = 8 * shape.dims["N"] * shape.dims["D"] * 4
+    if device.type == "cpu" and needs > cpu_budget:
+        return f"needs {needs / 1e9:.1f} GB, over the CPU memory budget of {cpu_budget / 1e9:.1f} GB"
+    return None
+
+
+@dataclass(frozen=True)
+class _PeerLayer:
+    """A quantiser layer of the peer comparison: fastvae's against vector-quantize-pytorch's.
+
+    Attributes:
+        op: the rows' ``op``.
+        impl: fastvae's layer, the ``impl`` of its rows.
+        peer: shape -> the peer's layer.
+        fastvae: shape -> fastvae's layer.
+        skip_reason: ``(shape, dtype, fastvae backend or None for the peer, device, CPU budget in
+            bytes) -> why that row is not run``, or None.
+    """
+
+    op: str
+    impl: str
+    peer: Callable[[Shape], torch.nn.Module]
+    fastvae: Callable[[Shape], torch.nn.Module]
+    skip_reason: Callable[[Shape, str, str | None, torch.device, int], str | None]
+
+
+#: ``VectorQuantize`` with EMA updates against ``fastvae.nn.VectorQuantizer(ema=True)``.
+_VQ_LAYER = _PeerLayer("vector_quantize_ema", "fastvae.nn.VectorQuantizer", _peer_module, _fastvae_module,
+                       _vq_skip_reason)
+#: ``FSQ(levels)`` against ``fastvae.nn.FSQ(levels)``, levels :data:`~fastvae.bench.shapes.FSQ_LEVELS`.
+_FSQ_LAYER = _PeerLayer("fsq", "fastvae.nn.FSQ", _peer_fsq, _fastvae_fsq, _fsq_skip_reason)
+
+
+def _peer_row(layer: _PeerLayer, shape: Shape, dtype: str, impl: str, backend: str | None,
+              status: str) -> dict[str, Any]:
     return {
-        "op": "vector_quantize_ema",
+        "op": layer.op,
         "shape": _shape_json(shape),
         "dtype": dtype,
         "mode": "fwd+bwd",
@@ -537,7 +630,8 @@ class _Runner:
         and the available compiled backends that implement the op (the cpu backend has no VQ ops)."""
         if self.config.backends is not None:
             return self.config.backends
-        compiled = tuple(name for name in self.compiled if cases.backend_cannot_run(name, entry.op, self.device) is None)
+        fastvae_ops = cases.OP_SPECS[entry.op].fastvae_ops
+        compiled = tuple(name for name in self.compiled if cases.backend_cannot_run(name, fastvae_ops, self.device) is None)
         return ("eager", *(("compile",) if entry.compile else ()), "torch", *compiled)
 
     def _timing_counts(self, *, user_sized: bool) -> tuple[int, int]:
@@ -642,36 +736,35 @@ class _Runner:
             spread = timing.spread(row_times)
             row["cuda_graph"] = {**_graph_json("ok", spread), "host_overhead_ms": row["median_ms"] - spread.median_ms}
 
-    def _peer_rows(self, shapes: list[Shape], dtypes: list[str], progress: _Progress) -> list[dict[str, Any]]:
-        """vector-quantize-pytorch's layer and fastvae's, EMA on, fwd+bwd per VQ shape and dtype."""
+    def _peer_rows(self, layer: _PeerLayer, shapes: list[Shape], dtypes: list[str],
+                   progress: _Progress) -> list[dict[str, Any]]:
+        """vector-quantize-pytorch's ``layer`` and fastvae's, fwd+bwd per shape and dtype."""
         rows = []
         backends = self.config.backends or ("torch", *self.compiled)
         fastvae_backends = [name for name in backends if name in cases.FASTVAE_BACKENDS]
         for shape in shapes:
             for dtype in dtypes:
-                peer = self._module_row(shape, dtype, None, progress)
+                peer = self._module_row(layer, shape, dtype, None, progress)
                 rows.append(peer)
                 for name in fastvae_backends:
-                    row = self._module_row(shape, dtype, name, progress)
+                    row = self._module_row(layer, shape, dtype, name, progress)
                     if row["median_ms"] and peer["median_ms"]:
                         row["speedup_vs_peer"] = peer["median_ms"] / row["median_ms"]
                         row["speedup_vs_peer_noisy"] = peer["noisy"] or row["noisy"]
                     rows.append(row)
         return rows
 
-    def _module_row(self, shape: Shape, dtype: str, backend: str | None, progress: _Progress) -> dict[str, Any]:
-        """One peer-comparison row: the peer's layer (``backend`` None) or fastvae's on ``backend``."""
-        impl = _PEER if backend is None else "fastvae.nn.VectorQuantizer"
-        row = _peer_row(shape, dtype, impl, backend, "ok")
+    def _module_row(self, layer: _PeerLayer, shape: Shape, dtype: str, backend: str | None,
+                    progress: _Progress) -> dict[str, Any]:
+        """One peer-comparison row of ``layer``: the peer's (``backend`` None) or fastvae's on ``backend``."""
+        impl = _PEER if backend is None else layer.impl
+        row = _peer_row(layer, shape, dtype, impl, backend, "ok")
         progress.start(f"peer {shape.name} {dtype} {impl}" + (f" [{backend}]" if backend else ""))
-        # The memory guard and availability of the equivalent case: the peer builds the naive
-        # distance matrix as eager code does; fastvae's layer runs the op on its backend.
-        case = cases.Case("vector_quantize", shape, dtype, "fwd+bwd", backend or "eager")
-        reason = cases.skip_reason(case, self.device, cpu_budget_bytes=self.cpu_budget)
+        reason = layer.skip_reason(shape, dtype, backend, self.device, self.cpu_budget)
         if reason is not None:
             row["status"] = f"skipped: {reason}"
         else:
-            module = _peer_module if backend is None else _fastvae_module
+            module = layer.peer if backend is None else layer.fastvae
             warmup, repeats = self._timing_counts(user_sized=False)
             measured = _measure(
                 lambda: cases.module_step(module(shape), shape.dims, dtype, self.device,
@@ -748,11 +841,17 @@ class _Runner:
                     self.note(f"left out: {reason}")
         groups = list(_groups(self.entries, self.backends))
         vq_entries = [entry for entry in self.entries if entry.op in ("vq_nearest", "vector_quantize")]
-        peer_shapes = list({entry.shape.name: entry.shape for entry in vq_entries}.values()) if config.peer else []
-        peer_dtypes = list(dict.fromkeys(dtype for entry in vq_entries for dtype in entry.dtypes))
+        vq_shapes = list({entry.shape.name: entry.shape for entry in vq_entries}.values()) if config.peer else []
+        vq_dtypes = list(dict.fromkeys(dtype for entry in vq_entries for dtype in entry.dtypes))
+        fsq_shapes = fsq_peer_shapes(config.selection, config.shapes) if config.peer else []
+        # The selection's dtypes (--dtypes, else its entries'); fp32 when it has none (--shapes naming
+        # only FSQ shapes).
+        fsq_dtypes = list(dict.fromkeys(config.dtypes or [dtype for entry in self.entries for dtype in entry.dtypes]
+                                        or ["fp32"]))
+        peer_plan = [(_VQ_LAYER, vq_shapes, vq_dtypes), (_FSQ_LAYER, fsq_shapes, fsq_dtypes)]
         peer_backends = self.config.backends or ("torch", *self.compiled)
         layers = 1 + sum(name in cases.FASTVAE_BACKENDS for name in peer_backends)
-        peer_count = len(peer_shapes) * len(peer_dtypes) * layers
+        peer_count = sum(len(shapes) * len(dtypes) * layers for _, shapes, dtypes in peer_plan)
         progress = _Progress(sum(len(group) for _, group in groups) + (peer_count if _peer_available() else 0),
                              self.err)
         rows = []
@@ -763,12 +862,13 @@ class _Runner:
             _fill_speedups(rows)
             peer_rows: list[dict[str, Any]] = []
             if config.peer and _peer_available():
-                peer_rows = self._peer_rows(peer_shapes, peer_dtypes, progress)
+                for layer, shapes, dtypes in peer_plan:
+                    peer_rows += self._peer_rows(layer, shapes, dtypes, progress)
             elif config.peer:
                 self.note(f"{_PEER} is not installed: the peer comparison is skipped (pip install 'fastvae[peer]')")
                 peer_rows = [
-                    _peer_row(shape, dtype, _PEER, None, f"skipped: {_PEER} not installed")
-                    for shape in peer_shapes for dtype in peer_dtypes
+                    _peer_row(layer, shape, dtype, _PEER, None, f"skipped: {_PEER} not installed")
+                    for layer, shapes, dtypes in peer_plan for shape in shapes for dtype in dtypes
                 ]
         finally:
             progress.close()

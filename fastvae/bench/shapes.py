@@ -45,7 +45,10 @@ __all__ = [
     "SELECTIONS",
     "SHAPES",
     "Shape",
+    "FSQ_LEVELS",
+    "FSQ_SHAPES",
     "find_shape",
+    "fsq_peer_shapes",
     "plan",
     "precisions_for",
     "shapes_for",
@@ -131,6 +134,19 @@ _VQ: tuple[Shape, ...] = (
     _shape(N=4194304, K=16384, D=64),
 )
 
+#: The levels of the FSQ layer in the peer comparison (``--peer``): the paper's codebook of 1,000
+#: codes, D = 4 dims, no projections.
+FSQ_LEVELS: tuple[int, ...] = (8, 5, 5, 5)
+
+#: The FSQ layer's shapes in the peer comparison, ``N`` vectors of ``D = len(FSQ_LEVELS)``: a
+#: user-sized call, a CPU-sized batch and the issue's N = 2^20 (16 MiB of float32 input, which a
+#: CPU holds as well).
+FSQ_SHAPES: tuple[Shape, ...] = (
+    _shape(N=4096, D=4, quick=True, user=True),
+    _shape(N=65536, D=4, cpu=True),
+    _shape(N=1048576, D=4, cpu=True),
+)
+
 #: Op -> its shapes, smallest first.
 SHAPES: dict[str, tuple[Shape, ...]] = {
     "reparameterize": _GAUSSIAN,
@@ -183,6 +199,18 @@ def shapes_for(op: str, *, names: tuple[str, ...] | None = None, quick: bool = F
     if cpu:
         return [shape for shape in table if shape.cpu]
     return list(table)
+
+
+def fsq_peer_shapes(selection: str, names: tuple[str, ...] | None = None) -> list[Shape]:
+    """The :data:`FSQ_SHAPES` the peer comparison of ``selection`` runs: those named ``names`` when
+    given, else the quick one (``quick``), the user-sized one (``user``) or all of them."""
+    if names is not None:
+        return [shape for shape in FSQ_SHAPES if shape.name in names]
+    if selection == "quick":
+        return [shape for shape in FSQ_SHAPES if shape.quick]
+    if selection == "user":
+        return [shape for shape in FSQ_SHAPES if shape.user]
+    return list(FSQ_SHAPES)
 
 
 def precisions_for(op: str, dtype: str, precisions: tuple[str, ...]) -> tuple[str | None, ...]:
