@@ -55,6 +55,8 @@ def _cases() -> list[tuple[str, object, tuple]]:
             (const(9, 7), const(()), const(()), const(9, 7), const(4, 7), torch.randint(0, 4, (9,), generator=g)),
         ),
         ("vq_code_stats", ops.vq_code_stats, (rand(9, 7, grad=False), torch.randint(0, 4, (9,), generator=g), 4)),
+        ("rvq_nearest", ops.rvq_nearest, (const(9, 7), rand(3, 4, 7))),
+        ("rvq_nearest_backward", ops.rvq_nearest_backward, (const(9, 7), torch.randint(0, 4, (9, 3), generator=g), 4)),
         ("fsq", ops.fsq, (rand(9, 4), [8, 5, 5, 5])),
         ("fsq_backward", ops.fsq_backward, (const(9, 4), const(9, 4), [8, 5, 5, 5])),
     ]
@@ -137,11 +139,11 @@ def _differentiable_cases() -> list[tuple[str, object, tuple]]:
 
 
 def _dispatched(name: str):
-    from fastvae.ops import gaussian, iwae, vq
+    from fastvae.ops import gaussian, iwae, rvq, vq
 
     fsq = importlib.import_module("fastvae.ops.fsq")  # the module; the package's fsq is the function
     op_name = name.removesuffix("_eps").removesuffix("_prior").removesuffix("_std").removesuffix("_tf32")
-    for module in (gaussian, iwae, vq, fsq):
+    for module in (gaussian, iwae, vq, rvq, fsq):
         found = getattr(module, f"_{op_name}", None)
         if found is not None:
             return found
