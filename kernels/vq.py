@@ -7,9 +7,11 @@ of one dtype (float16, bfloat16, float32 or float64), int64 ``indices (N,)``. Ac
 The search (:func:`_vq_nearest_fwd_kernel`) scores a ``BLOCK_N x BLOCK_K`` tile of rows against codes as
 ``|e|^2 / 2 - x.e`` (half the squared distance minus the ``|x|^2 / 2`` every code shares), the product
 by ``tl.dot`` on tensor cores (fp16/bf16 with fp32 accumulation; fp32 as TF32 or exact IEEE products,
-as ``precision`` says; float64 exactly, on DMMA where the GPU has it). Each tile is reduced at
-once to its per-row minimum and first arg-min, and a running minimum is kept across the codebook with a
-strict ``<``, so ties go to the lowest index and the ``N x K`` matrix is never written. When there are
+as ``precision`` says; float64 exactly, on DMMA where the GPU has it). The tile is taken as two halves whose products
+and arg-mins ping-pong, so that on sm_90 the asynchronous wgmma of one half runs while the other is
+reduced. Each half is reduced at once to its per-row minimum and first arg-min, and a running minimum
+is kept across the codebook with a strict ``<``, so ties go to the lowest index and the ``N x K``
+matrix is never written. When there are
 too few row blocks to fill the GPU the codebook is split across programs, each writing one
 ``(score, index)`` per row; the epilogue (:func:`_vq_nearest_epilogue_kernel`) keeps the first of the
 equal minima in split order (the lowest index), gathers the chosen code, and recomputes its distance
@@ -81,11 +83,21 @@ def _dot_acc(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     return acc
 
 
-@triton.jit(do_not_specialize=["num_codes", "dim"], do_not_specialize_on_alignment=["codebook_ptr"])
+@triton.jit(
+    do_not_specialize=["num_codes", "num_entries", "dim"], do_not_specialize_on_alignment=["codebook_ptr"]
+)
 def _vq_code_norms_kernel(
-    codebook_ptr, half_sq_ptr, num_codes, dim, ALIGNED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr
+    codebook_ptr,
+    half_sq_ptr,
+    num_codes,
+    num_entries,
+    dim,
+    ALIGNED: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """``half_sq[k] = |e_k|^2 / 2`` in the accumulation dtype (that of ``half_sq_ptr``)."""
+    """``half_sq[k] = |e_k|^2 / 2`` in the accumulation dtype (that of ``half_sq_ptr``) for ``k < K``,
+    and +inf for the ``num_entries - K`` entries that pad the search's last code tile."""
     acc_type = half_sq_ptr.dtype.element_ty
     dim = _row_length(dim, ALIGNED)
     code_start = tl.program_id(0).to(tl.int64) * BLOCK_K
@@ -99,7 +111,47 @@ def _vq_code_norms_kernel(
         mask = _tile_mask(code_mask, cols, dim - d_start, False)
         e = tl.load(e_block + d_start + e_offsets, mask=mask, other=0.0).to(acc_type)
         total += tl.sum(e * e, axis=1)
-    tl.store(half_sq_ptr + code_start + local_codes, 0.5 * total, mask=code_mask)
+    half_sq = tl.where(code_mask, 0.5 * total, float("inf"))
+    tl.store(half_sq_ptr + code_start + local_codes, half_sq, mask=local_codes < num_entries - code_start)
+
+
+@triton.jit
+def _tile_dots(
+    x_tile, x_block, x_offsets, e_block, e_offsets, row_mask, code_mask, cols, dim, acc_type: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+):  # fmt: skip
+    """``x . e`` in ``acc_type`` of the BLOCK_N rows at ``x_block`` (SINGLE_D: the loaded ``x_tile``)
+    and the BLOCK_K codes at ``e_block`` that ``code_mask`` keeps (the others' products are 0)."""
+    dots = tl.zeros((BLOCK_N, BLOCK_K), acc_type)
+    if SINGLE_D:
+        e_tile = tl.load(e_block + e_offsets, mask=_code_tile_mask(code_mask, cols, dim, EVEN_D), other=0.0)
+        dots = _dot_acc(x_tile, e_tile, dots, PRECISION, INTERPRETED)
+    else:
+        for d_start in range(0, dim, BLOCK_D):
+            x_mask = _tile_mask(row_mask, cols, dim - d_start, EVEN_D)
+            e_mask = _code_tile_mask(code_mask, cols, dim - d_start, EVEN_D)
+            x_chunk = tl.load(x_block + d_start + x_offsets, mask=x_mask, other=0.0)
+            e_chunk = tl.load(e_block + d_start + e_offsets, mask=e_mask, other=0.0)
+            dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, INTERPRETED)
+    return dots
+
+
+@triton.jit
+def _running_argmin(dots, half_sq_ptr, k_start, local_codes, best, best_index, INTERPRETED: tl.constexpr):
+    """Fold the tile of codes ``k_start + local_codes`` with products ``dots`` into the running
+    ``(best, best_index)``: scores ``|e|^2/2 - x.e``, the tile's first arg-min, and a strict ``<``
+    so that an equal score in a later tile keeps the lower index. ``half_sq`` holds +inf past ``K``,
+    so codes past ``K`` (whose dots are 0) never win and the load needs no mask."""
+    half_sq = tl.load(half_sq_ptr + k_start + local_codes)
+    scores = half_sq[None, :] - dots
+    if INTERPRETED:  # numpy's arg-min rejects all-NaN rows (NaN inputs): score them +inf, code 0 wins
+        scores = tl.where(scores == scores, scores, float("inf"))
+    tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
+    better = tile_best < best
+    best = tl.where(better, tile_best, best)
+    best_index = tl.where(better, tile_index + k_start, best_index)
+    return best, best_index
 
 
 @triton.jit(do_not_specialize=["num_rows", "num_codes", "tiles_per_split"])
@@ -124,52 +176,68 @@ def _vq_nearest_fwd_kernel(
     """Per row of a BLOCK_N block, the lowest score ``|e|^2/2 - x.e`` over this program's codebook split
     and its first index, written to ``part_score/part_index[split, row]``.
 
-    Grid: (row blocks, splits); split ``s`` covers codes ``[s, s + 1) * tiles_per_split * BLOCK_K``.
-    SINGLE_D: D fits one BLOCK_D tile, so the x tile is loaded once; otherwise D is looped in chunks.
+    Grid: (row blocks, splits); split ``s`` covers codes ``[s, s + 1) * tiles_per_split * BLOCK_K``
+    (never empty). SINGLE_D: D fits one BLOCK_D tile, so the x tile is loaded once; otherwise D is
+    looped in chunks.
+
+    Each iteration takes BLOCK_K codes as two halves, A and B, and overlaps B's products with an
+    arg-min (a ping-pong): it multiplies A, folds in the previous iteration's B, issues B's products
+    and, while they run, folds in A. The halves are folded in code order, which the strict ``<``
+    needs. On sm_90 the products are wgmma: A's are waited for at once and B's stay in flight across
+    A's arg-min and the loop's back edge, until the wait for the next A (Triton keeps a wgmma in
+    flight across iterations only when its result is loop-carried and a synchronous product comes
+    before its use, which A's is). The first pair is multiplied before the loop, so that the
+    loop-carried B registers are only ever written by wgmma (ptxas serialises the wgmma otherwise).
     """
-    acc_type = half_sq_ptr.dtype.element_ty
+    acc_type: tl.constexpr = half_sq_ptr.dtype.element_ty
+    HALF_K: tl.constexpr = BLOCK_K // 2
     row_start = tl.program_id(0).to(tl.int64) * BLOCK_N
     split = tl.program_id(1)
     # Scalar 64-bit bases plus loop-invariant 32-bit offsets within a tile keep the registers for addresses low.
     local_rows = tl.arange(0, BLOCK_N)
-    local_codes = tl.arange(0, BLOCK_K)
+    local_codes = tl.arange(0, HALF_K)
     cols = tl.arange(0, BLOCK_D)
     row_mask = local_rows < num_rows - row_start
     x_block = x_ptr + row_start * dim
     x_offsets = local_rows[:, None] * dim + cols[None, :]
-    # Codebook tiles are read transposed, (BLOCK_D, BLOCK_K): contiguous along D, the dot's inner dim.
+    # Codebook tiles are read transposed, (BLOCK_D, HALF_K): contiguous along D, the dot's inner dim.
     e_offsets = local_codes[None, :] * dim + cols[:, None]
+    x_tile = None
     if SINGLE_D:
         x_tile = tl.load(x_block + x_offsets, mask=_tile_mask(row_mask, cols, dim, EVEN_D), other=0.0)
 
-    best = tl.full((BLOCK_N,), float("inf"), acc_type)
-    best_index = tl.zeros((BLOCK_N,), tl.int32)
     k_begin = split * tiles_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + tiles_per_split * BLOCK_K, num_codes)
+    k_last = k_begin + (k_end - 1 - k_begin) // BLOCK_K * BLOCK_K
     e_block = codebook_ptr + k_begin.to(tl.int64) * dim
-    for k_start in range(k_begin, k_end, BLOCK_K):
-        code_mask = local_codes < num_codes - k_start
-        dots = tl.zeros((BLOCK_N, BLOCK_K), acc_type)
-        if SINGLE_D:
-            e_tile = tl.load(e_block + e_offsets, mask=_code_tile_mask(code_mask, cols, dim, EVEN_D), other=0.0)
-            dots = _dot_acc(x_tile, e_tile, dots, PRECISION, INTERPRETED)
-        else:
-            for d_start in range(0, dim, BLOCK_D):
-                x_mask = _tile_mask(row_mask, cols, dim - d_start, EVEN_D)
-                e_mask = _code_tile_mask(code_mask, cols, dim - d_start, EVEN_D)
-                x_chunk = tl.load(x_block + d_start + x_offsets, mask=x_mask, other=0.0)
-                e_chunk = tl.load(e_block + d_start + e_offsets, mask=e_mask, other=0.0)
-                dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, INTERPRETED)
-        # Codes past K score +inf (their dots are 0), so they never win.
-        half_sq = tl.load(half_sq_ptr + k_start + local_codes, mask=code_mask, other=float("inf"))
-        scores = half_sq[None, :] - dots
-        if INTERPRETED:  # numpy's arg-min rejects all-NaN rows (NaN inputs): score them +inf, code 0 wins
-            scores = tl.where(scores == scores, scores, float("inf"))
-        tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_best < best  # strict: an equal score in a later tile keeps the lower index
-        best = tl.where(better, tile_best, best)
-        best_index = tl.where(better, tile_index + k_start, best_index)
+    dots_a = _tile_dots(
+        x_tile, x_block, x_offsets, e_block, e_offsets, row_mask, local_codes < num_codes - k_begin, cols, dim,
+        acc_type, BLOCK_N, HALF_K, BLOCK_D, SINGLE_D, EVEN_D, PRECISION, INTERPRETED,
+    )  # fmt: skip
+    dots_b = _tile_dots(
+        x_tile, x_block, x_offsets, e_block + HALF_K * dim, e_offsets, row_mask,
+        local_codes < num_codes - (k_begin + HALF_K), cols, dim, acc_type, BLOCK_N, HALF_K, BLOCK_D, SINGLE_D, EVEN_D,
+        PRECISION, INTERPRETED,
+    )  # fmt: skip
+    best = tl.full((BLOCK_N,), float("inf"), acc_type)
+    best_index = tl.zeros((BLOCK_N,), tl.int32)
+    best, best_index = _running_argmin(dots_a, half_sq_ptr, k_begin, local_codes, best, best_index, INTERPRETED)
+    e_block += BLOCK_K * dim
+    for k_start in range(k_begin + BLOCK_K, k_end, BLOCK_K):
+        dots_a = _tile_dots(
+            x_tile, x_block, x_offsets, e_block, e_offsets, row_mask, local_codes < num_codes - k_start, cols,
+            dim, acc_type, BLOCK_N, HALF_K, BLOCK_D, SINGLE_D, EVEN_D, PRECISION, INTERPRETED,
+        )  # fmt: skip
+        b_start = k_start - HALF_K  # the previous iteration's B
+        best, best_index = _running_argmin(dots_b, half_sq_ptr, b_start, local_codes, best, best_index, INTERPRETED)
+        dots_b = _tile_dots(
+            x_tile, x_block, x_offsets, e_block + HALF_K * dim, e_offsets, row_mask,
+            local_codes < num_codes - (k_start + HALF_K), cols, dim, acc_type, BLOCK_N, HALF_K, BLOCK_D, SINGLE_D,
+            EVEN_D, PRECISION, INTERPRETED,
+        )  # fmt: skip
+        best, best_index = _running_argmin(dots_a, half_sq_ptr, k_start, local_codes, best, best_index, INTERPRETED)
         e_block += BLOCK_K * dim
+    best, best_index = _running_argmin(dots_b, half_sq_ptr, k_last + HALF_K, local_codes, best, best_index, INTERPRETED)
 
     out = split.to(tl.int64) * num_rows + row_start + local_rows
     tl.store(part_score_ptr + out, best, mask=row_mask)
@@ -368,13 +436,15 @@ class SearchConfig(NamedTuple):
 def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
     """Tiles of the search for ``D = dim``, ``dtype`` and the float32 ``precision``.
 
-    Tensor cores (fp16/bf16; fp32 with ``"tf32"``) take 128-row tiles on 8 warps (two warpgroups of
-    wgmma on sm_90) with codebook tiles streaming through shared memory: fp16/bf16 128 x 128 tiles
-    with D <= 64 in one tile and 4 stages (the VQ-VAE case), 128 x 64 tiles beyond (D <= 128 in one
-    tile, then 32-wide chunks); tf32 128 x 64 tiles, D <= 64 in one tile, then 16-wide chunks. Exact
-    products (fp32 ``"ieee"`` on FMA units, fp64 on DMMA) take 64 x 64 tiles, D <= 32 in one tile on
-    8 warps, then 16-wide chunks on 4. Every choice compiles without register spills for sm_80 and
-    sm_90 even when nothing is known of the alignment of D (see AOT_CONFIGS).
+    ``block_k`` codes are taken per iteration, as two halves whose products and arg-mins ping-pong
+    (see :func:`_vq_nearest_fwd_kernel`). Tensor cores (fp16/bf16; fp32 with ``"tf32"``) take
+    128-row tiles on 8 warps (two warpgroups of wgmma on sm_90) with codebook tiles streaming through
+    shared memory: fp16/bf16 128 codes (halves of 64) with D <= 64 in one tile and 4 stages (the
+    VQ-VAE case), 64 codes beyond (D <= 128 in one tile, then 32-wide chunks); tf32 64 codes, D <= 64
+    in one tile, then 16-wide chunks. Exact products (fp32 ``"ieee"`` on FMA units, fp64 on DMMA)
+    take 64 x 64 tiles in 16-wide chunks of D, on 8 warps for D <= 32 and 4 beyond. Every choice
+    compiles without register spills for sm_80 and sm_90 even when nothing is known of the alignment
+    of D (see AOT_CONFIGS).
     """
     if dtype in (torch.float16, torch.bfloat16):
         if dim <= 64:
@@ -382,9 +452,7 @@ def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
         return SearchConfig(128, 64, 128 if dim <= 128 else 32, 8, 3)
     if dtype == torch.float32 and precision == "tf32":
         return SearchConfig(128, 64, 64 if dim <= 64 else 16, 8, 3)
-    if dim <= 32:
-        return SearchConfig(64, 64, 32, 8, 3)
-    return SearchConfig(64, 64, 16, 4, 3)
+    return SearchConfig(64, 64, 16, 8 if dim <= 32 else 4, 3)
 
 
 def _search_launch(dim: int, dtype: torch.dtype, precision: str) -> tuple[SearchConfig, dict[str, object]]:
@@ -412,9 +480,10 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
     num_codes = codebook.shape[0]
     config, constexprs = _search_launch(dim, x.dtype, precision)
     workspace = plan.search_workspace(x, num_codes, config.block_n, config.block_k)
-    _vq_code_norms_kernel[(triton.cdiv(num_codes, NORM_BLOCK_K),)](
-        codebook, workspace.half_sq, num_codes, dim, ALIGNED=aligned_rows(dim, codebook), BLOCK_K=NORM_BLOCK_K,
-        BLOCK_D=ROW_BLOCK_D,
+    num_entries = workspace.half_sq.numel()
+    _vq_code_norms_kernel[(triton.cdiv(num_entries, NORM_BLOCK_K),)](
+        codebook, workspace.half_sq, num_codes, num_entries, dim, ALIGNED=aligned_rows(dim, codebook),
+        BLOCK_K=NORM_BLOCK_K, BLOCK_D=ROW_BLOCK_D,
     )  # fmt: skip
     _vq_nearest_fwd_kernel[(triton.cdiv(num_rows, config.block_n), workspace.splits)](
         x, codebook, workspace.half_sq, workspace.part_score, workspace.part_index, num_rows, num_codes, dim,
@@ -431,9 +500,9 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
 def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of every row of ``x (N, D)`` in ``codebook (K, D)``, lowest index on ties.
 
-    ``precision`` (``"ieee"`` or ``"tf32"``) chooses the float32 products of the search; other dtypes
-    ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance recomputed
-    exactly as ``|x - e|^2`` in the accumulation dtype.
+    ``precision`` (``"ieee"`` or ``"tf32"``) chooses the float32 products of the search;
+    other dtypes ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance
+    recomputed exactly as ``|x - e|^2`` in the accumulation dtype.
     """
     plan.check_sizes(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()
@@ -600,7 +669,7 @@ def _aot_configs() -> list[AotConfig]:
             _aot(
                 _vq_code_norms_kernel,
                 _pointers(codebook_ptr=t, half_sq_ptr=acc),
-                ("num_codes", "dim"),
+                ("num_codes", "num_entries", "dim"),
                 {"ALIGNED": True, "BLOCK_K": NORM_BLOCK_K, "BLOCK_D": ROW_BLOCK_D},
             )
         )

@@ -155,8 +155,9 @@ class SearchWorkspace(NamedTuple):
     """What the search writes, and how its grid splits the codebook.
 
     Attributes:
-        half_sq: ``|e|^2 / 2`` per code, ``(k_tiles * block_k,)`` in the accumulation dtype; entries
-            past ``K`` pad the last tile (the search reads whole tiles or masks them).
+        half_sq: ``|e|^2 / 2`` per code, ``(k_tiles * block_k,)`` in the accumulation dtype; the
+            entries past ``K`` pad the last tile with +inf (each backend's norms kernel writes them),
+            so that the searches read whole tiles unmasked and codes past ``K`` never win.
         part_score: ``(splits, N)`` lowest score of each row in each split, accumulation dtype.
         part_index: ``(splits, N)`` int32 code of that score.
         splits: codebook splits (the grid's second dim).
