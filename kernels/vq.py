@@ -6,8 +6,9 @@ of one dtype (float16, bfloat16, float32 or float64), int64 ``indices (N,)``. Ac
 
 The search (:func:`_vq_nearest_fwd_kernel`) scores a ``BLOCK_N x BLOCK_K`` tile of rows against codes as
 ``|e|^2 / 2 - x.e`` (half the squared distance minus the ``|x|^2 / 2`` every code shares), the product
-by ``tl.dot`` on tensor cores (fp16/bf16 with fp32 accumulation; fp32 as TF32 or exact IEEE products,
-as ``precision`` says; float64 exactly, on DMMA where the GPU has it). The tile is taken as two halves whose products
+by ``tl.dot`` on tensor cores (fp16/bf16 with fp32 accumulation; fp32 as exact IEEE products, one TF32
+product, or three TF32 products of operands split into high and low TF32 parts, as ``precision``
+says; float64 exactly, on DMMA where the GPU has it). The tile is taken as two halves whose products
 and arg-mins ping-pong, so that on sm_90 the asynchronous wgmma of one half runs while the other is
 reduced. Each half is reduced at once to its per-row minimum and first arg-min, and a running minimum
 is kept across the codebook with a strict ``<``, so ties go to the lowest index and the ``N x K``
@@ -83,6 +84,35 @@ def _dot_acc(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _tf32_round(v):
+    """float32 ``v`` rounded to TF32 (10 mantissa bits), to nearest with ties away from zero, as PTX's
+    ``cvt.rna.tf32.f32``: half a TF32 ulp added to the magnitude's bits, the 13 low bits cleared.
+    Integer operations, so that the interpreter computes it exactly as the GPU; NaN stays NaN."""
+    rounded = ((v.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return tl.where(v == v, rounded, v)
+
+
+@triton.jit
+def _product(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """``acc + a @ b`` as PRECISION says: ``"3xtf32"`` splits each float32 operand into ``hi``, its
+    TF32 rounding, and ``lo = tf32(v - hi)`` and adds three TF32 products, small ones first:
+    ``a_hi b_lo + a_lo b_hi + a_hi b_hi`` (the dropped ``a_lo b_lo`` is below ``2^-22 |a b|``). Every
+    split value is exactly a TF32 number, so the tensor cores multiply them exactly, as does the
+    interpreter. Any other PRECISION is one :func:`_dot_acc`."""
+    if PRECISION == "3xtf32":
+        a_hi = _tf32_round(a)
+        b_hi = _tf32_round(b)
+        a_lo = _tf32_round(a - a_hi)
+        b_lo = _tf32_round(b - b_hi)
+        acc = _dot_acc(a_hi, b_lo, acc, "tf32", INTERPRETED)
+        acc = _dot_acc(a_lo, b_hi, acc, "tf32", INTERPRETED)
+        acc = _dot_acc(a_hi, b_hi, acc, "tf32", INTERPRETED)
+    else:
+        acc = _dot_acc(a, b, acc, PRECISION, INTERPRETED)
+    return acc
+
+
 @triton.jit(
     do_not_specialize=["num_codes", "num_entries", "dim"], do_not_specialize_on_alignment=["codebook_ptr"]
 )
@@ -126,14 +156,14 @@ def _tile_dots(
     dots = tl.zeros((BLOCK_N, BLOCK_K), acc_type)
     if SINGLE_D:
         e_tile = tl.load(e_block + e_offsets, mask=_code_tile_mask(code_mask, cols, dim, EVEN_D), other=0.0)
-        dots = _dot_acc(x_tile, e_tile, dots, PRECISION, INTERPRETED)
+        dots = _product(x_tile, e_tile, dots, PRECISION, INTERPRETED)
     else:
         for d_start in range(0, dim, BLOCK_D):
             x_mask = _tile_mask(row_mask, cols, dim - d_start, EVEN_D)
             e_mask = _code_tile_mask(code_mask, cols, dim - d_start, EVEN_D)
             x_chunk = tl.load(x_block + d_start + x_offsets, mask=x_mask, other=0.0)
             e_chunk = tl.load(e_block + d_start + e_offsets, mask=e_mask, other=0.0)
-            dots = _dot_acc(x_chunk, e_chunk, dots, PRECISION, INTERPRETED)
+            dots = _product(x_chunk, e_chunk, dots, PRECISION, INTERPRETED)
     return dots
 
 
@@ -437,14 +467,15 @@ def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
     """Tiles of the search for ``D = dim``, ``dtype`` and the float32 ``precision``.
 
     ``block_k`` codes are taken per iteration, as two halves whose products and arg-mins ping-pong
-    (see :func:`_vq_nearest_fwd_kernel`). Tensor cores (fp16/bf16; fp32 with ``"tf32"``) take
-    128-row tiles on 8 warps (two warpgroups of wgmma on sm_90) with codebook tiles streaming through
-    shared memory: fp16/bf16 128 codes (halves of 64) with D <= 64 in one tile and 4 stages (the
-    VQ-VAE case), 64 codes beyond (D <= 128 in one tile, then 32-wide chunks); tf32 64 codes, D <= 64
-    in one tile, then 16-wide chunks. Exact products (fp32 ``"ieee"`` on FMA units, fp64 on DMMA)
-    take 64 x 64 tiles in 16-wide chunks of D, on 8 warps for D <= 32 and 4 beyond. Every choice
-    compiles without register spills for sm_80 and sm_90 even when nothing is known of the alignment
-    of D (see AOT_CONFIGS).
+    (see :func:`_vq_nearest_fwd_kernel`). Tensor cores (fp16/bf16; fp32 with ``"tf32"`` or
+    ``"3xtf32"``) take 128-row tiles on 8 warps (two warpgroups of wgmma on sm_90) with codebook tiles
+    streaming through shared memory: fp16/bf16 128 codes (halves of 64) with D <= 64 in one tile and
+    4 stages (the VQ-VAE case), 64 codes beyond (D <= 128 in one tile, then 32-wide chunks); tf32 64
+    codes, D <= 64 in one tile, then 16-wide chunks; 3xtf32 64 codes, D <= 32 in one tile, then
+    32-wide chunks (its operands are split in registers, three products each). Exact products (fp32
+    ``"ieee"`` on FMA units, fp64 on DMMA) take 64 x 64 tiles in 16-wide chunks of D, on 8 warps for
+    D <= 32 and 4 beyond. Every choice compiles without register spills for sm_80 and sm_90 even when
+    nothing is known of the alignment of D (see AOT_CONFIGS).
     """
     if dtype in (torch.float16, torch.bfloat16):
         if dim <= 64:
@@ -452,6 +483,8 @@ def search_config(dim: int, dtype: torch.dtype, precision: str) -> SearchConfig:
         return SearchConfig(128, 64, 128 if dim <= 128 else 32, 8, 3)
     if dtype == torch.float32 and precision == "tf32":
         return SearchConfig(128, 64, 64 if dim <= 64 else 16, 8, 3)
+    if dtype == torch.float32 and precision == "3xtf32":
+        return SearchConfig(128, 64, 32, 8, 3)
     return SearchConfig(64, 64, 16, 8 if dim <= 32 else 4, 3)
 
 
@@ -500,7 +533,7 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
 def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of every row of ``x (N, D)`` in ``codebook (K, D)``, lowest index on ties.
 
-    ``precision`` (``"ieee"`` or ``"tf32"``) chooses the float32 products of the search;
+    ``precision`` (``"ieee"``, ``"tf32"`` or ``"3xtf32"``) chooses the float32 products of the search;
     other dtypes ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance
     recomputed exactly as ``|x - e|^2`` in the accumulation dtype.
     """
@@ -629,7 +662,7 @@ def vq_code_stats_fwd(x: torch.Tensor, indices: torch.Tensor, num_codes: int) ->
 _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 #: The values of ``precision`` the host functions take (those of ``fastvae.ops.vq.PRECISIONS``).
-_PRECISIONS = ("ieee", "tf32")
+_PRECISIONS = ("ieee", "tf32", "3xtf32")
 
 
 def _pointers(**names: str) -> dict[str, str]:

@@ -191,7 +191,7 @@ def test_channel_first_input(device, ema, channel_dim) -> None:
     assert_close(out.commitment_loss, F.mse_loss(rows.cpu(), vq.codebook.detach().cpu()[expected.reshape(-1)]), F64)
 
 
-@pytest.mark.parametrize("precision", (None, "ieee", "tf32"))
+@pytest.mark.parametrize("precision", (None, "ieee", "tf32", "3xtf32"))
 def test_precision_is_stored_shown_and_passed_to_the_op(device, monkeypatch, precision) -> None:
     kwargs = {} if precision is None else {"precision": precision}
     expected = "ieee" if precision is None else precision  # documented default: exact float32 products

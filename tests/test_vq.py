@@ -21,7 +21,7 @@ import backends
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
+from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close, three_tf32_score_error
 from torch.profiler import ProfilerActivity, profile
 
 import fastvae
@@ -670,15 +670,123 @@ def test_tf32_search_picks_a_code_within_tf32_rounding_of_the_nearest(device, op
         assert_close(result.commitment_loss, chosen.mean() / x.shape[-1], torch.float32)
 
 
+@pytest.mark.parametrize("op", ("vq_nearest", "vector_quantize"))
+def test_3xtf32_search_picks_a_code_within_its_error_bound(device, op) -> None:
+    x = _rand(129, 65, dtype=torch.float32, device=device, seed=213)
+    codebook = _rand(257, 65, dtype=torch.float32, device=device, seed=214)
+    result = getattr(fastvae, op)(x, codebook, precision="3xtf32")
+    indices = (result[0] if op == "vq_nearest" else result.indices).cpu()
+    matrix = _l2_matrix(x, codebook)
+    best, argbest = matrix.min(dim=1)
+    chosen = matrix.gather(1, indices[:, None]).squeeze(1)
+    # tolerances.three_tf32_score_error: the chosen code c and the nearest b differ by at most
+    # 2 (error_c + error_b) in squared distance, exactly (no dtype tolerance on top).
+    error = three_tf32_score_error(x, codebook)
+    rows = torch.arange(x.shape[0])
+    assert bool((chosen - best <= 2.0 * (error[rows, indices] + error[rows, argbest])).all())
+    two = matrix.topk(2, dim=1, largest=False).values
+    clear = (two[:, 1] - two[:, 0]) > 4.0 * error.max(dim=1).values
+    assert clear.any() and torch.equal(indices[clear], argbest[clear])
+    if op == "vq_nearest":
+        assert_close(result[1], chosen, torch.float32)
+    else:
+        assert_close(result.commitment_loss, chosen.mean() / x.shape[-1], torch.float32)
+
+
+def _tf32(values: torch.Tensor) -> torch.Tensor:
+    """float32 ``values`` rounded to TF32 (11 significant bits), to nearest, ties away from zero."""
+    bits = values.float().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _rounding_against(values: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """float64 ``values`` moved (by at most half a TF32 ulp) to float32 numbers just past the midpoint
+    between two TF32 numbers, so that rounding them to TF32 moves them by almost half a TF32 ulp in
+    the sign of ``direction``."""
+    magnitude = values.abs()
+    ulp = torch.exp2(torch.floor(torch.log2(magnitude)) - 10)
+    midpoint = torch.floor(magnitude / ulp) * ulp + ulp / 2
+    outward = torch.sign(values) * torch.sign(direction)  # round the magnitude up where positive
+    return (torch.sign(values) * (midpoint + outward * ulp * 2.0**-12)).float()
+
+
+def _near_ties(rows: int, dim: int, radius: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 rows, each with two codes about ``radius`` away whose squared distances differ by a few
+    times the 3xTF32 bound on their scores' errors, and whose entries (and the row's) sit where
+    rounding them to TF32 moves them most, towards the wrong code: the far code's towards the row's
+    signs (a larger ``x . e``), the near code's away, the row's along ``far - near``.
+
+    Kept are the rows where the exact gap exceeds what 3xTF32 can bridge
+    (:func:`tolerances.three_tf32_score_error`) and a search with one TF32 product of the rounded
+    operands (emulated in float64) picks the far code. Returns ``(x (R, D), codebook (2R, D),
+    nearest (R,))`` for the ``R`` kept rows, the nearer code of each pair alternately first and second.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    directions = F.normalize(torch.randn(rows, 2, dim, generator=generator, dtype=torch.float64), dim=-1)
+    toward_near, toward_far = directions.unbind(1)
+    x = _rounding_against(torch.randn(rows, dim, generator=generator, dtype=torch.float64), toward_far - toward_near)
+    x = x.double()
+    near = _rounding_against(x + radius * toward_near, -x).double()
+    index = torch.arange(rows)
+    bound = three_tf32_score_error(x, torch.cat([near, x + radius * toward_far]))
+    gap = 3.0 * (bound[index, index] + bound[index, rows + index])
+    reach = torch.sqrt(((x - near) ** 2).sum(-1) + gap)
+    far = _rounding_against(x + reach[:, None] * toward_far, x).double()
+
+    exact_gap = ((x - far) ** 2).sum(-1) - ((x - near) ** 2).sum(-1)
+    error = three_tf32_score_error(x, torch.cat([near, far]))
+    resolvable = exact_gap > 2.0 * (error[index, index] + error[index, rows + index])
+    x_tf32 = _tf32(x).double()
+    one_tf32 = [0.5 * (code * code).sum(-1) - (x_tf32 * _tf32(code).double()).sum(-1) for code in (near, far)]
+    beyond_tf32 = one_tf32[1] < one_tf32[0]
+    keep = resolvable & beyond_tf32
+    x, near, far = x[keep], near[keep], far[keep]
+    first = (torch.arange(x.shape[0]) % 2 == 0)[:, None]
+    pairs = torch.stack([torch.where(first, near, far), torch.where(first, far, near)], dim=1)
+    nearest = 2 * torch.arange(x.shape[0]) + (~first[:, 0]).long()
+    return x.float(), pairs.reshape(-1, dim).float(), nearest
+
+
+@pytest.mark.parametrize(("dim", "radius"), [(32, 4.0), (64, 8.0)], ids=["one-D-tile", "D-chunks"])
+def test_3xtf32_resolves_near_ties_that_one_tf32_product_cannot(device, dim, radius) -> None:
+    # Every row's two codes are further apart in squared distance than 3xTF32's rounding can bridge,
+    # and one TF32 product of the rounded operands picks the far one (see _near_ties); the entries are
+    # placed so that leaving out either cross product x_hi e_lo or x_lo e_hi also picks it on most rows.
+    # So the split and all three products must be there for every row to find its nearer code.
+    x, codebook, nearest = _near_ties(256, dim, radius, seed=215)
+    assert x.shape[0] >= 128  # most rows keep both properties
+    matrix = _l2_matrix(x, codebook)
+    assert torch.equal(matrix.argmin(dim=1), nearest)
+    x, codebook = x.to(device), codebook.to(device)
+    indices, distances = fastvae.vq_nearest(x, codebook, precision="3xtf32")
+    assert torch.equal(indices.cpu(), nearest)
+    assert_close(distances, matrix.gather(1, nearest[:, None]).squeeze(1), torch.float32)
+    assert torch.equal(fastvae.vector_quantize(x, codebook, precision="3xtf32").indices.cpu(), nearest)
+
+
+def test_3xtf32_is_the_exact_search_on_the_torch_and_cuda_backends(device) -> None:
+    # Documented: the torch backend ignores precision, and the cuda backend has no 3xTF32 kernel and
+    # runs its exact float32 ("ieee") search, at least as accurate as the promise.
+    if backend_module.get_backend() == "triton":
+        pytest.skip("the triton backend has a 3xTF32 search (tested above)")
+    x, codebook, _ = _near_ties(64, 48, 4.0, seed=216)
+    x, codebook = x.to(device), codebook.to(device)
+    exact, split = (fastvae.vq_nearest(x, codebook, precision=p) for p in ("ieee", "3xtf32"))
+    assert torch.equal(exact[0], split[0]) and torch.equal(exact[1], split[1])
+
+
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float64), ids=str)
 def test_precision_changes_nothing_outside_float32(device, dtype) -> None:
     x = _rand(129, 40, dtype=dtype, device=device, seed=221)
     codebook = _rand(70, 40, dtype=dtype, device=device, seed=222)
-    exact, tf32 = (fastvae.vq_nearest(x, codebook, precision=p) for p in ("ieee", "tf32"))
-    assert torch.equal(exact[0], tf32[0]) and torch.equal(exact[1], tf32[1])
-    exact, tf32 = (fastvae.vector_quantize(x, codebook, precision=p) for p in ("ieee", "tf32"))
-    for a, b in zip(exact, tf32):
-        assert torch.equal(a, b)
+    exact = fastvae.vq_nearest(x, codebook, precision="ieee")
+    for precision in ("tf32", "3xtf32"):
+        other = fastvae.vq_nearest(x, codebook, precision=precision)
+        assert torch.equal(exact[0], other[0]) and torch.equal(exact[1], other[1])
+    exact = fastvae.vector_quantize(x, codebook, precision="ieee")
+    for precision in ("tf32", "3xtf32"):
+        for a, b in zip(exact, fastvae.vector_quantize(x, codebook, precision=precision)):
+            assert torch.equal(a, b)
 
 
 # --- vq_nearest: gradients of the distances -----------------------------------------------------------

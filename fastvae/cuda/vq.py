@@ -14,7 +14,9 @@ row-wise kernels' blocks are ``vq_rows_per_block`` rows).
 
 The search runs in three launches: ``|e|^2 / 2`` per code (once per call), the tiled search
 (tensor cores for float16/bfloat16 and for float32 with ``precision="tf32"``, exact FMA products for
-float32 ``"ieee"`` and float64), which writes one ``(score, index)`` per row and codebook split, and
+float32 ``"ieee"`` and float64; there is no 3xTF32 kernel, so ``"3xtf32"`` runs the exact ``"ieee"``
+search, more accurate than it promises: a user who asks for near-float32 accuracy gets it, and the
+``"auto"`` backend never fails on it), which writes one ``(score, index)`` per row and codebook split, and
 an epilogue that merges the splits (lowest index on ties), gathers the code and recomputes its
 distance exactly as ``|x - e|^2``. The codebook is split across CTAs only when there are too few row
 blocks to fill the GPU. Backward and the code statistics are segment sums by atomics: no one-hot
@@ -43,6 +45,7 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
     """
     num_rows, dim = x.shape
     num_codes = codebook.shape[0]
+    # "3xtf32" has no kernel here and takes the exact search, as "ieee" (see the module docstring).
     code, tf32, cuda_stream, ext = dtype_code(x, "x"), precision == "tf32", stream(x), extension()
     block_n, block_k = ext.vq_search_tile(code, tf32, dim)
     workspace = plan.search_workspace(x, num_codes, block_n, block_k)
@@ -74,9 +77,10 @@ def _search(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> plan.Sea
 def vq_nearest_fwd(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of every row of ``x (N, D)`` in ``codebook (K, D)``, lowest index on ties.
 
-    ``precision`` (``"ieee"`` or ``"tf32"``) chooses the float32 products of the search; other dtypes
-    ignore it. Returns ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance recomputed
-    exactly as ``|x - e|^2`` in the accumulation dtype (float32; float64 for float64).
+    ``precision`` chooses the float32 products of the search: TF32 tensor cores for ``"tf32"``, exact
+    products for ``"ieee"`` and ``"3xtf32"`` (see the module docstring); other dtypes ignore it. Returns
+    ``(indices (N,) int64, distances (N,) in x's dtype)``, each distance recomputed exactly as
+    ``|x - e|^2`` in the accumulation dtype (float32; float64 for float64).
     """
     plan.check_sizes(x, codebook)
     x, codebook = x.contiguous(), codebook.contiguous()

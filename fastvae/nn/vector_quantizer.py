@@ -160,9 +160,10 @@ class VectorQuantizer(nn.Module):
             identity) or ``"rotation"`` (the rotation trick, :func:`rotation_trick`: the gradient is
             rotated and rescaled as the map from ``x`` onto its code is). The losses and the codebook's
             gradient are the same either way.
-        precision: ``"ieee"`` (default: exact float32 products) or ``"tf32"`` (TF32 tensor cores):
-            how the nearest-code search multiplies float32 inputs, passed to
-            :func:`fastvae.vector_quantize`. Other dtypes ignore it.
+        precision: ``"ieee"`` (default: exact float32 products), ``"tf32"`` (one TF32 tensor-core
+            product) or ``"3xtf32"`` (three TF32 products of split operands: near float32 accuracy on
+            tensor cores): how the nearest-code search multiplies float32 inputs, passed to
+            :func:`fastvae.vector_quantize` (which says what each backend does). Other dtypes ignore it.
 
     Shapes:
         input ``x``: any shape with ``D`` along ``channel_dim``; float16, bfloat16, float32 or

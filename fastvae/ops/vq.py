@@ -26,7 +26,7 @@ backend.register("triton", "fastvae.kernels.vq", OP_NAMES)
 backend.register("cuda", "fastvae.cuda.vq", OP_NAMES)
 
 #: Values of ``precision``: how the float32 search multiplies (see :func:`vq_nearest`).
-PRECISIONS: tuple[str, ...] = ("ieee", "tf32")
+PRECISIONS: tuple[str, ...] = ("ieee", "tf32", "3xtf32")
 
 
 class VQOutput(NamedTuple):
@@ -190,12 +190,17 @@ def vq_nearest(
         metric: ``"l2"`` (squared Euclidean) or ``"cosine"`` (Euclidean between L2-normalised
             vectors, i.e. highest cosine similarity).
         precision: how float32 inputs are multiplied in the search: ``"ieee"`` (the default: exact
-            float32 products) or ``"tf32"`` (TF32 tensor cores on the triton and cuda backends, faster). The
-            torch backend ignores it and runs PyTorch's float32 matmul, exact unless TF32 was
-            enabled globally (see :mod:`fastvae.reference.vq`). float16 and bfloat16 always use
-            tensor cores with float32 accumulation, float64 is always exact. Only which code wins a
-            near-tie can change: the returned distance is always recomputed exactly as
-            ``|x - e|^2``.
+            float32 products), ``"tf32"`` (one TF32 tensor-core product on the triton and cuda
+            backends, fastest; each operand keeps 10 mantissa bits) or ``"3xtf32"`` (on the triton
+            backend, each operand split into its TF32 rounding ``hi`` and a TF32 residual ``lo``, and
+            ``hi hi + hi lo + lo hi`` summed on tensor cores: within about ``2^-20`` of each exact
+            product, near float32 accuracy). The cuda backend has no 3xTF32 kernel and runs its exact
+            ``"ieee"`` search for ``"3xtf32"`` (never less accurate than asked, never an error under
+            the ``"auto"`` backend). The torch backend ignores ``precision`` and runs PyTorch's float32
+            matmul, exact unless TF32 was enabled globally (see :mod:`fastvae.reference.vq`). float16
+            and bfloat16 always use tensor cores with float32 accumulation, float64 is always exact.
+            Only which code wins a near-tie can change: the returned distance is always recomputed
+            exactly as ``|x - e|^2``.
 
     Returns:
         ``(indices, distances)``, both of shape ``x.shape[:-1]``: int64 indices (ties go to the lowest
@@ -227,9 +232,9 @@ def vector_quantize(
         beta: weight of the commitment loss, ``>= 0`` (the paper's default 0.25).
         metric: ``"l2"`` or ``"cosine"``; with ``"cosine"``, ``x`` and the codebook are L2-normalised
             first and quantized, losses and gradients are those of the normalised vectors.
-        precision: ``"ieee"`` (default) or ``"tf32"``: how float32 inputs are multiplied in the
-            nearest-code search, as for :func:`vq_nearest`. The losses always use the exact
-            ``|x - e|^2`` of the chosen codes.
+        precision: ``"ieee"`` (default), ``"tf32"`` or ``"3xtf32"``: how float32 inputs are
+            multiplied in the nearest-code search, as for :func:`vq_nearest`. The losses always use
+            the exact ``|x - e|^2`` of the chosen codes.
 
     Returns:
         :class:`VQOutput` ``(quantized, indices, loss, commitment_loss, codebook_loss, perplexity)``:

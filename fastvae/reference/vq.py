@@ -31,11 +31,12 @@ recomputed in pieces of the same budget. The candidate list is sized by the devi
 host synchronisation per chunk. Without near-ties there is about one candidate per row, and the
 exact decision costs ``O(N D)`` beside the ``O(N K D)`` product.
 
-The search functions take the op's ``precision`` (``"ieee"`` or ``"tf32"``) and ignore it: the
-reference is the ground truth and changes no global setting, so its float32 search runs PyTorch's
-float32 matmul as the process has configured it -- exact IEEE products unless TF32 was enabled with
-``torch.backends.cuda.matmul`` or ``torch.set_float32_matmul_precision`` (off by default).
-``"tf32"`` is a speed option of the compiled backends.
+The search functions take the op's ``precision`` (``"ieee"``, ``"tf32"`` or ``"3xtf32"``) and ignore
+it: the reference is the ground truth and changes no global setting, so its float32 search runs
+PyTorch's float32 matmul as the process has configured it -- exact IEEE products unless TF32 was
+enabled with ``torch.backends.cuda.matmul`` or ``torch.set_float32_matmul_precision`` (off by
+default). ``"tf32"`` and ``"3xtf32"`` are speed options of the compiled backends, and the exact search
+is at least as accurate as either promises.
 
 The losses are means over the ``N D`` elements of ``(x - e)^2``, as ``F.mse_loss`` gives.
 """
