@@ -19,7 +19,7 @@ import pytest
 import torch
 from backends import DEVICE, dtype_id, randn
 from kernel_edges import check_op, misaligned, poison_allocations
-from tolerances import FLOAT_DTYPES, assert_close
+from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
 from torch.distributions import Normal, kl_divergence
 
 import fastvae
@@ -414,6 +414,30 @@ def test_very_large_logvar_is_finite_and_correct(backend, dtype, extreme):
     mu_l, logvar_l = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
     fastvae.gaussian_kl(mu_l, logvar_l).sum().backward()
     check(logvar_l.grad, 0.5 * (f64(logvar).exp() - 1.0), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+def test_kl_near_the_prior_keeps_its_relative_accuracy(backend, dtype):
+    # |mu|, |logvar| ~ 1e-3: each KL term mu^2 + e^lv - 1 - lv (about 1e-6) is what cancellation in
+    # e^lv - 1 - lv would destroy. Computed without it, the row sums (of non-negative terms) and
+    # d logvar = g (e^lv - 1) / 2 keep the dtype's relative tolerance with no absolute slack.
+    mu, logvar = randn(5, 129, dtype=dtype, seed=1, scale=1e-3), randn(5, 129, dtype=dtype, seed=2, scale=1e-3)
+    mu_p, logvar_p = randn(5, 129, dtype=dtype, seed=3, scale=1e-3), randn(5, 129, dtype=dtype, seed=4, scale=1e-3)
+    rtol, _ = TOLERANCES[dtype]
+
+    def relative(actual: torch.Tensor, expected: torch.Tensor) -> None:
+        torch.testing.assert_close(f64(actual), expected, rtol=rtol, atol=0.0)
+
+    relative(fastvae.gaussian_kl(mu, logvar), kl_standard_f64(mu, logvar))
+    relative(fastvae.gaussian_kl(mu, logvar, mu_p, logvar_p), kl_f64(mu, logvar, mu_p, logvar_p))
+    relative(fastvae.reparameterize_kl(mu, logvar, eps=randn(5, 129, dtype=dtype, seed=5))[1], kl_standard_f64(mu, logvar))
+    leaf = logvar.clone().requires_grad_()
+    fastvae.gaussian_kl(mu, leaf).sum().backward()
+    relative(leaf.grad, 0.5 * torch.expm1(f64(logvar)))
+    leaf = logvar.clone().requires_grad_()
+    _, kl = fastvae.reparameterize_kl(mu, leaf, seed=7)
+    kl.sum().backward()  # d z / d logvar gets no gradient: only the KL's expm1 term
+    relative(leaf.grad, 0.5 * torch.expm1(f64(logvar)))
 
 
 # Shapes that cross the fused kernels' tiles: rows one past and more than twice the widest tile (256),
