@@ -282,9 +282,17 @@ def _global_load(opcode: str) -> bool:
     return opcode.startswith(("LDG", "LDGSTS"))
 
 
-def _wide(opcode: str) -> bool:
-    """A 16-byte access: the ``.128`` width suffix of LDG/STG."""
-    return ".128" in opcode
+def access_counts(instructions: Sequence[SassInstruction]) -> tuple[int, int, int, int]:
+    """``(global loads, 16-byte ones among them, global stores, 16-byte ones)`` in ``instructions``
+    (16 bytes: the ``.128`` width suffix of LDG/STG)."""
+    loads = [i.opcode for i in instructions if _global_load(i.opcode)]
+    stores = [i.opcode for i in instructions if i.opcode.startswith("STG")]
+    return len(loads), sum(".128" in o for o in loads), len(stores), sum(".128" in o for o in stores)
+
+
+def barriers(instructions: Sequence[SassInstruction]) -> int:
+    """The ``bar.sync`` (``BAR.SYNC``) instructions in ``instructions``."""
+    return sum(i.opcode.startswith("BAR.SYNC") for i in instructions)
 
 
 def steady_state_loop(instructions: Sequence[SassInstruction]) -> list[SassInstruction]:
@@ -385,11 +393,11 @@ def _sass(cubin: bytes) -> str:
         return subprocess.run([_cuobjdump(), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
 
 
-def _mma_kind(opcodes: set[str]) -> str:
-    """The tensor-core instruction the kernel's products run on: HGMMA (sm_90 warpgroup MMA), HMMA, or
+def mma_kind(instructions: Sequence[SassInstruction]) -> str:
+    """The tensor-core instruction a kernel's products run on: HGMMA (sm_90 warpgroup MMA), HMMA, or
     FFMA when it has neither."""
     for kind in ("HGMMA", "HMMA"):
-        if any(opcode.startswith(kind) for opcode in opcodes):
+        if any(i.opcode.startswith(kind) for i in instructions):
             return kind
     return "FFMA"
 
@@ -401,7 +409,7 @@ def report_config(module: str, config: AotConfig, arch: int) -> KernelReport:
     shared = int(compiled.metadata.shared)
     instructions = parse_sass(_sass(compiled.asm["cubin"]))
     loop = steady_state_loop(instructions)
-    counted = loop or instructions
+    loads, wide_loads, stores, wide_stores = access_counts(loop or instructions)
     threads = 32 * config.num_warps
     per_element = len(loop) * threads / config.elements if loop and config.elements else None
     constexprs = specialization_constexprs(config, "aligned")
@@ -416,15 +424,15 @@ def report_config(module: str, config: AotConfig, arch: int) -> KernelReport:
         registers=registers,
         shared_bytes=shared,
         ctas_per_sm=ctas_per_sm(arch, registers, shared, config.num_warps),
-        mma=_mma_kind({i.opcode for i in instructions}),
-        bar_sync=sum(i.opcode.startswith("BAR.SYNC") for i in instructions),
-        loop_bar_sync=sum(i.opcode.startswith("BAR.SYNC") for i in loop),
+        mma=mma_kind(instructions),
+        bar_sync=barriers(instructions),
+        loop_bar_sync=barriers(loop),
         loop_instructions=len(loop),
         per_element=per_element,
-        loads=sum(_global_load(i.opcode) for i in counted),
-        wide_loads=sum(_global_load(i.opcode) and _wide(i.opcode) for i in counted),
-        stores=sum(i.opcode.startswith("STG") for i in counted),
-        wide_stores=sum(i.opcode.startswith("STG") and _wide(i.opcode) for i in counted),
+        loads=loads,
+        wide_loads=wide_loads,
+        stores=stores,
+        wide_stores=wide_stores,
     )
 
 

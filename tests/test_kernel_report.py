@@ -3,15 +3,19 @@
 The report's numbers come from three pieces checked here on listings written out by hand: the SASS
 parser, the steady-state loop finder and the occupancy formula; then the bounds' matching and
 verdicts; and once, in a subprocess that compiles for sm_90 (no GPU needed), a real kernel's listing.
+The CUDA build's report (csrc/check_resources.py --report) reuses them; its own pieces, the chunk a
+thread moves per iteration and the launch bounds read from the ELF, are checked last.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +159,55 @@ def test_the_report_reads_a_real_kernel_compiled_for_sm_90():
     assert row["loads"] == row["wide_loads"] == 6 and row["stores"] == 0
     assert row["loop_bar_sync"] == 0 and row["bar_sync"] > 0
     assert row["mma"] == "FFMA" and 0 < row["ctas_per_sm"] <= 32
+
+
+# --- the CUDA build's report (csrc/check_resources.py --report) ------------------------------------
+
+
+def _check_resources():
+    """csrc/check_resources.py as a module (a script of the checkout, not of the package)."""
+    path = Path(__file__).resolve().parent.parent / "csrc" / "check_resources.py"
+    spec = importlib.util.spec_from_file_location("check_resources", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name, chunk",
+    [
+        ("reparameterize_fwd_kernel<float, true, false, true>", 4),  # one 16-byte vector
+        ("reparameterize_bwd_kernel<__nv_bfloat16, true, true>", 8),
+        ("gaussian_kl_fwd_kernel<double, true, false>", 4),  # two vectors: at least a Philox group
+        ("gaussian_log_prob_fwd_kernel<__half, false, true, true>", 4),  # scalars off the vector path
+        ("iwae_log_weights_fwd_kernel<double, true>", 2),  # iwae.cu's chunk is one vector
+        ("iwae_log_weights_bwd_kernel<__half, false>", 4),
+        ("vq_nearest_kernel<float, 64>", None),  # not an element-wise or row kernel
+        ("_ZN7fastvae25reparameterize_fwd_kernelIfLb1EEEvv", None),  # not demangled: no template arguments
+    ],
+)
+def test_cuda_chunks_come_from_the_template_arguments(name, chunk):
+    assert _check_resources().chunk(name) == chunk
+
+
+def test_cuda_launch_bounds_come_from_each_kernels_nv_info_section():
+    listing = textwrap.dedent(
+        """
+        .nv.info._Z3fooPf
+        \t<0x1>
+        \tAttribute:\tEIATTR_MAX_THREADS
+        \tFormat:\tEIFMT_SVAL
+        \tValue:\t0x100 0x1 0x1
+        .nv.info._Z3barPf
+        \t<0x1>
+        \tAttribute:\tEIATTR_EXIT_INSTR_OFFSETS
+        \tFormat:\tEIFMT_SVAL
+        \tValue:\t0x200 0x7c0
+        .nv.info._Z3bazPf
+        \tAttribute:\tEIATTR_MAX_THREADS
+        \tFormat:\tEIFMT_SVAL
+        \tValue:\t0x80 0x1 0x1
+        """
+    )
+    assert _check_resources().launch_bounds(listing) == {"_Z3fooPf": 256, "_Z3bazPf": 128}
