@@ -303,9 +303,8 @@ def steady_state_loop(instructions: Sequence[SassInstruction]) -> list[SassInstr
     is the innermost (shortest) one that holds a global load: the loop over tiles of ``D``, of samples
     or of rows, whose body runs once per tile. Code the loop branches around inside its body (a slow
     path) is counted too, as if every path ran: the count is an upper bound of what one iteration
-    executes. Triton lowers each ``for`` to one such loop and neither Triton nor ptxas unrolls these
-    (run-time trip counts); an unrolled body would hold several tiles and double the count, which
-    fails a bound loudly rather than passing it silently.
+    executes. ptxas may unroll the loop Triton emitted (a short body, several tiles per trip): see
+    :func:`unroll_factor`.
     """
     loops = []
     for end, instruction in enumerate(instructions):
@@ -317,6 +316,36 @@ def steady_state_loop(instructions: Sequence[SassInstruction]) -> list[SassInstr
         if any(_global_load(i.opcode) for i in body):
             loops.append(body)
     return min(loops, key=len, default=[])
+
+
+_PTX_LABEL = re.compile(r"^(\$L__\w+):")
+_PTX_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
+
+
+def ptx_loop_loads(ptx: str) -> int:
+    """Global loads (``ld.global``) in the innermost loop of ``ptx`` that holds one, 0 without such a
+    loop: Triton's loop body as it reaches ptxas (a backward ``bra`` to a label closes a loop)."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    labels: dict[str, int] = {}
+    loops = []
+    for end, line in enumerate(lines):
+        label = _PTX_LABEL.match(line)
+        if label is not None:
+            labels[label.group(1)] = end
+        branch = _PTX_BRANCH.search(line)
+        if branch is not None and branch.group(1) in labels:
+            loads = sum("ld.global" in body for body in lines[labels[branch.group(1)] : end + 1])
+            if loads:
+                loops.append((end - labels[branch.group(1)], loads))
+    return min(loops, default=(0, 0))[1]
+
+
+def unroll_factor(loop: Sequence[SassInstruction], ptx: str) -> int:
+    """How many of Triton's loop iterations one trip of the SASS ``loop`` runs: its global loads (LDG)
+    over those of the loop in the ``ptx`` (each ``ld.global`` is one LDG); 1 when they do not divide."""
+    sass_loads = sum(i.opcode.startswith("LDG") and not i.opcode.startswith("LDGSTS") for i in loop)
+    ptx_loads = ptx_loop_loads(ptx)
+    return sass_loads // ptx_loads if ptx_loads and sass_loads % ptx_loads == 0 and sass_loads >= ptx_loads else 1
 
 
 class SmLimits(NamedTuple):
@@ -361,9 +390,10 @@ class KernelReport(NamedTuple):
     ``loads``/``stores`` count global loads and stores, ``wide_loads``/``wide_stores`` the 16-byte ones
     among them, all in the steady-state loop (the whole kernel when it has no such loop).
     ``per_element`` is the loop's instruction count per element each thread processes in one
-    iteration: ``loop_instructions / (elements / (32 * num_warps))``, with ``elements`` the tile of
-    one iteration of one program (:attr:`AotConfig.elements`); a thread issues the whole body once
-    per iteration for its share of the tile. None for kernels that are not element-wise or row kernels.
+    iteration: ``loop_instructions / unroll / (elements / (32 * num_warps))``, with ``elements`` the
+    tile of one iteration of one program (:attr:`AotConfig.elements`) and ``unroll`` the iterations
+    one trip of the SASS loop runs (:func:`unroll_factor`); a thread issues the whole body once per
+    trip for its share of ``unroll`` tiles. None for kernels that are not element-wise or row kernels.
     """
 
     module: str
@@ -379,6 +409,7 @@ class KernelReport(NamedTuple):
     bar_sync: int
     loop_bar_sync: int
     loop_instructions: int
+    unroll: int
     per_element: float | None
     loads: int
     wide_loads: int
@@ -411,7 +442,8 @@ def report_config(module: str, config: AotConfig, arch: int) -> KernelReport:
     loop = steady_state_loop(instructions)
     loads, wide_loads, stores, wide_stores = access_counts(loop or instructions)
     threads = 32 * config.num_warps
-    per_element = len(loop) * threads / config.elements if loop and config.elements else None
+    unroll = unroll_factor(loop, compiled.asm["ptx"])
+    per_element = len(loop) * threads / (unroll * config.elements) if loop and config.elements else None
     constexprs = specialization_constexprs(config, "aligned")
     shown = {k: v for k, v in constexprs.items() if k not in ("ALIGNED", "INTERPRETED", *config.unit)}
     return KernelReport(
@@ -428,6 +460,7 @@ def report_config(module: str, config: AotConfig, arch: int) -> KernelReport:
         bar_sync=barriers(instructions),
         loop_bar_sync=barriers(loop),
         loop_instructions=len(loop),
+        unroll=unroll,
         per_element=per_element,
         loads=loads,
         wide_loads=wide_loads,
@@ -492,9 +525,12 @@ _ELEMENTWISE = ("_reparameterize_fwd_kernel", "_reparameterize_bwd_kernel", "_ga
 #:   (about 10) it would carry an absolute error of 2**-22 per element, all of a KL term near the prior
 #:   (tests/test_gaussian.py::test_kl_near_the_prior_keeps_its_relative_accuracy). At 18 the kernel
 #:   stays memory-bound on an H100/H200 (about 30 instructions an element are spent at bf16's copy rate).
-#: - iwae_log_weights' loop over samples: each step's row sums (over D) reach the coalesced layout of
-#:   the (K, B) log-weights through shared memory, two barriers a step of BLOCK_K * BLOCK_B * BLOCK_D
-#:   elements of z; Triton offers no store from the reduction's own layout.
+#: - no bar.sync in iwae_log_weights' loop: each step's row sums over D reach the coalesced layout of
+#:   the (K, B) log-weights through shared memory (Triton has no store from a reduction's own layout),
+#:   and where D spans two warps the sums cross them there too: 2 to 4 barriers a step of
+#:   BLOCK_K * BLOCK_B * BLOCK_D elements of z. Per-element partial sums over D blocks take them out
+#:   of the loop over D for D > 256, but cost 3 more instructions an element (fp32), 24 more registers,
+#:   and on Triton 3.6 layout conversions in that loop (19 instructions an element): not done.
 BOUNDS: tuple[Bound, ...] = (
     Bound("gaussian", "_reparameterize_fwd_kernel", "per_element", 45),
     Bound("gaussian", "_reparameterize_bwd_kernel", "per_element", 45),
@@ -546,7 +582,7 @@ def print_report(rows: Sequence[KernelReport]) -> None:
         f"{'bar loop/all':>12} {'mma':>5} {'instr/elem':>10}  config"
     )
     for r in rows:
-        per_element = "-" if r.per_element is None else f"{r.per_element:.1f}"
+        per_element = "-" if r.per_element is None else f"{r.per_element:.1f}" + (f" (x{r.unroll})" if r.unroll > 1 else "")
         print(
             f"{r.module + '.' + r.kernel:42} {'sm_' + str(r.arch):>5} {r.pointers:>9} {r.registers:4d} {r.shared_bytes:6d} "
             f"{r.ctas_per_sm:6d} {f'{r.wide_loads}/{r.loads}':>5} {f'{r.wide_stores}/{r.stores}':>5} "

@@ -70,6 +70,36 @@ def test_a_kernel_without_a_loop_over_loads_has_no_steady_state_loop():
     assert aot.steady_state_loop(aot.parse_sass(straight)) == []
 
 
+PTX = textwrap.dedent(
+    """
+    $L__BB0_1:
+    \tld.global.b32 %r1, [%rd1];
+    \t@%p1 bra $L__BB0_4;
+    $L__BB0_2:
+    \t@%p2 ld.global.v4.b32 { %r2, %r3, %r4, %r5 }, [ %rd2 + 0 ];
+    \t@%p3 ld.global.v4.b32 { %r6, %r7, %r8, %r9 }, [ %rd3 + 0 ];
+    \tadd.s32 %r10, %r10, 16;
+    \t@%p4 bra $L__BB0_2;
+    \t@%p5 bra $L__BB0_1;
+    $L__BB0_4:
+    \tret;
+    """
+)
+
+
+def test_ptx_loop_loads_counts_the_innermost_loop_with_a_load():
+    assert aot.ptx_loop_loads(PTX) == 2
+    assert aot.ptx_loop_loads("\tld.global.b32 %r1, [%rd1];\n\tret;") == 0
+
+
+def test_unroll_factor_is_the_ratio_of_sass_to_ptx_loads_in_the_loop():
+    once = aot.parse_sass(_listing("0000 LDG.E.128 R4, desc[UR4][R2.64]", "0010 LDG.E.128 R8, desc[UR4][R6.64]", "0020 BRA 0x0"))
+    unrolled = aot.parse_sass(_listing(*(f"{i:04x} LDG.E.128 R4, desc[UR4][R2.64+0x{i:x}]" for i in range(0, 0x80, 0x10)), "0080 BRA 0x0"))
+    assert aot.unroll_factor(once, PTX) == 1
+    assert aot.unroll_factor(unrolled, PTX) == 4
+    assert aot.unroll_factor(once[:1] + once[2:], PTX) == 1  # fewer loads than the PTX's: taken as not unrolled
+
+
 @pytest.mark.parametrize(
     "arch, registers, shared, warps, ctas",
     [
@@ -90,7 +120,7 @@ def _row(**fields) -> aot.KernelReport:
     base = dict(
         module="gaussian", kernel="_k", arch=90, pointers="fp32", config="", constexprs={"HAS_KL": True},
         registers=32, shared_bytes=0, ctas_per_sm=16, mma="FFMA", bar_sync=0, loop_bar_sync=0,
-        loop_instructions=100, per_element=12.5, loads=4, wide_loads=4, stores=2, wide_stores=2,
+        loop_instructions=100, unroll=1, per_element=12.5, loads=4, wide_loads=4, stores=2, wide_stores=2,
     )  # fmt: skip
     return aot.KernelReport(**{**base, **fields})
 
@@ -154,8 +184,8 @@ def test_the_report_reads_a_real_kernel_compiled_for_sm_90():
     row = json.loads(result.stdout.strip().splitlines()[-1])
     # log_prob's row sum: one loop over D tiles of 4 x 256, 8 elements a thread; x, mu and logvar as
     # 16-byte loads, no store in the loop, no barrier (the sum crosses threads after it).
-    assert row["loop_instructions"] > 0
-    assert row["per_element"] == pytest.approx(row["loop_instructions"] * 128 / row["elements"])
+    assert row["loop_instructions"] > 0 and row["unroll"] >= 1
+    assert row["per_element"] == pytest.approx(row["loop_instructions"] * 128 / (row["unroll"] * row["elements"]))
     assert row["loads"] == row["wide_loads"] == 6 and row["stores"] == 0
     assert row["loop_bar_sync"] == 0 and row["bar_sync"] > 0
     assert row["mma"] == "FFMA" and 0 < row["ctas_per_sm"] <= 32
