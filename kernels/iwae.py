@@ -7,8 +7,7 @@ over the ``K`` samples:
 
 - ``iwae_log_weights`` reads ``z`` once, in ``[BLOCK_K, BLOCK_B, BLOCK_D]`` tiles vectorised along
   ``D``. When ``D`` fits one block, the block's ``mu``, ``e^-logvar`` and ``sum_D logvar`` are loaded
-  before the ``K`` loop and stay in registers; otherwise each step loops over ``D`` into per-element
-  partial sums, reduced across threads once after that loop. Each ``(k, b)`` result is independent, so when the
+  before the ``K`` loop and stay in registers. Each ``(k, b)`` result is independent, so when the
   blocks of ``B`` alone are too few programs, ``K`` is split over a second grid axis.
 - its backward writes ``grad_z`` and sums ``grad_mu``/``grad_logvar`` over ``K`` in registers: each
   program owns a ``[BLOCK_B, BLOCK_D]`` block of ``mu`` and loops over every sample (no atomics).
@@ -108,10 +107,7 @@ def _iwae_log_weights_fwd_kernel(
             terms = tl.sum(_log_ratio_terms(z, mu[None, :, :], inv_var[None, :, :]), axis=2)
             terms += logvar_sum[None, :]
         else:
-            # Per-element partial sums over the D blocks (masked elements add 0), reduced across
-            # threads once per step: no reduction, and so no barrier, in the loop over D.
-            partial = tl.zeros([BLOCK_K, BLOCK_B, BLOCK_D], ACC)
-            logvar_partial = tl.zeros([BLOCK_B, BLOCK_D], ACC)
+            terms = tl.zeros([BLOCK_K, BLOCK_B], ACC)
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + d
                 bd_mask = b_mask[:, None] & (dd < D)[None, :]
@@ -120,9 +116,8 @@ def _iwae_log_weights_fwd_kernel(
                 logvar = tl.load(logvar_ptr + bd, mask=bd_mask, other=0.0).to(ACC)
                 z_mask = kb_mask[:, :, None] & bd_mask[None, :, :]
                 z = tl.load(z_ptr + kb[:, :, None] * D + dd[None, None, :], mask=z_mask, other=0.0).to(ACC)
-                partial += _log_ratio_terms(z, mu[None, :, :], tl.exp(-logvar)[None, :, :])
-                logvar_partial += logvar
-            terms = tl.sum(partial, axis=2) + tl.sum(logvar_partial, axis=1)[None, :]
+                terms += tl.sum(_log_ratio_terms(z, mu[None, :, :], tl.exp(-logvar)[None, :, :]), axis=2)
+                terms += tl.sum(logvar, axis=1)[None, :]
         log_px_z = tl.load(log_px_z_ptr + kb, mask=kb_mask, other=0.0).to(ACC)
         tl.store(log_w_ptr + kb, (log_px_z + 0.5 * terms).to(log_w_ptr.dtype.element_ty), mask=kb_mask)
 
