@@ -240,7 +240,10 @@ def chunk(name: str) -> int | None:
 def print_report(kernels: list[Kernel], aot: ModuleType) -> None:
     """The static figures of every kernel (module docstring), one row per kernel and architecture."""
     width = max([len("kernel")] + [len(k.name) for k in kernels])
-    print(f"{'arch':<7} {'kernel':<{width}} {'thr':>4} {'CTA/SM':>6} {'ld16':>7} {'bar loop/all':>12} {'mma':>5} {'instr/elem':>10}")
+    print(
+        f"{'arch':<7} {'kernel':<{width}} {'thr':>4} {'CTA/SM':>6} {'ld16':>7} {'bar loop/all':>12} {'mma':>5} "
+        f"{'instr/elem':>10}"
+    )
     for k in kernels:
         arch = int(re.search(r"\d+", k.arch).group(0))
         instructions = aot.parse_sass(k.sass)

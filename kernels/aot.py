@@ -279,7 +279,8 @@ def parse_sass(listing: str) -> list[SassInstruction]:
 
 
 def _global_load(opcode: str) -> bool:
-    return opcode.startswith(("LDG", "LDGSTS"))
+    """A load from global memory: LDG, or LDGSTS (global to shared, ``cp.async``)."""
+    return opcode.startswith("LDG")
 
 
 def access_counts(instructions: Sequence[SassInstruction]) -> tuple[int, int, int, int]:

@@ -94,7 +94,8 @@ def test_ptx_loop_loads_counts_the_innermost_loop_with_a_load():
 
 def test_unroll_factor_is_the_ratio_of_sass_to_ptx_loads_in_the_loop():
     once = aot.parse_sass(_listing("0000 LDG.E.128 R4, desc[UR4][R2.64]", "0010 LDG.E.128 R8, desc[UR4][R6.64]", "0020 BRA 0x0"))
-    unrolled = aot.parse_sass(_listing(*(f"{i:04x} LDG.E.128 R4, desc[UR4][R2.64+0x{i:x}]" for i in range(0, 0x80, 0x10)), "0080 BRA 0x0"))
+    loads = (f"{i:04x} LDG.E.128 R4, desc[UR4][R2.64+0x{i:x}]" for i in range(0, 0x80, 0x10))
+    unrolled = aot.parse_sass(_listing(*loads, "0080 BRA 0x0"))
     assert aot.unroll_factor(once, PTX) == 1
     assert aot.unroll_factor(unrolled, PTX) == 4
     assert aot.unroll_factor(once[:1] + once[2:], PTX) == 1  # fewer loads than the PTX's: taken as not unrolled
@@ -150,7 +151,8 @@ def test_check_bounds_reports_the_worst_row_and_fails_what_it_should():
         )
     )
     assert verdicts["gaussian._k per_element <= 45"].startswith("PASS: worst 30.0")
-    assert verdicts["gaussian._k per_element <= 12"].startswith("FAIL: 30.0") and "wide" in verdicts["gaussian._k per_element <= 12"]
+    missed = verdicts["gaussian._k per_element <= 12"]
+    assert missed.startswith("FAIL: 30.0") and "wide" in missed  # the worst row, named by its config
     assert verdicts["gaussian._k narrow_accesses <= 0"].startswith("FAIL: 1.0")
     assert verdicts["gaussian._k wide_loads >= 3"].startswith("PASS: worst 3.0")
     assert verdicts["gaussian._missing per_element <= 45"] == "FAIL: no configuration matches"
