@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 #: Kernel modules (under fastvae.kernels) that hold AOT_CONFIGS.
-MODULES: tuple[str, ...] = ("gaussian", "iwae", "vq")
+MODULES: tuple[str, ...] = ("gaussian", "iwae", "vq", "rvq", "fsq")
 
 #: The sizes (row lengths D, column counts) at which the modules evaluate their launch heuristics to
 #: list what the host functions can launch. Every heuristic's choice changes at sizes of 257 or less
