@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import socket
-from pathlib import Path
 
+import gloo_ranks
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from tolerances import assert_close
 
@@ -343,7 +339,6 @@ def test_compile_fullgraph_step_matches_eager(monkeypatch) -> None:
 
 DDP_WORLD_SIZE = 2
 DDP_DIM, DDP_ROWS_PER_RANK = 5, 7
-DDP_TIMEOUT_S = 120
 
 
 def _ddp_batch() -> torch.Tensor:
@@ -355,51 +350,21 @@ def _ddp_module() -> LFQ:
     return LFQ(DDP_DIM, entropy_weight=0.3, commitment_weight=0.7, inv_temperature=1.5)
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank: a training step on this rank's rows, and an eval forward; results to out_dir/rank{rank}.pt."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=DDP_WORLD_SIZE)
-    try:
-        module = _ddp_module()
-        x = _ddp_batch()[rank].requires_grad_()
-        out = module(x)
-        out.loss.backward()
-        evaluated = module.eval()(x.detach())
-        torch.save({"out": {name: value.detach() for name, value in out._asdict().items()}, "grad": x.grad,
-                    "eval_codebook_entropy": evaluated.codebook_entropy},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # both ranks tear down together (see tests/test_vector_quantizer.py)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ddp_work(rank: int) -> dict:
+    """One rank: a training step on this rank's rows, and an eval forward."""
+    module = _ddp_module()
+    x = _ddp_batch()[rank].requires_grad_()
+    out = module(x)
+    out.loss.backward()
+    evaluated = module.eval()(x.detach())
+    return {"out": {name: value.detach() for name, value in out._asdict().items()}, "grad": x.grad,
+            "eval_codebook_entropy": evaluated.codebook_entropy}
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Run the two-rank gloo job once; return each rank's saved results."""
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    out_dir = tmp_path_factory.mktemp("lfq_ddp")
-    port = _free_port()
-    context = mp.get_context("spawn")
-    processes = [context.Process(target=_ddp_worker, args=(rank, port, str(out_dir)), daemon=True)
-                 for rank in range(DDP_WORLD_SIZE)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=DDP_TIMEOUT_S)
-    hung = [process for process in processes if process.is_alive()]
-    for process in hung:
-        process.kill()
-        process.join(timeout=10)
-    assert not hung, f"DDP ranks did not finish within {DDP_TIMEOUT_S} s"
-    assert [process.exitcode for process in processes] == [0] * DDP_WORLD_SIZE
-    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(DDP_WORLD_SIZE)]
+    return gloo_ranks.run(_ddp_work, tmp_path_factory.mktemp("lfq_ddp"), world_size=DDP_WORLD_SIZE)
 
 
 def test_ddp_codebook_entropy_is_over_every_ranks_rows(ddp_results) -> None:

@@ -9,15 +9,11 @@ and losses are checked against float64 brute force written here.
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
 
 import backends
+import gloo_ranks
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from tolerances import assert_close
 from torch import nn
@@ -606,7 +602,6 @@ DDP_WORLD_SIZE = 2
 DDP_NUM_CODES, DDP_DIM, DDP_ROWS_PER_RANK = 8, 4, 6
 DDP_DEAD = [5, 6, 7]  # codes whose count is set to 0.1: with decay 0.99 they fall under 0.5
 DDP_VARIANTS = {"ema": 0.0, "restart": 0.5}
-DDP_TIMEOUT_S = 120
 
 
 def _ddp_batch() -> torch.Tensor:
@@ -625,56 +620,21 @@ def _ddp_module(threshold: float) -> VectorQuantizer:
     return vq.train()
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank: the same module on every rank, fed this rank's half, state saved to out_dir/rank{rank}.pt."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=DDP_WORLD_SIZE
-    )
-    try:
-        results = {}
-        for variant, threshold in DDP_VARIANTS.items():
-            vq = _ddp_module(threshold)
-            torch.manual_seed(100 + rank)  # different restart picks per rank: only the broadcast agrees
-            vq(_ddp_batch()[rank])
-            results[variant] = {name: value.clone() for name, value in vq.state_dict().items()}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        # Both ranks reach teardown together: a rank that tears down while its peer still talks
-        # to the store was seen to abort in gloo ("terminate called without an active exception").
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ddp_work(rank: int) -> dict:
+    """One rank: the same module on every rank, fed this rank's half; its state per variant."""
+    results = {}
+    for variant, threshold in DDP_VARIANTS.items():
+        vq = _ddp_module(threshold)
+        torch.manual_seed(100 + rank)  # different restart picks per rank: only the broadcast agrees
+        vq(_ddp_batch()[rank])
+        results[variant] = {name: value.clone() for name, value in vq.state_dict().items()}
+    return results
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Run the two-rank gloo job once; return each rank's saved state per variant."""
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    out_dir = tmp_path_factory.mktemp("ddp")
-    port = _free_port()
-    context = mp.get_context("spawn")
-    processes = [
-        context.Process(target=_ddp_worker, args=(rank, port, str(out_dir)), daemon=True)
-        for rank in range(DDP_WORLD_SIZE)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=DDP_TIMEOUT_S)
-    hung = [process for process in processes if process.is_alive()]
-    for process in hung:
-        process.kill()
-        process.join(timeout=10)
-    assert not hung, f"DDP ranks did not finish within {DDP_TIMEOUT_S} s"
-    assert [process.exitcode for process in processes] == [0] * DDP_WORLD_SIZE
-    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(DDP_WORLD_SIZE)]
+    return gloo_ranks.run(_ddp_work, tmp_path_factory.mktemp("ddp"), world_size=DDP_WORLD_SIZE)
 
 
 @pytest.mark.parametrize("variant", DDP_VARIANTS)
