@@ -23,6 +23,7 @@ import triton.language as tl
 from fastvae.kernels import aot, on_input_device
 from fastvae.kernels.vq import _dot_acc, vq_nearest_fwd
 from fastvae.plan import accumulation_dtype
+from fastvae.plan import rvq as plan
 # The backward is a per-stage index_add of the incoming gradient into the chosen codes: PyTorch's own
 # scatter kernel, which the reference calls, is what a fused kernel would be.
 from fastvae.reference.rvq import rvq_nearest_bwd
@@ -102,7 +103,7 @@ def rvq_nearest_fwd(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Ten
     if dim == 0:  # every code is at distance 0: the lowest index wins, and the sum is empty
         return indices.zero_(), quantized
     if dim > MAX_FUSED_DIM:
-        return _stage_by_stage(x, codebooks, indices)
+        return plan.stage_by_stage(x, codebooks, lambda residual, codebook: vq_nearest_fwd(residual, codebook, "ieee")[0])
     block_n, block_k, block_d = _tiles(dim)
     acc = tl.float64 if accumulation_dtype(x.dtype) == torch.float64 else tl.float32
     _rvq_nearest_fwd_kernel[(triton.cdiv(rows, block_n),)](
@@ -111,22 +112,6 @@ def rvq_nearest_fwd(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Ten
         INTERPRETED=os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), num_stages=NUM_STAGES,
     )  # fmt: skip
     return indices, quantized
-
-
-def _stage_by_stage(x: torch.Tensor, codebooks: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows too long to keep on chip: one exact search per stage by :func:`fastvae.kernels.vq.vq_nearest_fwd`
-    on the residual, carried in the accumulation dtype between stages."""
-    acc = accumulation_dtype(x.dtype)
-    residual = x.to(acc, copy=True)
-    quantized = torch.zeros_like(residual)
-    for stage in range(codebooks.shape[0]):
-        codebook = codebooks[stage].to(acc).contiguous()
-        chosen, _ = vq_nearest_fwd(residual, codebook, "ieee")
-        indices[:, stage] = chosen
-        codes = codebook[chosen]
-        residual -= codes
-        quantized += codes
-    return indices, quantized.to(x.dtype)
 
 
 def _aot_configs() -> list[aot.AotConfig]:

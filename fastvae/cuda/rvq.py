@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from fastvae.cuda import vq
-from fastvae.plan import accumulation_dtype
+from fastvae.plan import rvq as plan
 from fastvae.reference.rvq import rvq_nearest_bwd
 
 __all__ = ["rvq_nearest_bwd", "rvq_nearest_fwd"]
@@ -19,15 +19,4 @@ __all__ = ["rvq_nearest_bwd", "rvq_nearest_fwd"]
 def rvq_nearest_fwd(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual search, stage by stage. ``x (N, D)``, ``codebooks (Q, K, D)`` -> ``(indices (N, Q)
     int64, quantized (N, D))``, ``quantized`` in ``x``'s dtype."""
-    acc = accumulation_dtype(x.dtype)
-    residual = x.to(acc, copy=True)
-    quantized = torch.zeros_like(residual)
-    indices = torch.empty((x.shape[0], codebooks.shape[0]), dtype=torch.int64, device=x.device)
-    for stage in range(codebooks.shape[0]):
-        codebook = codebooks[stage].to(acc).contiguous()
-        chosen, _ = vq.vq_nearest_fwd(residual, codebook, "ieee")
-        indices[:, stage] = chosen
-        codes = codebook[chosen]
-        residual -= codes
-        quantized += codes
-    return indices, quantized.to(x.dtype)
+    return plan.stage_by_stage(x, codebooks, lambda residual, codebook: vq.vq_nearest_fwd(residual, codebook, "ieee")[0])
