@@ -172,9 +172,6 @@ class ResidualVQ(nn.Module):
             return codebook.unsqueeze(0).expand(self.num_quantizers, *codebook.shape).contiguous()
         return torch.stack([layer.codebook for layer in self.layers])
 
-    def _layer(self, stage: int) -> VectorQuantizer:
-        return self.layers[0 if self.shared_codebook else stage]
-
     def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Each stage's code for ``indices (..., Q)`` int64 (``-1``: a dropped stage, a zero code).
 

@@ -51,7 +51,6 @@ class Dispatched:
 
     Attributes:
         custom: the registered ``torch.library`` custom op (``torch.ops.fastvae.<name>``'s definition).
-        impl: the function the custom op wraps (picks the backend and runs it).
     """
 
     def __init__(
@@ -63,7 +62,6 @@ class Dispatched:
         seed_at: int | None,
     ) -> None:
         self.custom = custom
-        self.impl: Callable[..., Any] = custom._init_fn
         self._eager = eager
         self._function = function
         # The C++ Function.apply, without the Python wrapper's pytree pass over the arguments (about
