@@ -303,3 +303,13 @@ def test_ddp_ranks_keep_identical_codebooks(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     # The ranks saw different rows and k-means-initialised from rank 0's draw: the state moved.
     assert not torch.equal(rank0["layers.0.codebook"], ResidualVQ(3, 6, 2, ema=True).layers[0].codebook)
+
+
+def test_the_quantiser_family_is_public_under_the_issue_names():
+    # Users write fastvae.nn.ResidualVQ, fastvae.rvq_nearest and fastvae.fsq, not the module paths.
+    import fastvae
+
+    assert fastvae.nn.ResidualVQ is ResidualVQ
+    assert "ResidualVQ" in fastvae.nn.__all__
+    assert {"FSQ", "LFQ", "VectorQuantizer"} <= set(fastvae.nn.__all__)
+    assert callable(fastvae.rvq_nearest) and callable(fastvae.fsq)
