@@ -532,6 +532,11 @@ _ELEMENTWISE = ("_reparameterize_fwd_kernel", "_reparameterize_bwd_kernel", "_ga
 #:   BLOCK_K * BLOCK_B * BLOCK_D elements of z. Per-element partial sums over D blocks take them out
 #:   of the loop over D for D > 256, but cost 3 more instructions an element (fp32), 24 more registers,
 #:   and on Triton 3.6 layout conversions in that loop (19 instructions an element): not done.
+#:
+#: iwae_log_weights' backward (point 3) runs in one wave at the benchmark shape K = 64, B = 4096,
+#: D = 128: its programs own 1024 elements of the (B, D) plane each, so B * D / 1024 = 512 programs,
+#: which 4 programs per SM hold on 132 SMs. It sums over K element-wise (no barrier in its loop),
+#: moves z and grad_z as 16-byte vectors, and stays within the forward's 15 instructions an element.
 BOUNDS: tuple[Bound, ...] = (
     Bound("gaussian", "_reparameterize_fwd_kernel", "per_element", 45),
     Bound("gaussian", "_reparameterize_bwd_kernel", "per_element", 45),
@@ -541,6 +546,11 @@ BOUNDS: tuple[Bound, ...] = (
     *(Bound("gaussian", kernel, "narrow_accesses", 0, dtypes=_ROWS) for kernel in _ELEMENTWISE),
     Bound("iwae", "_iwae_log_weights_fwd_kernel", "loop_bar_sync", 0, enforced=False),
     Bound("iwae", "_iwae_log_weights_fwd_kernel", "wide_loads", 1, at_least=True, dtypes=_ROWS),
+    Bound("iwae", "_iwae_log_weights_bwd_kernel", "ctas_per_sm", 4, at_least=True),
+    Bound("iwae", "_iwae_log_weights_bwd_kernel", "loop_bar_sync", 0),
+    Bound("iwae", "_iwae_log_weights_bwd_kernel", "per_element", 15),
+    Bound("iwae", "_iwae_log_weights_bwd_kernel", "wide_loads", 1, at_least=True, dtypes=_ROWS),
+    Bound("iwae", "_iwae_log_weights_bwd_kernel", "wide_stores", 1, at_least=True, dtypes=_ROWS),
 )
 
 

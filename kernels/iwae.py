@@ -10,7 +10,11 @@ over the ``K`` samples:
   before the ``K`` loop and stay in registers. Each ``(k, b)`` result is independent, so when the
   blocks of ``B`` alone are too few programs, ``K`` is split over a second grid axis.
 - its backward writes ``grad_z`` and sums ``grad_mu``/``grad_logvar`` over ``K`` in registers: each
-  program owns a ``[BLOCK_B, BLOCK_D]`` block of ``mu`` and loops over every sample (no atomics).
+  program owns a ``[BLOCK_B, BLOCK_D]`` block of ``mu`` and loops over every sample (no atomics), one
+  sample a step, in 2-D tiles laid out like the block, so the sums are element-wise (no reduction and
+  no barrier in the loop, whatever layout the compiler picks). Each step loads the next sample before
+  it computes and stores its own, so two samples' loads are in flight. About 90 registers in float32
+  (5 programs per SM at sm_90): at K = 64, B = 4096, D = 128 the 512 programs run in one wave.
 - the bounds stream a log-sum-exp over ``K`` in ``BLOCK_K`` steps (running max, rescaled running
   sum), one group after another for MIWAE; IWAE is the case ``M = 1``. The backward recomputes the
   normalised weights ``exp(log_w - lse)`` from the saved log-sum-exp.
@@ -135,15 +139,17 @@ def _iwae_log_weights_bwd_kernel(
     B,
     D,
     ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """With ``s = (z - mu) e^-logvar`` and ``g = grad[k, b]``: ``grad_z = g (s - z)``,
     ``grad_mu = -sum_k g s`` and ``grad_logvar = sum_k g (1 - s (z - mu)) / 2``.
 
-    Program ``(i, j)`` owns the ``[BLOCK_B, BLOCK_D]`` block ``(i, j)`` of ``mu`` and loops over all
-    ``K`` samples in steps of ``BLOCK_K``, so the sums over ``K`` stay in registers.
+    Program ``(i, j)`` owns the ``[BLOCK_B, BLOCK_D]`` block ``(i, j)`` of ``mu`` and loops over the
+    ``K >= 1`` samples one at a time: each step works on a 2-D tile laid out like ``mu``'s block, so the
+    sums over ``K`` are element-wise additions in registers (no reduction, no barrier), and loads the
+    next sample's ``z`` and ``grad`` before it computes and stores this one's (the last step reloads
+    the last sample), so two samples' loads are in flight.
     """
     b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -154,19 +160,20 @@ def _iwae_log_weights_bwd_kernel(
     inv_var = tl.exp(-tl.load(logvar_ptr + bd, mask=bd_mask, other=0.0).to(ACC))
     acc_mu = tl.zeros([BLOCK_B, BLOCK_D], ACC)
     acc_logvar = tl.zeros([BLOCK_B, BLOCK_D], ACC)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kb_mask = (k < K)[:, None] & b_mask[None, :]
-        kb = k.to(tl.int64)[:, None] * B + b[None, :]
-        g = tl.load(grad_ptr + kb, mask=kb_mask, other=0.0).to(ACC)[:, :, None]
-        offsets = kb[:, :, None] * D + d[None, None, :]
-        mask = kb_mask[:, :, None] & bd_mask[None, :, :]
-        z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        diff = z - mu[None, :, :]
-        scaled = diff * inv_var[None, :, :]
-        tl.store(grad_z_ptr + offsets, (g * (scaled - z)).to(grad_z_ptr.dtype.element_ty), mask=mask)
-        acc_mu += tl.sum(g * scaled, axis=0)
-        acc_logvar += tl.sum(g * (1.0 - scaled * diff), axis=0)
+    sample = B.to(tl.int64) * D
+    g_next = tl.load(grad_ptr + b, mask=b_mask, other=0.0)
+    z_next = tl.load(z_ptr + bd, mask=bd_mask, other=0.0)
+    for k in range(0, K):
+        g = g_next.to(ACC)[:, None]
+        z = z_next.to(ACC)
+        k_next = tl.minimum(k + 1, K - 1)
+        g_next = tl.load(grad_ptr + k_next * B + b, mask=b_mask, other=0.0)
+        z_next = tl.load(z_ptr + k_next * sample + bd, mask=bd_mask, other=0.0)
+        diff = z - mu
+        scaled = diff * inv_var
+        tl.store(grad_z_ptr + k * sample + bd, (g * (scaled - z)).to(grad_z_ptr.dtype.element_ty), mask=bd_mask)
+        acc_mu += g * scaled
+        acc_logvar += g * (1.0 - scaled * diff)
     tl.store(grad_mu_ptr + bd, (-acc_mu).to(grad_mu_ptr.dtype.element_ty), mask=bd_mask)
     tl.store(grad_logvar_ptr + bd, (0.5 * acc_logvar).to(grad_logvar_ptr.dtype.element_ty), mask=bd_mask)
 
@@ -258,10 +265,10 @@ _BD_TILE = 1024
 #: The choices of BLOCK_D: powers of two from 16 (one 16-byte vector of four lanes) to 256; longer
 #: latent dims loop over D in 256-element steps.
 _BLOCK_DS = (16, 32, 64, 128, 256)
-#: Samples per step: 4 in the forward pass when D fits one block, so a step loads 4096 elements of
-#: ``z``; 2 in the backward pass, which also holds ``grad_z`` and two accumulators, and in the forward
-#: pass's loop over D (where 4 spills with Triton 3.6 on sm_90).
-_FWD_BLOCK_K, _BWD_BLOCK_K = 4, 2
+#: Samples per step of the forward pass: 4 when D fits one block, so a step loads 4096 elements of
+#: ``z``; 2 in its loop over D (where 4 spills with Triton 3.6 on sm_90). The backward pass steps one
+#: sample at a time, with the next one's loads in flight.
+_FWD_BLOCK_K, _FWD_LOOP_BLOCK_K = 4, 2
 #: (BLOCK_K, BLOCK_B) of the bound kernels: wide tiles of 64 columns, and tall ones of 512 samples for
 #: 4 columns or fewer (evaluating one data point with thousands of samples).
 _BOUND_WIDE, _BOUND_TALL = (32, 64), (512, 4)
@@ -285,7 +292,7 @@ def _log_weights_fwd_blocks(dim: int) -> dict[str, object]:
     block_d = _block_d(dim)
     one_d_block = dim <= block_d
     return {
-        "BLOCK_K": _FWD_BLOCK_K if one_d_block else _BWD_BLOCK_K,
+        "BLOCK_K": _FWD_BLOCK_K if one_d_block else _FWD_LOOP_BLOCK_K,
         "BLOCK_B": _BD_TILE // block_d,
         "BLOCK_D": block_d,
         "ONE_D_BLOCK": one_d_block,
@@ -295,7 +302,13 @@ def _log_weights_fwd_blocks(dim: int) -> dict[str, object]:
 def _log_weights_bwd_blocks(dim: int) -> dict[str, int]:
     """The block constexprs of the log-weights' backward kernel for latent size ``dim``."""
     block_d = _block_d(dim)
-    return {"BLOCK_K": _BWD_BLOCK_K, "BLOCK_B": _BD_TILE // block_d, "BLOCK_D": block_d}
+    return {"BLOCK_B": _BD_TILE // block_d, "BLOCK_D": block_d}
+
+
+def _log_weights_bwd_grid(batch: int, dim: int) -> tuple[int, int]:
+    """The backward kernel's grid: the ``[BLOCK_B, BLOCK_D]`` blocks of the ``(B, D)`` plane."""
+    blocks = _log_weights_bwd_blocks(dim)
+    return triton.cdiv(batch, blocks["BLOCK_B"]), triton.cdiv(dim, blocks["BLOCK_D"])
 
 
 def _bound_blocks(columns: int) -> tuple[int, int]:
@@ -359,10 +372,9 @@ def iwae_log_weights_bwd(
     (grad_z, grad_mu, grad_logvar), launch = plan.iwae_log_weights_bwd(z)
     if not launch:
         return [grad_z, grad_mu, grad_logvar]
-    blocks = _log_weights_bwd_blocks(dim)
-    _iwae_log_weights_bwd_kernel[(triton.cdiv(batch, blocks["BLOCK_B"]), triton.cdiv(dim, blocks["BLOCK_D"]))](
-        grad, z, mu, logvar, grad_z, grad_mu, grad_logvar, samples, batch, dim, ACC=_compute_type(z.dtype), **blocks,
-        num_warps=_NUM_WARPS,
+    _iwae_log_weights_bwd_kernel[_log_weights_bwd_grid(batch, dim)](
+        grad, z, mu, logvar, grad_z, grad_mu, grad_logvar, samples, batch, dim, ACC=_compute_type(z.dtype),
+        **_log_weights_bwd_blocks(dim), num_warps=_NUM_WARPS,
     )  # fmt: skip
     return [grad_z, grad_mu, grad_logvar]
 
@@ -458,8 +470,9 @@ def miwae_bound_bwd(grad: torch.Tensor, log_w: torch.Tensor, lse: torch.Tensor) 
 
 
 def _tile(blocks: dict[str, object]) -> int:
-    """Elements of ``z`` one step of a log-weight kernel's loop processes: ``BLOCK_K * BLOCK_B * BLOCK_D``."""
-    return blocks["BLOCK_K"] * blocks["BLOCK_B"] * blocks["BLOCK_D"]
+    """Elements of ``z`` one step of a log-weight kernel's loop processes: ``BLOCK_K * BLOCK_B * BLOCK_D``
+    (``BLOCK_K = 1`` in the backward kernel, which steps one sample at a time)."""
+    return blocks.get("BLOCK_K", 1) * blocks["BLOCK_B"] * blocks["BLOCK_D"]
 
 
 def _aot_configs() -> list[AotConfig]:
@@ -483,7 +496,7 @@ def _aot_configs() -> list[AotConfig]:
                 {**dict.fromkeys(("grad_ptr", "z_ptr", "mu_ptr", "logvar_ptr", "grad_z_ptr", "grad_mu_ptr",
                                   "grad_logvar_ptr"), pointer),
                  **dict.fromkeys(("K", "B", "D"), "i32"),
-                 **dict.fromkeys(("ACC", "BLOCK_K", "BLOCK_B", "BLOCK_D"), "constexpr")},
+                 **dict.fromkeys(("ACC", "BLOCK_B", "BLOCK_D"), "constexpr")},
                 {**acc, **_log_weights_bwd_blocks(dim)},
                 num_warps=_NUM_WARPS, elements=_tile(_log_weights_bwd_blocks(dim)),
             ))  # fmt: skip

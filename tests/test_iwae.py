@@ -535,3 +535,18 @@ def test_miwae_bound_rejects_bad_inputs():
         fastvae.miwae_bound(log_w.to(torch.int32))
     with pytest.raises(ValueError, match="log_w"):
         fastvae.miwae_bound(torch.zeros(4))
+
+
+# --- launch heuristics against the static report's bounds -------------------------------------------
+
+
+def test_log_weights_backward_grid_is_one_wave_at_the_benchmark_shape():
+    # kernels/aot.py's BOUNDS hold the backward kernel at 4 or more programs per SM at sm_90 (issue 15,
+    # point 3): its grid at the benchmark shape K = 64, B = 4096, D = 128 must fit 132 SMs at that.
+    from fastvae.kernels import aot
+    from fastvae.kernels import iwae as kernels
+
+    (bound,) = (b for b in aot.BOUNDS if (b.kernel, b.metric) == ("_iwae_log_weights_bwd_kernel", "ctas_per_sm"))
+    grid = kernels._log_weights_bwd_grid(4096, 128)
+    assert bound.at_least and bound.enforced
+    assert math.prod(grid) <= 132 * bound.limit
