@@ -11,7 +11,7 @@ Subcommands (each prints to stdout; the shell script decides what runs when):
 * ``check PROOF_JSON``: exit status 1, naming them, if any stage failed or was skipped for any
   reason but "no GPU" (what CI requires of the rehearsal).
 * ``summary WORK OUT``: reads what the stages left (``WORK/stages.tsv``, the smoke rows, the
-  JUnit files, the sanitizer logs, ``bench.json``, the training rows), writes ``OUT/proof.json``
+  JUnit files, the sanitizer logs, ``bench.json``, the training and quantiser rows), writes ``OUT/proof.json``
   and ``OUT/summary.md``, and prints the summary table: the last thing the proof prints.
 """
 
@@ -222,7 +222,9 @@ def summary(work: Path, out: Path) -> str:
     sanitizer = {tool: skipped.get(tool) or _sanitizer_errors(work / f"{tool}.log") for tool in ("memcheck", "racecheck")}
     bench = _json(out / "bench.json")
     training = _json(work / "training" / "training.json")
-    proof = {"stages": stages, "smoke": smoke, "tests": tests, "sanitizer": sanitizer, "training": training}
+    quantisers = (_json(work / "quantisers" / "bench.json") or {}).get("peer", [])
+    proof = {"stages": stages, "smoke": smoke, "tests": tests, "sanitizer": sanitizer, "training": training,
+             "quantisers": quantisers}
     (out / "proof.json").write_text(json.dumps(proof, indent=1))
 
     smoke_counts = {s: sum(r.get("status") == s for r in smoke) for s in ("ok", "fail", "skipped")}
@@ -238,6 +240,16 @@ def summary(work: Path, out: Path) -> str:
     lines += ["", "| op | shape | dtype | mode | backend | median ms | graph ms | of ceiling | vs eager |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += _bench_lines(bench)
+    if quantisers:
+        lines += ["", "| quantiser | shape | dtype | impl | backend | median ms | peak MiB | status |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"| {row['op']} | {row['shape']['name']} | {row['dtype']} | {row['impl']} | {row['backend'] or '-'} | "
+            f"{_format_ms(row['median_ms'])} | "
+            f"{'-' if row['peak_memory_bytes'] is None else format(row['peak_memory_bytes'] / 2**20, '.4g')} | "
+            f"{row['status']} |"
+            for row in quantisers
+        ]
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -24,8 +24,11 @@
 #   racecheck  compute-sanitizer racecheck over ~8 VQ and IWAE cuda tests
 #   slow       the slow tests (past 2^31 elements, N = 2^20)
 #   training   the large-batch VQ-VAE training benchmark, batch range capped
+#   quantisers peak memory and time of FSQ, LFQ (D = 16) and ResidualVQ (Q = 8, K = 1,024, D = 128)
+#              forward + backward at N = 2^20 (`fastvae bench --peer`; the peer's rows say "not
+#              installed" where vector-quantize-pytorch is absent, fastvae's are measured)
 # The summary table is printed last. Result files (at most 8, flat under $OUT): env.txt, proof.json
-# (stages, smoke rows, test counts, sanitizer verdicts, training rows), summary.md, stages.log (each
+# (stages, smoke rows, test counts, sanitizer verdicts, training and quantiser rows), summary.md, stages.log (each
 # stage's command, exit status and output tail; the build log's tail), tests.xml (JUnit of the op
 # suite and slow tests, or of the rerun), sanitizer.log, bench.json, bench.md.
 set -uo pipefail
@@ -142,10 +145,12 @@ if [ "$GPU" = 1 ]; then
   bench_cmd="$PY -m fastvae bench --out $WORK/bench && cp $WORK/bench/bench.json $WORK/bench/bench.md $OUT/"
   slow_cmd="${PYTEST[*]} $OP_TESTS -m slow --junitxml $WORK/slow.xml"
   training_cmd="$PY -m fastvae bench --training --training-max-batch 8192 --out $WORK/training"
+  quantisers_cmd="$PY -m fastvae bench --peer --shapes N1048576xD4 N1048576xD16 N1048576xQ8xK1024xD128 --dtypes fp32 bf16 --out $WORK/quantisers"
 else
   bench_cmd="$PY -m fastvae bench --quick --ops reparameterize_kl --dtypes fp32 --out $WORK/bench && cp $WORK/bench/bench.json $WORK/bench/bench.md $OUT/"
   slow_cmd="${PYTEST[*]} $OP_TESTS -m slow --collect-only"
   training_cmd="$PY -m fastvae bench --training --training-variants fastvae --out $WORK/training"
+  quantisers_cmd="$PY -m fastvae bench --peer --shapes N4096xD4 N256xD10 N256xQ8xK1024xD128 --dtypes fp32 --backends torch --repeats 1 --warmup 1 --out $WORK/quantisers"
 fi
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -174,10 +179,11 @@ run_stage() {  # run_stage NAME: one stage of the list above
       ;;
     slow) stage slow 120 "$slow_cmd" ;;
     training) stage training 120 "$training_cmd" ;;
+    quantisers) stage quantisers 90 "$quantisers_cmd" ;;
   esac
 }
 
-STAGES=(env build smoke tests bench racecheck slow training)
+STAGES=(env build smoke tests bench racecheck slow training quantisers)
 if [ "$MODE" = rerun ]; then
   proof_json="$(dirname "$RERUN_XML")/proof.json"
   # The failed tests of that run, with full tracebacks; then each stage it skipped.

@@ -185,7 +185,13 @@ def test_peer_rows_are_skipped_without_vector_quantize_pytorch(tmp_path, monkeyp
     assert status == 0
     assert "vector-quantize-pytorch is not installed" in stdout
     peer = json.loads((tmp_path / "bench.json").read_text())["peer"]
-    assert peer and all(row["status"] == "skipped: vector-quantize-pytorch not installed" for row in peer)
+    theirs = [row for row in peer if row["impl"] == "vector-quantize-pytorch"]
+    ours = [row for row in peer if row["impl"] != "vector-quantize-pytorch"]
+    assert theirs and all(row["status"] == "skipped: vector-quantize-pytorch not installed" for row in theirs)
+    # fastvae's layers are still measured (a GPU machine without the peer records their memory).
+    assert {row["op"] for row in ours} == {"vector_quantize_ema", "fsq", "lfq", "residual_vq"}
+    assert all(row["status"] == "ok" and row["peak_memory_bytes"] > 0 and row["speedup_vs_peer"] is None
+               for row in ours)
 
 
 def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path):
@@ -200,9 +206,11 @@ def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path
         assert row["status"] == "ok" and row["mode"] == "fwd+bwd" and row["median_ms"] > 0
         assert row["peak_memory_bytes"] > 0 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
     # Each layer against the peer's, on the selection's shapes: VectorQuantize with EMA at the VQ
-    # shape, FSQ at its quick shape.
+    # shape, FSQ, LFQ and ResidualVQ at their quick shapes.
     layers = {"vector_quantize_ema": ("fastvae.nn.VectorQuantizer", "N4096xK1024xD64"),
-              "fsq": ("fastvae.nn.FSQ", "N4096xD4")}
+              "fsq": ("fastvae.nn.FSQ", "N4096xD4"),
+              "lfq": ("fastvae.nn.LFQ", "N256xD10"),
+              "residual_vq": ("fastvae.nn.ResidualVQ", "N256xQ8xK1024xD128")}
     assert [row["op"] for row in peer] == [op for op in layers for _ in range(2)]
     for op, (fastvae_impl, shape) in layers.items():
         impls = {row["impl"]: row for row in peer if row["op"] == op}
@@ -211,27 +219,44 @@ def test_peer_comparison_runs_when_vector_quantize_pytorch_is_installed(tmp_path
         ours = impls[fastvae_impl]
         assert ours["backend"] == "torch"
         assert ours["speedup_vs_peer"] == pytest.approx(impls["vector-quantize-pytorch"]["median_ms"] / ours["median_ms"])
-    assert "## peer: FSQ, levels (8, 5, 5, 5), forward + backward" in (tmp_path / "bench.md").read_text()
-    # fastvae's FSQ holds fewer temporaries than the peer's (the reference computes in place).
-    fsq = {row["impl"]: row["peak_memory_bytes"] for row in peer if row["op"] == "fsq"}
-    assert fsq["fastvae.nn.FSQ"] < fsq["vector-quantize-pytorch"]
+    markdown = (tmp_path / "bench.md").read_text()
+    for title in ("FSQ, levels (8, 5, 5, 5)", "LFQ, one codebook of 2^D codes", "ResidualVQ with EMA, Q codebooks of K codes"):
+        assert f"## peer: {title}, forward + backward" in markdown
+    # fastvae's FSQ holds fewer temporaries than the peer's (the reference computes in place); its
+    # LFQ never forms the N x 2^D code probabilities: less than one such float32 matrix.
+    peak = {(row["op"], row["impl"]): row["peak_memory_bytes"] for row in peer}
+    for op, fastvae_impl in (("fsq", "fastvae.nn.FSQ"), ("lfq", "fastvae.nn.LFQ")):
+        assert peak[op, fastvae_impl] < peak[op, "vector-quantize-pytorch"], op
+    assert peak["lfq", "fastvae.nn.LFQ"] < 256 * 2**10 * 4
+    # ResidualVQ's extra memory is O(N Q + Q K D), no N x K distances: at this small N its EMA
+    # statistics (a few Q x K x D tensors) are most of it, within 4 codebooks' and 32 inputs' worth.
+    n, q, k, d = 256, 8, 1024, 128
+    assert peak["residual_vq", "fastvae.nn.ResidualVQ"] < 4 * q * k * d * 4 + 32 * n * d * 4
 
 
-def test_fsq_peer_shapes_follow_the_selection():
-    def names(selection: str, chosen: tuple[str, ...] | None = None) -> list[str]:
-        return [shape.name for shape in shapes.fsq_peer_shapes(selection, chosen)]
+def test_peer_shapes_follow_the_selection():
+    def names(layer: str, selection: str, chosen: tuple[str, ...] | None = None, cpu: bool = False) -> list[str]:
+        return [shape.name for shape in shapes.peer_shapes(layer, selection, chosen, cpu=cpu)]
 
-    assert names("quick") == names("user") == ["N4096xD4"]
+    assert names("fsq", "quick") == names("fsq", "user") == ["N4096xD4"]
     # The N = 2^20, and a CPU-sized N, everywhere else (both fit a CPU).
-    assert names("full") == names("core") == ["N4096xD4", "N65536xD4", "N1048576xD4"]
-    assert all(shape.cpu for shape in shapes.FSQ_SHAPES)
-    assert names("full", ("N1048576xD4", "N4096xK1024xD64")) == ["N1048576xD4"]
+    assert names("fsq", "full") == names("fsq", "core") == ["N4096xD4", "N65536xD4", "N1048576xD4"]
+    assert names("fsq", "full", cpu=True) == names("fsq", "full")
+    assert names("fsq", "full", ("N1048576xD4", "N4096xK1024xD64")) == ["N1048576xD4"]
+    assert names("lfq", "quick") == ["N256xD10"] and names("lfq", "user") == ["N1024xD16"]
+    assert names("lfq", "full")[-1] == "N1048576xD16"
+    # ResidualVQ at N = 2^20 is a GPU's shape: left out of a CPU's full run, named it still runs.
+    assert names("residual_vq", "full") == ["N256xQ8xK1024xD128", "N1024xQ8xK1024xD128", "N16384xQ8xK1024xD128",
+                                            "N1048576xQ8xK1024xD128"]
+    assert "N1048576xQ8xK1024xD128" not in names("residual_vq", "full", cpu=True)
+    assert names("residual_vq", "full", ("N1048576xQ8xK1024xD128",), cpu=True) == ["N1048576xQ8xK1024xD128"]
 
 
-def test_shapes_names_fsq_peer_shapes_only_with_peer():
-    assert runner.validate(runner.BenchConfig(shapes=("N1048576xD4",), peer=True)).shapes == ("N1048576xD4",)
-    with pytest.raises(ValueError, match="^--shapes: unknown 'N1048576xD4'"):
-        runner.validate(runner.BenchConfig(shapes=("N1048576xD4",)))
+def test_shapes_names_peer_shapes_only_with_peer():
+    for name in ("N1048576xD4", "N1048576xD16", "N1048576xQ8xK1024xD128"):
+        assert runner.validate(runner.BenchConfig(shapes=(name,), peer=True)).shapes == (name,)
+        with pytest.raises(ValueError, match=f"^--shapes: unknown '{name}'"):
+            runner.validate(runner.BenchConfig(shapes=(name,)))
 
 
 @pytest.mark.skipif(not ON_CPU, reason="on the CPU memory scaling is recorded as not measured")

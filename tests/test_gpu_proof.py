@@ -79,7 +79,28 @@ def test_summary_reports_every_stage_and_the_measured_rows(tmp_path: Path) -> No
     assert "smoke: 1 ok, 1 failed, 0 skipped" in text and "FAIL vq_nearest cuda bf16 7x3: NaN left" in text
     assert "| vector_quantize | user | fp32 | fwd | cuda | 0.125 (noisy) | 0.0625 | 50% | 3x |" in text
     assert "| eager |" not in text  # only fastvae's compiled backends are listed
+    assert proof["quantisers"] == [] and "| quantiser |" not in text  # that stage left nothing
     assert (out / "summary.md").read_text() == text
+
+
+def test_summary_carries_the_quantiser_rows(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "quantisers").mkdir(parents=True)
+    out.mkdir()
+    (work / "stages.tsv").write_text("quantisers\tok\t40\tdone\n")
+    rows = [
+        {"op": "lfq", "shape": {"name": "N1048576xD16", "dims": {"N": 1048576, "D": 16}}, "dtype": "bf16",
+         "impl": "fastvae.nn.LFQ", "backend": "torch", "status": "ok", "median_ms": 12.5,
+         "peak_memory_bytes": 3 * 2**20},
+        {"op": "lfq", "shape": {"name": "N1048576xD16", "dims": {"N": 1048576, "D": 16}}, "dtype": "bf16",
+         "impl": "vector-quantize-pytorch", "backend": None, "status": "OOM", "median_ms": None,
+         "peak_memory_bytes": None},
+    ]  # fmt: skip
+    (work / "quantisers" / "bench.json").write_text(json.dumps({"rows": [], "peer": rows}))
+    text = gpu_proof.summary(work, out)
+    assert json.loads((out / "proof.json").read_text())["quantisers"] == rows
+    assert "| lfq | N1048576xD16 | bf16 | fastvae.nn.LFQ | torch | 12.5 | 3 | ok |" in text
+    assert "| lfq | N1048576xD16 | bf16 | vector-quantize-pytorch | - | - | - | OOM |" in text
 
 
 @pytest.mark.slow

@@ -149,7 +149,12 @@ def _op_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 #: The peer comparison's layers, by the ``op`` of their rows.
-_PEER_LAYERS = {"vector_quantize_ema": "VectorQuantize with EMA", "fsq": f"FSQ, levels {FSQ_LEVELS}"}
+_PEER_LAYERS = {
+    "vector_quantize_ema": "VectorQuantize with EMA",
+    "fsq": f"FSQ, levels {FSQ_LEVELS}",
+    "lfq": "LFQ, one codebook of 2^D codes",
+    "residual_vq": "ResidualVQ with EMA, Q codebooks of K codes",
+}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@
 dtype x precision x mode, each against its backends of :mod:`fastvae.bench.cases`), the hardware
 ceilings of the same run (a device-to-device copy for the memory-bound ops, ``torch.matmul`` of the
 same shape for the VQ search), optionally the peer comparison against vector-quantize-pytorch (its
-``VectorQuantize`` with EMA at the selection's VQ shapes, its ``FSQ`` at
-:func:`~fastvae.bench.shapes.fsq_peer_shapes`) and the memory scaling of ``vector_quantize``, and
+``VectorQuantize`` with EMA at the selection's VQ shapes, its ``FSQ``, ``LFQ`` and ``ResidualVQ`` at
+:func:`~fastvae.bench.shapes.peer_shapes`: time and peak memory of forward + backward) and the memory scaling of ``vector_quantize``, and
 returns the report (the JSON document described in ``benchmarks/README.md``).
 
 The backends of one op at one shape, dtype, precision and mode are built and warmed up one after
@@ -40,18 +40,20 @@ from fastvae.bench.shapes import (
     BACKENDS,
     DTYPES,
     FSQ_LEVELS,
-    FSQ_SHAPES,
     MODES,
     OPS,
+    PEER_SHAPES,
     SELECTIONS,
     SHAPES,
     Entry,
     Shape,
-    fsq_peer_shapes,
+    peer_shapes,
     plan,
     precisions_for,
 )
 from fastvae.ops.fsq import OP_NAMES as FSQ_OP_NAMES
+from fastvae.ops.rvq import OP_NAMES as RVQ_OP_NAMES
+from fastvae.ops.vq import OP_NAMES as VQ_OP_NAMES
 
 __all__ = ["BenchConfig", "SCHEMA", "default_selection", "largest_fitting", "run", "validate"]
 
@@ -91,7 +93,8 @@ class BenchConfig:
         device: ``"cuda"`` or ``"cpu"``; None: CUDA when a device is visible.
         warmup: untimed calls before timing, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_warmup`.
         repeats: timed calls, ``>= 1``; None: per row, :func:`~fastvae.bench.timing.default_repeats`.
-        peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on) and ``FSQ``.
+        peer: also compare with vector-quantize-pytorch's ``VectorQuantize`` (EMA on), ``FSQ``, ``LFQ``
+            and ``ResidualVQ`` (EMA on).
         memory_scaling: also find the largest N that fits for ``vector_quantize`` fwd+bwd (CUDA only).
         scaling_dtype: the dtype of the memory scaling.
         cpu_memory_gb: on the CPU, cases estimated to need more are skipped; None: half the RAM.
@@ -148,7 +151,7 @@ def validate(config: BenchConfig) -> BenchConfig:
     if config.shapes is not None:
         known = {shape.name for op in config.ops for shape in SHAPES[op]}
         if config.peer:
-            known |= {shape.name for shape in FSQ_SHAPES}
+            known |= {shape.name for table in PEER_SHAPES.values() for shape in table}
         unknown = [name for name in config.shapes if name not in known]
         if unknown or not config.shapes:
             raise ValueError(
@@ -473,16 +476,17 @@ def _fastvae_module(shape: Shape) -> torch.nn.Module:
 
 
 class _OneSequence(torch.nn.Module):
-    """vector-quantize-pytorch's FSQ, which takes ``(batch, n, d)``, on the benchmark's ``(N, D)``
-    as one sequence (views only: nothing is copied)."""
+    """A vector-quantize-pytorch layer that takes ``(batch, n, d)`` (its FSQ, LFQ and ResidualVQ) on
+    the benchmark's ``(N, D)`` as one sequence (views only: nothing is copied). Returns the layer's
+    tuple with ``quantized`` and ``indices`` back in the benchmark's shape, the loss as it comes."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
         super().__init__()
         self.layer = layer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        quantized, indices = self.layer(x.unsqueeze(0))
-        return quantized.squeeze(0), indices.squeeze(0)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        quantized, indices, *rest = self.layer(x.unsqueeze(0))
+        return (quantized.squeeze(0), indices.squeeze(0), *rest)
 
 
 def _peer_fsq(shape: Shape) -> torch.nn.Module:
@@ -493,6 +497,42 @@ def _peer_fsq(shape: Shape) -> torch.nn.Module:
 
 def _fastvae_fsq(shape: Shape) -> torch.nn.Module:
     return fastvae.nn.FSQ(FSQ_LEVELS)
+
+
+#: The LFQ layer of the peer comparison: D bits, one codebook of 2^D codes of +-1 (no projections),
+#: the entropy and commitment weights of both libraries' defaults.
+_LFQ_WEIGHTS = {"entropy": 0.1, "commitment": 0.25, "diversity_gamma": 1.0}
+
+
+def _peer_lfq(shape: Shape) -> torch.nn.Module:
+    from vector_quantize_pytorch import LFQ
+
+    return _OneSequence(LFQ(dim=shape.dims["D"], entropy_loss_weight=_LFQ_WEIGHTS["entropy"],
+                            commitment_loss_weight=_LFQ_WEIGHTS["commitment"],
+                            diversity_gamma=_LFQ_WEIGHTS["diversity_gamma"], num_codebooks=1, codebook_scale=1.0))
+
+
+def _fastvae_lfq(shape: Shape) -> torch.nn.Module:
+    return fastvae.nn.LFQ(shape.dims["D"], entropy_weight=_LFQ_WEIGHTS["entropy"],
+                          commitment_weight=_LFQ_WEIGHTS["commitment"], diversity_gamma=_LFQ_WEIGHTS["diversity_gamma"])
+
+
+def _peer_rvq(shape: Shape) -> torch.nn.Module:
+    from vector_quantize_pytorch import ResidualVQ
+
+    return _OneSequence(ResidualVQ(dim=shape.dims["D"], num_quantizers=shape.dims["Q"],
+                                   codebook_size=shape.dims["K"], decay=0.99, commitment_weight=0.25))
+
+
+def _fastvae_rvq(shape: Shape) -> torch.nn.Module:
+    return fastvae.nn.ResidualVQ(shape.dims["Q"], shape.dims["K"], shape.dims["D"], ema=True, decay=0.99, beta=0.25)
+
+
+def _over_budget(needs: int, device: torch.device, cpu_budget: int) -> str | None:
+    """Why a layer estimated to need ``needs`` bytes is not run: on the CPU, over the budget."""
+    if device.type == "cpu" and needs > cpu_budget:
+        return f"needs {needs / 1e9:.1f} GB, over the CPU memory budget of {cpu_budget / 1e9:.1f} GB"
+    return None
 
 
 def _vq_skip_reason(
@@ -517,6 +557,33 @@ def _fsq_skip_reason(
     if device.type == "cpu" and needs > cpu_budget:
         return f"needs {needs / 1e9:.1f} GB, over the CPU memory budget of {cpu_budget / 1e9:.1f} GB"
     return None
+
+
+def _lfq_skip_reason(
+    shape: Shape, dtype: str, backend: str | None, device: torch.device, cpu_budget: int
+) -> str | None:
+    # fastvae's LFQ calls no backend op (its factorised entropy is PyTorch code): one row, under torch.
+    if backend not in (None, "torch"):
+        return "fastvae.nn.LFQ calls no backend op: measured once, under the torch backend"
+    n, dim = shape.dims["N"], shape.dims["D"]
+    # The peer: its N x 2^D code logits, probabilities and their gradients (4 float32 matrices);
+    # fastvae: 8 float32 tensors of N x D and a few of 2^D.
+    needs = 4 * n * 2**dim * 4 if backend is None else 8 * n * dim * 4 + 8 * 2**dim * 4
+    return _over_budget(needs, device, cpu_budget)
+
+
+def _rvq_skip_reason(
+    shape: Shape, dtype: str, backend: str | None, device: torch.device, cpu_budget: int
+) -> str | None:
+    if backend is not None:
+        reason = cases.backend_cannot_run(backend, RVQ_OP_NAMES + VQ_OP_NAMES, device)
+        if reason is not None:
+            return reason
+    n, codes, dim = shape.dims["N"], shape.dims["K"], shape.dims["D"]
+    # The peer: a stage's N x K distances and their temporaries (3 float32 matrices); fastvae: 16
+    # float32 tensors of N x D (input, residuals, codes and their gradients).
+    needs = 3 * n * codes * 4 if backend is None else 16 * n * dim * 4
+    return _over_budget(needs, device, cpu_budget)
 
 
 @dataclass(frozen=True)
@@ -544,6 +611,12 @@ _VQ_LAYER = _PeerLayer("vector_quantize_ema", "fastvae.nn.VectorQuantizer", _pee
                        _vq_skip_reason)
 #: ``FSQ(levels)`` against ``fastvae.nn.FSQ(levels)``, levels :data:`~fastvae.bench.shapes.FSQ_LEVELS`.
 _FSQ_LAYER = _PeerLayer("fsq", "fastvae.nn.FSQ", _peer_fsq, _fastvae_fsq, _fsq_skip_reason)
+#: ``LFQ(dim=D)`` (one codebook of 2^D codes) against ``fastvae.nn.LFQ(D)``.
+_LFQ_LAYER = _PeerLayer("lfq", "fastvae.nn.LFQ", _peer_lfq, _fastvae_lfq, _lfq_skip_reason)
+#: ``ResidualVQ`` with EMA codebooks against ``fastvae.nn.ResidualVQ(ema=True)``.
+_RVQ_LAYER = _PeerLayer("residual_vq", "fastvae.nn.ResidualVQ", _peer_rvq, _fastvae_rvq, _rvq_skip_reason)
+#: The layers with shapes of their own (:data:`~fastvae.bench.shapes.PEER_SHAPES`).
+_SHAPED_LAYERS = (_FSQ_LAYER, _LFQ_LAYER, _RVQ_LAYER)
 
 
 def _peer_row(layer: _PeerLayer, shape: Shape, dtype: str, impl: str, backend: str | None,
@@ -738,7 +811,8 @@ class _Runner:
 
     def _peer_rows(self, layer: _PeerLayer, shapes: list[Shape], dtypes: list[str],
                    progress: _Progress) -> list[dict[str, Any]]:
-        """vector-quantize-pytorch's ``layer`` and fastvae's, fwd+bwd per shape and dtype."""
+        """vector-quantize-pytorch's ``layer`` and fastvae's, fwd+bwd per shape and dtype (the peer's
+        rows skipped where it is not installed)."""
         rows = []
         backends = self.config.backends or ("torch", *self.compiled)
         fastvae_backends = [name for name in backends if name in cases.FASTVAE_BACKENDS]
@@ -760,7 +834,10 @@ class _Runner:
         impl = _PEER if backend is None else layer.impl
         row = _peer_row(layer, shape, dtype, impl, backend, "ok")
         progress.start(f"peer {shape.name} {dtype} {impl}" + (f" [{backend}]" if backend else ""))
-        reason = layer.skip_reason(shape, dtype, backend, self.device, self.cpu_budget)
+        if backend is None and not _peer_available():
+            reason = f"{_PEER} not installed"
+        else:
+            reason = layer.skip_reason(shape, dtype, backend, self.device, self.cpu_budget)
         if reason is not None:
             row["status"] = f"skipped: {reason}"
         else:
@@ -843,33 +920,30 @@ class _Runner:
         vq_entries = [entry for entry in self.entries if entry.op in ("vq_nearest", "vector_quantize")]
         vq_shapes = list({entry.shape.name: entry.shape for entry in vq_entries}.values()) if config.peer else []
         vq_dtypes = list(dict.fromkeys(dtype for entry in vq_entries for dtype in entry.dtypes))
-        fsq_shapes = fsq_peer_shapes(config.selection, config.shapes) if config.peer else []
-        # The selection's dtypes (--dtypes, else its entries'); fp32 when it has none (--shapes naming
-        # only FSQ shapes).
-        fsq_dtypes = list(dict.fromkeys(config.dtypes or [dtype for entry in self.entries for dtype in entry.dtypes]
-                                        or ["fp32"]))
-        peer_plan = [(_VQ_LAYER, vq_shapes, vq_dtypes), (_FSQ_LAYER, fsq_shapes, fsq_dtypes)]
+        # The quantiser layers with shapes of their own run in the selection's dtypes (--dtypes, else
+        # its entries'); fp32 when it has none (--shapes naming only their shapes).
+        layer_dtypes = list(dict.fromkeys(config.dtypes or [dtype for entry in self.entries for dtype in entry.dtypes]
+                                          or ["fp32"]))
+        peer_plan = [(_VQ_LAYER, vq_shapes, vq_dtypes)] + [
+            (layer, peer_shapes(layer.op, config.selection, config.shapes, cpu=device.type == "cpu"), layer_dtypes)
+            for layer in _SHAPED_LAYERS
+        ] if config.peer else []
         peer_backends = self.config.backends or ("torch", *self.compiled)
         layers = 1 + sum(name in cases.FASTVAE_BACKENDS for name in peer_backends)
         peer_count = sum(len(shapes) * len(dtypes) * layers for _, shapes, dtypes in peer_plan)
-        progress = _Progress(sum(len(group) for _, group in groups) + (peer_count if _peer_available() else 0),
-                             self.err)
+        progress = _Progress(sum(len(group) for _, group in groups) + peer_count, self.err)
         rows = []
         try:
             self.ceilings.copy_gbps()
             for entry, group in groups:
                 rows += self._group_rows(entry, group, progress)
             _fill_speedups(rows)
+            if config.peer and not _peer_available():
+                self.note(f"{_PEER} is not installed: its rows of the peer comparison are skipped, fastvae's "
+                          "layers are measured alone (pip install 'fastvae[peer]')")
             peer_rows: list[dict[str, Any]] = []
-            if config.peer and _peer_available():
-                for layer, shapes, dtypes in peer_plan:
-                    peer_rows += self._peer_rows(layer, shapes, dtypes, progress)
-            elif config.peer:
-                self.note(f"{_PEER} is not installed: the peer comparison is skipped (pip install 'fastvae[peer]')")
-                peer_rows = [
-                    _peer_row(layer, shape, dtype, _PEER, None, f"skipped: {_PEER} not installed")
-                    for layer, shapes, dtypes in peer_plan for shape in shapes for dtype in dtypes
-                ]
+            for layer, shapes, dtypes in peer_plan:
+                peer_rows += self._peer_rows(layer, shapes, dtypes, progress)
         finally:
             progress.close()
         graph_reasons = sorted({row["cuda_graph"]["status"] for row in rows

@@ -47,8 +47,11 @@ __all__ = [
     "Shape",
     "FSQ_LEVELS",
     "FSQ_SHAPES",
+    "LFQ_SHAPES",
+    "PEER_SHAPES",
+    "RVQ_SHAPES",
     "find_shape",
-    "fsq_peer_shapes",
+    "peer_shapes",
     "plan",
     "precisions_for",
     "shapes_for",
@@ -147,6 +150,33 @@ FSQ_SHAPES: tuple[Shape, ...] = (
     _shape(N=1048576, D=4, cpu=True),
 )
 
+#: The LFQ layer's shapes in the peer comparison, ``N`` vectors of ``D = 16`` bits (a codebook of
+#: 65,536 codes, the issue's memory row): the peer forms ``N x 2^D`` code probabilities (256 KiB
+#: per vector in float32), fastvae the per-bit factorisation and one ``2^D`` distribution. The
+#: quick shape (10 bits) keeps CI's run short; the user-sized call is one the peer still holds on a
+#: CPU (about 10 s a call there); N = 2^20 is the issue's shape.
+LFQ_SHAPES: tuple[Shape, ...] = (
+    _shape(N=256, D=10, quick=True),
+    _shape(N=1024, D=16, user=True),
+    _shape(N=65536, D=16, cpu=True),
+    _shape(N=1048576, D=16, cpu=True),
+)
+
+#: The residual quantiser's shapes in the peer comparison: ``N`` vectors of ``D = 128`` through
+#: ``Q = 8`` codebooks of ``K = 1,024`` codes (EnCodec's and DAC's scale), the peer's ``N x K``
+#: distances per stage against fastvae's fused search. N = 2^20 (4 GiB of distances per stage) is
+#: the issue's shape: a GPU's, as its eight searches of 2^37 multiply-adds each take minutes on a CPU.
+RVQ_SHAPES: tuple[Shape, ...] = (
+    _shape(N=256, Q=8, K=1024, D=128, quick=True),
+    _shape(N=1024, Q=8, K=1024, D=128, user=True),
+    _shape(N=16384, Q=8, K=1024, D=128, cpu=True),
+    _shape(N=1048576, Q=8, K=1024, D=128),
+)
+
+#: The quantiser layers of the peer comparison (``--peer``) with shapes of their own, by the ``op``
+#: of their rows (the VQ layer runs at the VQ ops' shapes).
+PEER_SHAPES: dict[str, tuple[Shape, ...]] = {"fsq": FSQ_SHAPES, "lfq": LFQ_SHAPES, "residual_vq": RVQ_SHAPES}
+
 #: Op -> its shapes, smallest first.
 SHAPES: dict[str, tuple[Shape, ...]] = {
     "reparameterize": _GAUSSIAN,
@@ -201,16 +231,19 @@ def shapes_for(op: str, *, names: tuple[str, ...] | None = None, quick: bool = F
     return list(table)
 
 
-def fsq_peer_shapes(selection: str, names: tuple[str, ...] | None = None) -> list[Shape]:
-    """The :data:`FSQ_SHAPES` the peer comparison of ``selection`` runs: those named ``names`` when
-    given, else the quick one (``quick``), the user-sized one (``user``) or all of them."""
+def peer_shapes(layer: str, selection: str, names: tuple[str, ...] | None = None, *, cpu: bool = False) -> list[Shape]:
+    """The shapes of :data:`PEER_SHAPES` ``[layer]`` (``"fsq"``, ``"lfq"`` or ``"residual_vq"``) that
+    the peer comparison of ``selection`` runs: those named ``names`` when given, else the quick ones
+    (``quick``), the user-sized ones (``user``), or the others' shapes: with ``cpu`` (measuring on the
+    CPU) the ones flagged ``cpu``, else all of them."""
+    table = PEER_SHAPES[layer]
     if names is not None:
-        return [shape for shape in FSQ_SHAPES if shape.name in names]
+        return [shape for shape in table if shape.name in names]
     if selection == "quick":
-        return [shape for shape in FSQ_SHAPES if shape.quick]
+        return [shape for shape in table if shape.quick]
     if selection == "user":
-        return [shape for shape in FSQ_SHAPES if shape.user]
-    return list(FSQ_SHAPES)
+        return [shape for shape in table if shape.user]
+    return [shape for shape in table if shape.cpu or not cpu]
 
 
 def precisions_for(op: str, dtype: str, precisions: tuple[str, ...]) -> tuple[str | None, ...]:
