@@ -27,6 +27,25 @@ the modelled grid's size; every gated layer adds a 1 x 1 convolution of that map
 pre-activations (the paper's ``V * s`` term). The conditioning grid is known in full, so it is not
 masked.
 
+Stages (``stages = Q > 1``, for residual VQ): every position of the ``h x w`` grid holds ``Q`` codes,
+one per stage, each from its stage's codebook of ``K`` codes. The prior then models the raster of the
+``h x (w Q)`` grid whose column ``j Q + q`` holds stage ``q`` of position ``j`` (``codes.flatten(2)`` of
+the ``(B, h, w, Q)`` indices)::
+
+    p(c) = prod_{i, j, q} p(c_ijq | the rows above, the positions left of j, the stages < q at (i, j))
+
+an exact autoregressive factorisation of all ``h w Q`` codes, with one ``K``-way softmax per code. Code
+``k`` of stage ``q`` has its own input embedding (row ``q K + k`` of a ``Q K``-row table), and a learned
+embedding of each column's stage is laid along the width and added, like a conditioning map, to both
+stacks' pre-activations of every layer, so every position knows which stage it predicts. A
+conditioning grid of ``Q`` codes per position is embedded the same way and summed over its stages
+before the 3 x 3 convolution, then upsampled to ``h x w`` and repeated over each position's ``Q``
+columns. A code ``-1`` (a stage that ResidualVQ's quantizer dropout skipped) embeds as zeros and adds
+nothing to :meth:`GatedPixelCNN.nll`. The masked kernels count columns, so a ``k``-wide kernel spans
+``k / Q`` positions of the grid: a prior over stages sees less of the grid per layer than one over a
+single code per position. With ``stages = 1`` (the default) the prior is the one above, weight for
+weight.
+
 The prior only ever sees integer code indices and its own embeddings, so no gradient of its loss can
 reach the encoder or the codebook.
 """
@@ -87,6 +106,30 @@ class MaskedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
+class _StageEmbedding(nn.Embedding):
+    """Embeddings of the codes of ``stages`` codebooks of ``num_codes`` codes: code ``k`` of stage ``q``
+    is row ``q num_codes + k`` of a ``(stages num_codes, C)`` table (with one stage, a plain
+    ``nn.Embedding`` of ``num_codes`` rows); a code ``-1`` (a skipped stage) embeds as zeros."""
+
+    def __init__(self, num_codes: int, channels: int, stages: int) -> None:
+        super().__init__(stages * num_codes, channels)
+        self.num_codes = num_codes
+        self.stages = stages
+
+    def rows(self, codes: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        """``(..., C)``: the embeddings of int64 ``codes`` of the stages ``stage`` (int64, broadcasting
+        with ``codes``)."""
+        kept = codes >= 0
+        embedded = super().forward(torch.where(kept, codes + stage * self.num_codes, 0))
+        return embedded * kept.unsqueeze(-1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """A grid ``(B, h, w)`` (one stage) or ``(B, h, w, stages)`` to ``(B, h, w, C)``, summed over the stages."""
+        if self.stages == 1:
+            return super().forward(codes)
+        return self.rows(codes, torch.arange(self.stages, device=codes.device)).sum(-2)
+
+
 class _ChannelsFirst(nn.Module):
     """``(B, h, w, C) -> (B, C, h, w)``."""
 
@@ -141,90 +184,123 @@ class _GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
     """Autoregressive prior over ``(h, w)`` grids of ``num_codes`` codes (see the module docstring).
 
+    Code grids are int64 ``(B, h, w)``, or ``(B, h, w, stages)`` with ``stages > 1`` (the modelled grid
+    and the conditioning grid alike).
+
     Args:
-        num_codes: ``K``, the codebook size of the modelled grid.
+        num_codes: ``K``, the codebook size of the modelled grid (of each stage's codebook).
         channels: ``C``, the width of every layer.
         layers: number of gated layers, ``>= 1``.
         condition_codes: codebook size of the conditioning grid; 0 for an unconditional prior.
+        stages: ``Q``, the codes per position (the module docstring's stages); 1 for one code.
     """
 
-    def __init__(self, num_codes: int, *, channels: int = 64, layers: int = 8, condition_codes: int = 0) -> None:
+    def __init__(
+        self, num_codes: int, *, channels: int = 64, layers: int = 8, condition_codes: int = 0, stages: int = 1
+    ) -> None:
         super().__init__()
         for name, value, low in (("num_codes", num_codes, 1), ("channels", channels, 1), ("layers", layers, 1),
-                                 ("condition_codes", condition_codes, 0)):
+                                 ("condition_codes", condition_codes, 0), ("stages", stages, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.num_codes = num_codes
         self.condition_codes = condition_codes
-        self.embedding = nn.Embedding(num_codes, channels)
+        self.stages = stages
+        self.embedding = _StageEmbedding(num_codes, channels, stages)
         self.condition_net = None
         if condition_codes:
             self.condition_net = nn.Sequential(
-                nn.Embedding(condition_codes, channels),
+                _StageEmbedding(condition_codes, channels, stages),
                 _ChannelsFirst(),
                 nn.Conv2d(channels, channels, 3, padding=1),
                 nn.ReLU(),
             )
+        self.stage_embedding = nn.Embedding(stages, channels) if stages > 1 else None
+        conditioned = bool(condition_codes) or stages > 1
         self.layers = nn.ModuleList(
             _GatedLayer(channels, FIRST_KERNEL if i == 0 else KERNEL, first=i == 0,
-                        condition_channels=channels if condition_codes else 0)
+                        condition_channels=channels if conditioned else 0)
             for i in range(layers)
         )
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, num_codes, 1))
 
-    @staticmethod
-    def _check_codes(codes: object, name: str) -> torch.Tensor:
-        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int64 or codes.dim() != 3:
-            raise ValueError(f"{name} must be an int64 tensor (B, h, w), got {getattr(codes, 'dtype', type(codes))} "
+    def _check_codes(self, codes: object, name: str) -> torch.Tensor:
+        """``codes`` if it is an int64 grid ``(B, h, w)`` (``(B, h, w, stages)`` with stages); else a
+        ValueError naming ``name``."""
+        shape = "(B, h, w)" if self.stages == 1 else f"(B, h, w, {self.stages})"
+        dims = 3 if self.stages == 1 else 4
+        if (not isinstance(codes, torch.Tensor) or codes.dtype != torch.int64 or codes.dim() != dims
+                or (self.stages > 1 and codes.shape[-1] != self.stages)):
+            raise ValueError(f"{name} must be an int64 tensor {shape}, got {getattr(codes, 'dtype', type(codes))} "
                              f"of shape {tuple(getattr(codes, 'shape', ()))}")
         return codes
 
     def condition_map(self, condition: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        """The conditioning feature map ``(B, C, *size)`` of the code grid ``condition (B, h', w')``
-        (None for an unconditional prior, which must get ``condition=None``)."""
+        """The conditioning feature map ``(B, C, h, w Q)`` of the code grid ``condition (B, h', w'[, Q])``
+        for a modelled grid of ``size = (h, w)`` positions, plus (``stages = Q > 1``) the stage map of
+        its columns; None for an unconditional prior of one stage. An unconditional prior must get
+        ``condition=None``; with stages alone the map has a batch dim of 1."""
         if self.condition_net is None:
             if condition is not None:
                 raise ValueError("this prior is unconditional: condition must be None")
-            return None
-        if condition is None:
-            raise ValueError("this prior is conditional: pass the conditioning codes (B, h', w')")
-        condition = self._check_codes(condition, "condition")
-        return F.interpolate(self.condition_net(condition), size=size, mode="nearest")
+            features = None
+        else:
+            if condition is None:
+                raise ValueError("this prior is conditional: pass the conditioning codes (B, h', w')")
+            condition = self._check_codes(condition, "condition")
+            features = F.interpolate(self.condition_net(condition), size=size, mode="nearest")
+            features = features.repeat_interleave(self.stages, dim=-1) if self.stages > 1 else features
+        if self.stage_embedding is None:
+            return features
+        height, width = size
+        stages = self.stage_embedding.weight.T.repeat(1, width)  # (C, w Q): column c is stage c % Q
+        stages = stages[None, :, None, :].expand(1, -1, height, -1)
+        return stages if features is None else features + stages
 
     def logits(self, codes: torch.Tensor, condition_map: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, K, h, w)`` of every position given the codes before it (and ``condition_map``
-        ``(B, C, h, w)`` from :meth:`condition_map`)."""
+        """Logits ``(B, K, h, W)`` of every position of the raster ``codes (B, h, W)`` (``W = w Q``) given
+        the codes before it (and ``condition_map`` ``(B, C, h, W)`` from :meth:`condition_map`)."""
         v = h = self._embed(codes)
         for layer in self.layers:
             v, h = layer(v, h, condition_map)
         return self.head(h)
 
     def forward(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, K, h, w)`` for the int64 code grid ``codes (B, h, w)`` (teacher forcing)."""
+        """Logits ``(B, K, h, w)`` (``(B, K, h, w, Q)`` with stages) for the int64 code grid ``codes``
+        ``(B, h, w)`` (``(B, h, w, Q)``), teacher forcing."""
         codes = self._check_codes(codes, "codes")
-        return self.logits(codes, self.condition_map(condition, codes.shape[-2:]))
+        size = codes.shape[1:3]
+        logits = self.logits(codes.flatten(2), self.condition_map(condition, size))
+        return logits.unflatten(-1, (size[1], self.stages)) if self.stages > 1 else logits
 
     def nll(self, codes: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """``-log p(codes)`` in nats per grid: the cross-entropy summed over positions, ``(B,)`` float32."""
+        """``-log p(codes)`` in nats per grid: the cross-entropy summed over positions (and stages; codes
+        ``-1`` are skipped), ``(B,)`` float32."""
         logits = self(codes, condition).float()
-        return F.cross_entropy(logits, codes, reduction="none").flatten(1).sum(1)
+        return F.cross_entropy(logits, codes, reduction="none", ignore_index=-1).flatten(1).sum(1)
 
     def _embed(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.embedding(codes).permute(0, 3, 1, 2)
+        """``(B, C, h, W)`` of the raster ``codes (B, h, W)``, whose column ``c`` holds stage ``c % Q``."""
+        if self.stages == 1:
+            return self.embedding(codes).permute(0, 3, 1, 2)
+        stage = torch.arange(codes.shape[-1], device=codes.device) % self.stages
+        return self.embedding.rows(codes, stage).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def sample(self, n: int, size: tuple[int, int], condition: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` code grids drawn position by position in raster order: int64 ``(n, *size)``.
+        """``n`` code grids of ``size = (h, w)`` positions drawn in raster order: int64 ``(n, h, w)``, or
+        ``(n, h, w, Q)`` with stages (the columns of the ``h x w Q`` raster, stage by stage).
 
-        ``h w`` sequential draws from the softmax of the logits (:func:`torch.multinomial`, the global
+        ``h w Q`` sequential draws from the softmax of the logits (:func:`torch.multinomial`, the global
         generator, so ``torch.manual_seed`` repeats a draw), computed exactly as :meth:`forward` would
         but without its waste: the vertical stacks run once per row (on the rows so far; at row
         ``i`` they depend only on the rows above), the horizontal stacks and the head once per
         position, on that row's positions up to it.
         """
-        height, width = size
+        height, positions = size
+        width = positions * self.stages
         codes = torch.zeros(n, height, width, dtype=torch.int64, device=self.embedding.weight.device)
-        condition_map = self.condition_map(condition, (height, width))
+        condition_map = self.condition_map(condition, (height, positions))
         conditions = [layer.split_condition(condition_map) for layer in self.layers]
         for i in range(height):
             v = self._embed(codes[:, : i + 1])
@@ -240,4 +316,4 @@ class GatedPixelCNN(nn.Module):
                     )
                 logits = self.head(h[..., j:]).flatten(1).float()
                 codes[:, i, j] = torch.multinomial(logits.softmax(dim=-1), 1).squeeze(1)
-        return codes
+        return codes.unflatten(-1, (positions, self.stages)) if self.stages > 1 else codes
