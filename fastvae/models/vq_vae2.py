@@ -33,7 +33,11 @@ class VQVAE2(VQModel):
       the image.
 
     Both quantisers are :class:`fastvae.nn.VectorQuantizer` (fused nearest-code search, EMA or
-    loss-trained codebook, dead-code restart), configured alike. Loss, every term a per-example sum
+    loss-trained codebook, dead-code restart), configured alike, with the default ``quantizer="vq"``;
+    ``"rvq"``, ``"fsq"`` and ``"lfq"`` put residual VQ, FSQ or LFQ at both levels, with the options,
+    ``K``, losses and prior of each that :class:`~fastvae.models.vq_vae.VQVAE` states (for ``"rvq"``
+    both priors model every stage, and the bottom prior's conditioning embeds every stage of the top
+    codes; for ``"lfq"`` each level adds its ``entropy`` term). Loss, every term a per-example sum
     averaged over the batch (see :class:`~fastvae.models.vq_vae.VQVAE` for each level's terms; the
     quantisers' element means are rescaled by each level's ``h w D`` to sums)::
 
@@ -55,8 +59,9 @@ class VQVAE2(VQModel):
     codebook_loss_bottom, perplexity_top, perplexity_bottom)``. ``loss`` returns ``"loss"``,
     ``"recon"``, the totals ``"commitment"``, ``"codebook"``, ``"prior"`` and each level's
     ``"commitment_top"``, ``"commitment_bottom"``, ``"codebook_top"``, ``"codebook_bottom"``,
-    ``"prior_top"``, ``"prior_bottom"``, plus ``"perplexity_top"``, ``"perplexity_bottom"``,
-    ``"usage_top"``, ``"usage_bottom"`` (reported, not minimised). :meth:`reconstruct`, :meth:`elbo`
+    ``"prior_top"``, ``"prior_bottom"`` (for ``"lfq"`` also ``"entropy"``, ``"entropy_top"``,
+    ``"entropy_bottom"``), plus ``"perplexity_top"``, ``"perplexity_bottom"``, ``"usage_top"``,
+    ``"usage_bottom"`` (reported, not minimised). With ``"rvq"`` the indices are ``(B, h, w, Q)``. :meth:`reconstruct`, :meth:`elbo`
     (``-(recon + prior)`` per example) and eval mode never update a codebook.
 
     Args:
@@ -75,7 +80,11 @@ class VQVAE2(VQModel):
         prior_channels: width of each prior (64).
         prior_layers: gated layers of each prior (8).
         prior_batch: examples per batch the priors train on (64; 0: all).
-        precision: ``"ieee"`` or ``"tf32"``, the nearest-code searches' float32 products.
+        precision: ``"ieee"`` or ``"tf32"``, the nearest-code searches' float32 products (``"vq"``).
+        quantizer, num_quantizers, shared_codebook, quantize_dropout, kmeans_init, kmeans_iters,
+        codebook_dim, gradient, fsq_levels, lfq_commitment_weight, lfq_entropy_weight,
+        lfq_diversity_gamma, lfq_inv_temperature: the quantiser of both levels and its options, as
+            for :class:`~fastvae.models.vq_vae.VQVAE`.
     """
 
     levels = 2
@@ -109,8 +118,9 @@ class VQVAE2(VQModel):
         return z, self.decoder(z)
 
     def decode_codes(self, indices_top: torch.Tensor, indices_bottom: torch.Tensor) -> torch.Tensor:
-        """Decoder output ``(B, *input_shape)`` (logits for Bernoulli, the mean for Gaussian) of code indices
-        ``(B, h_t, w_t)`` and ``(B, h_b, w_b)``."""
+        """Decoder output ``(B, *input_shape)`` (logits for Bernoulli, the mean for Gaussian) of the int64 code
+        indices ``(B, h_t, w_t)`` and ``(B, h_b, w_b)`` (``(B, h, w, Q)`` each for ``"rvq"``), decoded through
+        :meth:`VQModel.code_vectors`."""
         z_top = self.code_vectors(self.quantizer_top, indices_top)
         z_bottom = self.code_vectors(self.quantizer_bottom, indices_bottom)
         return self._decode(z_top, z_bottom)[1]
@@ -119,14 +129,11 @@ class VQVAE2(VQModel):
         """Encode both levels, quantise top then bottom (updating the codebooks in training mode), decode."""
         x = self.check_input(x)
         features = self.encoder_bottom(x)
-        vq_top = self.quantize(self.quantizer_top, self.encoder_top(features))
-        z_e_bottom = self.pre_quantize_bottom(torch.cat([self.decoder_top(vq_top.quantized), features], dim=1))
-        vq_bottom = self.quantize(self.quantizer_bottom, z_e_bottom)
-        z, logits = self._decode(vq_top.quantized, vq_bottom.quantized)
-        return ModelOutput(
-            recon=self.mean(logits), z=z, logits=logits,
-            **self.level_outputs(vq_top, "_top"), **self.level_outputs(vq_bottom, "_bottom"),
-        )
+        top = self.quantize(self.quantizer_top, self.encoder_top(features), "_top")
+        z_e_bottom = self.pre_quantize_bottom(torch.cat([self.decoder_top(top["z_top"]), features], dim=1))
+        bottom = self.quantize(self.quantizer_bottom, z_e_bottom, "_bottom")
+        z, logits = self._decode(top["z_top"], bottom["z_bottom"])
+        return ModelOutput(recon=self.mean(logits), z=z, logits=logits, **top, **bottom)
 
     def loss(
         self, x: torch.Tensor, out: ModelOutput, y: torch.Tensor | None = None, step: int | None = None
