@@ -8,9 +8,14 @@
 //   <= 32 lanes, which sums it with a warp butterfly. A block's groups take a tile of columns b and
 //   a slice of the samples each, so the groups on one column share its mu / logvar row through L1;
 //   when the columns alone give too few blocks, the samples are split over gridDim.y too.
-// - its backward writes grad_z and sums grad_mu, grad_logvar over the K samples without atomics:
-//   a block owns a column b; its threads are (sample slice, chunk lane) pairs, each sums its
-//   slice's samples in registers, and the slices are folded through shared memory.
+// - its backward writes grad_z and sums grad_mu, grad_logvar over the K samples without atomics,
+//   in the same order run to run: the (B, D) plane is a flat run of chunks (a 16-byte vector of one
+//   row, or 4 scalars off the vector path), and a block takes tiles of `lanes` consecutive chunks
+//   (contiguous in mu and in each sample of z where rows are whole vectors), each chunk's samples
+//   split over kThreads / lanes slices that sum in registers, then fold through a warp butterfly
+//   and shared memory. The tiles narrow (more slices, fewer samples each) while they give fewer
+//   than kTargetBlocks blocks, so a short batch fills the GPU too: at K = 64, D = 128 in float32,
+//   B = 64 makes 512 blocks of one sample a thread, B = 4,096 1,024 blocks of 32.
 // - the bounds: a block owns a tile of contiguous columns (coalesced rows of log_w) and splits the
 //   K samples into slices; each thread streams an online log-sum-exp over its slice (reduce.cuh's
 //   LogSumExp, four samples a step), then the slices merge: a strided warp butterfly where a warp
@@ -98,78 +103,108 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>) iwae_log_weights_fwd_
 }
 
 // With s = (z - mu) e^-lv and g = grad[k, b]: grad_z = g (s - z), grad_mu = -sum_k g s,
-// grad_lv = 0.5 sum_k g (1 - s (z - mu)). Thread (slice, chunk lane) = (tid / chunk_lanes,
-// tid % chunk_lanes) of the block owning column b sums samples slice, slice + slices, ... of chunk
-// c0 + chunk lane; the per-thread sums are folded over the slices in shared memory (both loops
-// around the __syncthreads are block-uniform).
+// grad_lv = 0.5 sum_k g (1 - s (z - mu)). The (B, D) plane is a flat sequence of chunks of CH
+// elements of one row (a row's last chunk may be partial off the vector path), `chunks` per row.
+// A block sweeps tiles of `lanes` consecutive chunks;
+// thread (slice, lane) = (tid / lanes, tid % lanes) takes chunk lane of the tile and sums samples
+// slice, slice + slices, ... in registers. The slices then fold in a fixed order (the same run to
+// run): a strided warp butterfly over those in one warp, shared memory across the warps, and
+// slice 0 stores the chunk's grad_mu and grad_logvar. The tile loop and the fold's branches are
+// block-uniform, so the butterflies and barriers see every thread.
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T>) iwae_log_weights_bwd_kernel(
     const T* __restrict__ grad, std::int64_t grad_stride_k, std::int64_t grad_stride_b,
     const T* __restrict__ z, const T* __restrict__ mu, const T* __restrict__ logvar,
     T* __restrict__ grad_z, T* __restrict__ grad_mu, T* __restrict__ grad_logvar,
-    std::int64_t samples, std::int64_t batch, std::int64_t dim, int chunk_lanes) {
+    std::int64_t samples, std::int64_t batch, std::int64_t dim, int lanes) {
   using A = acc_t<T>;
   constexpr int CH = kChunk<T, VEC>;
-  // Element i of thread t's sums at [i * kThreads + t]: conflict-free writes.
+  // Element i of a lane's sums over slice group g at [(i * groups + g) * lanes + lane]: at most
+  // CH * kThreads entries, written and read conflict-free.
   __shared__ A partial_mu[CH * kThreads];
   __shared__ A partial_logvar[CH * kThreads];
   const int tid = static_cast<int>(threadIdx.x);
-  const int chunk_lane = tid & (chunk_lanes - 1);
-  const int slice = tid / chunk_lanes;
-  const int slices = kThreads / chunk_lanes;
+  const int lane = tid & (lanes - 1);
+  const int slice = tid / lanes;
+  const int slices = kThreads / lanes;
+  // Slices of a lane within one warp, merged by the butterfly; the groups of them across warps.
+  const int warp_slices = lanes < kWarpSize ? kWarpSize / lanes : 1;
+  const int groups = slices / warp_slices;
   const std::int64_t chunks = ceil_div(dim, CH);
-  for (std::int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
-    for (std::int64_t c0 = 0; c0 < chunks; c0 += chunk_lanes) {
-      const std::int64_t d0 = (c0 + chunk_lane) * CH;
-      const std::int64_t count = dim - d0;
-      A sum_mu[CH] = {}, sum_logvar[CH] = {};
-      if (d0 < dim) {
-        A m[CH], inv_var[CH];
-        load<CH, VEC>(mu + b * dim + d0, count, m, A(0));
-        load<CH, VEC>(logvar + b * dim + d0, count, inv_var, A(0));
-#pragma unroll
-        for (int i = 0; i < CH; ++i) {
-          inv_var[i] = exp(-inv_var[i]);
-        }
-#pragma unroll 2
-        for (std::int64_t k = slice; k < samples; k += slices) {
-          const A g = to_acc(grad[k * grad_stride_k + b * grad_stride_b]);
-          const std::int64_t offset = (k * batch + b) * dim + d0;
-          A zs[CH], out[CH];
-          load<CH, VEC>(z + offset, count, zs, A(0));
-#pragma unroll
-          for (int i = 0; i < CH; ++i) {
-            const A diff = zs[i] - m[i];
-            const A scaled = diff * inv_var[i];
-            out[i] = g * (scaled - zs[i]);
-            sum_mu[i] += g * scaled;
-            sum_logvar[i] += g * (A(1) - scaled * diff);
-          }
-          store<CH, VEC>(grad_z + offset, count, out);
-        }
-      }
+  const std::int64_t total = batch * chunks;
+  for (std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * lanes; c0 < total;
+       c0 += static_cast<std::int64_t>(gridDim.x) * lanes) {
+    const std::int64_t c = c0 + lane;
+    const std::int64_t b = c / chunks;
+    const std::int64_t d0 = (c - b * chunks) * CH;
+    const std::int64_t count = dim - d0;
+    A sum_mu[CH] = {}, sum_logvar[CH] = {};
+    if (c < total) {
+      A m[CH], inv_var[CH];
+      load<CH, VEC>(mu + b * dim + d0, count, m, A(0));
+      load<CH, VEC>(logvar + b * dim + d0, count, inv_var, A(0));
 #pragma unroll
       for (int i = 0; i < CH; ++i) {
-        partial_mu[i * kThreads + tid] = sum_mu[i];
-        partial_logvar[i * kThreads + tid] = sum_logvar[i];
+        inv_var[i] = exp(-inv_var[i]);
+      }
+      // The thread's first sample, and the steps to its next one in grad and in z / grad_z.
+      const T* g_at = grad + slice * grad_stride_k + b * grad_stride_b;
+      const std::int64_t first = (slice * batch + b) * dim + d0;
+      const T* z_at = z + first;
+      T* grad_z_at = grad_z + first;
+      const std::int64_t g_step = slices * grad_stride_k;
+      const std::int64_t z_step = slices * batch * dim;
+#pragma unroll 2
+      for (std::int64_t k = slice; k < samples;
+           k += slices, g_at += g_step, z_at += z_step, grad_z_at += z_step) {
+        const A g = to_acc(*g_at);
+        A zs[CH], out[CH];
+        load<CH, VEC>(z_at, count, zs, A(0));
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+          const A diff = zs[i] - m[i];
+          const A scaled = diff * inv_var[i];
+          out[i] = g * (scaled - zs[i]);
+          sum_mu[i] += g * scaled;
+          sum_logvar[i] += g * (A(1) - scaled * diff);
+        }
+        store<CH, VEC>(grad_z_at, count, out);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < CH; ++i) {
+      sum_mu[i] = warp_reduce_strided(sum_mu[i], SumOp{}, lanes);
+      sum_logvar[i] = warp_reduce_strided(sum_logvar[i], SumOp{}, lanes);
+    }
+    if (groups > 1) {
+      if (slice % warp_slices == 0) {
+        const int group = slice / warp_slices;
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+          partial_mu[(i * groups + group) * lanes + lane] = sum_mu[i];
+          partial_logvar[(i * groups + group) * lanes + lane] = sum_logvar[i];
+        }
       }
       __syncthreads();
-      // Thread t < chunk_lanes * CH folds element t / chunk_lanes of chunk lane t % chunk_lanes.
-      if (tid < chunk_lanes * CH) {
-        const int i = tid / chunk_lanes;
-        const int lane = tid % chunk_lanes;
-        const std::int64_t d = (c0 + lane) * CH + i;
-        A total_mu = 0, total_logvar = 0;
-        for (int s = 0; s < slices; ++s) {
-          total_mu += partial_mu[i * kThreads + s * chunk_lanes + lane];
-          total_logvar += partial_logvar[i * kThreads + s * chunk_lanes + lane];
-        }
-        if (d < dim) {
-          grad_mu[b * dim + d] = from_acc<T>(-total_mu);
-          grad_logvar[b * dim + d] = from_acc<T>(A(0.5) * total_logvar);
+      if (slice == 0) {
+        for (int group = 1; group < groups; ++group) {
+#pragma unroll
+          for (int i = 0; i < CH; ++i) {
+            sum_mu[i] += partial_mu[(i * groups + group) * lanes + lane];
+            sum_logvar[i] += partial_logvar[(i * groups + group) * lanes + lane];
+          }
         }
       }
       __syncthreads();
+    }
+    if (slice == 0 && c < total) {
+#pragma unroll
+      for (int i = 0; i < CH; ++i) {
+        sum_mu[i] = -sum_mu[i];
+        sum_logvar[i] *= A(0.5);
+      }
+      store<CH, VEC>(grad_mu + b * dim + d0, count, sum_mu);
+      store<CH, VEC>(grad_logvar + b * dim + d0, count, sum_logvar);
     }
   }
 }
@@ -269,17 +304,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>) iwae_bound_bwd_kernel
 
 // --- launch configuration ------------------------------------------------------------------------
 
-// Columns per block of the bound kernels (a power of two <= kThreads; the block's threads are
-// kThreads / columns sample slices of each column): no wider than next_pow2(batch), and narrowed
-// (less coalescing, more slices) while the tiles give fewer than kTargetBlocks blocks, but never
-// to more slices than next_pow2(samples).
-int bound_columns(std::int64_t batch, std::int64_t samples) {
+// Columns per block of a kernel whose block is `columns` columns side by side, each split into
+// kThreads / columns slices of its K samples (a power of two <= kThreads): the bounds (columns of
+// log_w) and the log-weights' backward (chunks of the (B, D) plane). No wider than
+// next_pow2(columns), and narrowed (less coalescing, more slices) while the tiles give fewer than
+// kTargetBlocks blocks, but never to more slices than next_pow2(samples).
+int block_columns(std::int64_t columns, std::int64_t samples) {
   const std::int64_t fewest = kThreads / next_pow2(std::min<std::int64_t>(samples, kThreads));
-  std::int64_t columns = kThreads;
-  while (columns > fewest && (columns / 2 >= batch || ceil_div(batch, columns) < kTargetBlocks)) {
-    columns /= 2;
+  std::int64_t width = kThreads;
+  while (width > fewest && (width / 2 >= columns || ceil_div(columns, width) < kTargetBlocks)) {
+    width /= 2;
   }
-  return static_cast<int>(columns);
+  return static_cast<int>(width);
 }
 
 // Splits of the samples over gridDim.y for `blocks_x` blocks of columns, `step` samples per block
@@ -334,13 +370,14 @@ void iwae_log_weights_bwd(int dtype, const void* grad, std::int64_t grad_stride_
     dispatch_bools(
         [&](auto vec) {
           constexpr bool VEC = decltype(vec)::value;
-          const int chunk_lanes = static_cast<int>(
-              std::min<std::int64_t>(next_pow2(ceil_div(dim, kChunk<T, VEC>)), kWarpSize));
-          iwae_log_weights_bwd_kernel<T, VEC><<<grid_blocks(batch, 1), kThreads, 0, stream>>>(
+          // The chunks of the (B, D) plane, a block's tile of `lanes` of them side by side.
+          const std::int64_t plane_chunks = batch * ceil_div(dim, kChunk<T, VEC>);
+          const int lanes = block_columns(plane_chunks, samples);
+          const unsigned int blocks = grid_blocks(plane_chunks, lanes);
+          iwae_log_weights_bwd_kernel<T, VEC><<<blocks, kThreads, 0, stream>>>(
               static_cast<const T*>(grad), grad_stride_k, grad_stride_b, static_cast<const T*>(z),
               static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<T*>(grad_z),
-              static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), samples, batch, dim,
-              chunk_lanes);
+              static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), samples, batch, dim, lanes);
           FASTVAE_CHECK_LAUNCH(iwae_log_weights_bwd_kernel);
         },
         can_vectorize<T>(dim, z, mu, logvar, grad_z));
@@ -353,7 +390,7 @@ void iwae_bound_fwd(int dtype, const void* log_w, void* bound, void* lse, std::i
     if (samples == 0 || groups == 0 || batch == 0) {
       return;
     }
-    const int columns = bound_columns(batch, samples);
+    const int columns = block_columns(batch, samples);
     iwae_bound_fwd_kernel<T><<<grid_blocks(batch, columns), kThreads, 0, stream>>>(
         static_cast<const T*>(log_w), static_cast<T*>(bound), static_cast<acc_t<T>*>(lse), samples,
         groups, batch, columns);
@@ -368,7 +405,7 @@ void iwae_bound_bwd(int dtype, const void* grad, std::int64_t grad_stride, const
     if (samples == 0 || groups == 0 || batch == 0) {
       return;
     }
-    const int columns = bound_columns(batch, samples);
+    const int columns = block_columns(batch, samples);
     const unsigned int blocks_x = grid_blocks(batch, columns);
     const std::int64_t k_chunk = sample_chunk(samples, kThreads / columns, blocks_x);
     const dim3 grid(blocks_x, static_cast<unsigned int>(ceil_div(samples, k_chunk)));

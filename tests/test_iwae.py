@@ -537,6 +537,34 @@ def test_miwae_bound_rejects_bad_inputs():
         fastvae.miwae_bound(torch.zeros(4))
 
 
+# --- how the log-weights' backward splits its work on a GPU ------------------------------------------
+# csrc/iwae.cu's backward views the (B, D) plane as a flat run of chunks (a 16-byte vector of one row,
+# or 4 scalars off the vector path) and gives a block a tile of `lanes` of them side by side, each
+# chunk's samples split over 256 / lanes slices that fold through a warp butterfly and shared memory;
+# the tiles narrow while they make fewer than 1,024 blocks. Each shape below takes another branch of
+# that split (lanes, slices and fold groups noted for float32, then bfloat16). The Triton kernel runs
+# them too, compiled; under the interpreter the sizes are too slow, hence GPU only.
+
+WORK_SPLIT_SHAPES = [
+    (64, 64, 128),  # B = 64: 4 chunks a block, 64 slices of one sample, 8 groups across the warps
+    (8, 4096, 128),  # B = 4,096: 128 (64) chunks a block, 2 (4) slices of 4 (2) samples, 2 (4) groups
+    (300, 64, 128),  # K past a block's threads: 2 (1) chunks a block, 128 (256) slices of 2 or 3 samples
+    (64, 64, 129),  # D off the vector width: scalar chunks, each row's last one partial
+    (1, 4096, 128),  # K = 1: 256 chunks a block, one slice, nothing to fold
+    (1, 64, 130),  # K = 1 off the vector path, the plane's last tile partial
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("shape", WORK_SPLIT_SHAPES, ids=str)
+def test_log_weights_backward_work_split(backend, dtype, shape, monkeypatch):
+    poison_allocations(monkeypatch)
+    log_px_z, z, mu, logvar = iwae_inputs(shape, dtype, seed=70)
+    grad_log_w = randn(*shape[:2], dtype=dtype, seed=71)
+    check_op(fastvae.iwae_log_weights, log_weights_f64, (log_px_z, z, mu, logvar), (grad_log_w,))
+
+
 # --- launch heuristics against the static report's bounds -------------------------------------------
 
 
