@@ -542,13 +542,13 @@ def test_miwae_bound_rejects_bad_inputs():
 # or 4 scalars off the vector path) and gives a block a tile of `lanes` of them side by side, each
 # chunk's samples split over 256 / lanes slices that fold through a warp butterfly and shared memory;
 # the tiles narrow while they make fewer than 1,024 blocks. Each shape below takes another branch of
-# that split (lanes, slices and fold groups noted for float32, then bfloat16). The Triton kernel runs
-# them too, compiled; under the interpreter the sizes are too slow, hence GPU only.
+# that split: float32's chunks, slices and fold groups are noted, bfloat16's in parentheses where they
+# differ. The Triton kernel runs them too, compiled; under the interpreter they are too slow: GPU only.
 
 WORK_SPLIT_SHAPES = [
     (64, 64, 128),  # B = 64: 4 chunks a block, 64 slices of one sample, 8 groups across the warps
     (8, 4096, 128),  # B = 4,096: 128 (64) chunks a block, 2 (4) slices of 4 (2) samples, 2 (4) groups
-    (300, 64, 128),  # K past a block's threads: 2 (1) chunks a block, 128 (256) slices of 2 or 3 samples
+    (300, 64, 128),  # K past a block's threads: 2 (1) chunks a block, 128 (256) slices of 2-3 (1-2) samples
     (64, 64, 129),  # D off the vector width: scalar chunks, each row's last one partial
     (1, 4096, 128),  # K = 1: 256 chunks a block, one slice, nothing to fold
     (1, 64, 130),  # K = 1 off the vector path, the plane's last tile partial
