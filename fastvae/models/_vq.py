@@ -4,7 +4,7 @@ A VQ model here encodes an image to one or more grids of code vectors (its level
 grid with its own quantiser, decodes the quantised codes, and fits a gated PixelCNN prior
 (:class:`~fastvae.models._prior.GatedPixelCNN`) per level on the code indices. The quantiser is one
 of four (``quantizer``, :data:`QUANTIZERS`): a learned codebook (:class:`fastvae.nn.VectorQuantizer`,
-``"vq"``, the default), residual VQ (:class:`fastvae.nn.residual_vq.ResidualVQ`, ``"rvq"``), finite
+``"vq"``, the default), residual VQ (:class:`fastvae.nn.ResidualVQ`, ``"rvq"``), finite
 scalar quantisation (:class:`fastvae.nn.FSQ`, ``"fsq"``) or lookup-free quantisation
 (:class:`fastvae.nn.LFQ`, ``"lfq"``). The base holds the hyper-parameters both models take and their
 checks, builds the quantisers and priors alike, runs a quantiser and decodes its indices whatever its
@@ -31,9 +31,8 @@ from torch import nn
 
 from fastvae.models._prior import GatedPixelCNN
 from fastvae.models.base import ModelOutput, ObservationModel
-from fastvae.nn import FSQ, LFQ, VectorQuantizer
+from fastvae.nn import FSQ, LFQ, ResidualVQ, VectorQuantizer
 from fastvae.nn.lfq import MAX_DIM as LFQ_MAX_DIM
-from fastvae.nn.residual_vq import ResidualVQ
 from fastvae.ops._checks import check_int, choice, number
 from fastvae.ops.fsq import check_levels
 
@@ -128,7 +127,7 @@ class VQModel(ObservationModel):
     * ``"vq"``: :class:`fastvae.nn.VectorQuantizer`, ``K = codebook_size`` learned codes; with
       ``codebook_dim`` the codes live in that space, behind linear projections (factorised codes);
       ``kmeans_init``, ``kmeans_iters`` and ``gradient`` as the quantiser takes them.
-    * ``"rvq"``: :class:`fastvae.nn.residual_vq.ResidualVQ`, ``num_quantizers = Q`` stages of
+    * ``"rvq"``: :class:`fastvae.nn.ResidualVQ`, ``num_quantizers = Q`` stages of
       ``K = codebook_size`` codes each; indices ``(B, h, w, Q)``; its losses are summed over the
       stages. The prior models all ``h w Q`` codes (a :class:`GatedPixelCNN` with ``stages = Q``).
     * ``"fsq"``: :class:`fastvae.nn.FSQ` with ``fsq_levels``, ``K = prod(fsq_levels)``; the ``D``
@@ -282,7 +281,7 @@ class VQModel(ObservationModel):
         * ``"vq"``: :class:`fastvae.nn.VectorQuantizer` of ``codebook_size`` codes of ``latent_dim``
           with the model's ``beta``, ``ema``, ``decay``, ``dead_code_threshold``, ``precision``,
           ``kmeans_init``, ``kmeans_iters``, ``codebook_dim`` and ``gradient``;
-        * ``"rvq"``: :class:`fastvae.nn.residual_vq.ResidualVQ` of ``num_quantizers`` stages of
+        * ``"rvq"``: :class:`fastvae.nn.ResidualVQ` of ``num_quantizers`` stages of
           ``codebook_size`` codes, with ``beta``, ``ema``, ``decay``, ``dead_code_threshold``,
           ``kmeans_init``, ``shared_codebook`` and ``quantize_dropout``;
         * ``"fsq"``: :class:`fastvae.nn.FSQ` of ``fsq_levels`` with ``dim=latent_dim``;

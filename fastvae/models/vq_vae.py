@@ -66,7 +66,7 @@ class VQVAE(VQModel):
       ``codebook_dim``-dimensional space behind linear projections, so ``commitment`` sums over
       ``h w codebook_dim``); ``gradient="rotation"`` passes the gradient by the rotation trick
       (Fifty et al. 2024).
-    * ``"rvq"``: residual VQ (:class:`fastvae.nn.residual_vq.ResidualVQ`; SoundStream, Zeghidour et
+    * ``"rvq"``: residual VQ (:class:`fastvae.nn.ResidualVQ`; SoundStream, Zeghidour et
       al. 2021): ``Q = num_quantizers`` codebooks of ``K = codebook_size`` codes, stage ``q``
       quantising the residual ``r_q = z_e - sum_{j<q} e_j``; ``z_q = sum_q e_q``, ``indices (B, h, w,
       Q)``. ``commitment = mean_b [ sum_q sum_{h w} |r_q - sg[e_q]|^2 ]`` and ``codebook`` likewise
