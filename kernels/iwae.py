@@ -166,7 +166,7 @@ def _iwae_log_weights_bwd_kernel(
     for k in range(0, K):
         g = g_next.to(ACC)[:, None]
         z = z_next.to(ACC)
-        k_next = tl.minimum(k + 1, K - 1)
+        k_next = tl.minimum(k + 1, K - 1).to(tl.int64)  # (K, B) may pass 2**31 elements
         g_next = tl.load(grad_ptr + k_next * B + b, mask=b_mask, other=0.0)
         z_next = tl.load(z_ptr + k_next * sample + bd, mask=bd_mask, other=0.0)
         diff = z - mu
