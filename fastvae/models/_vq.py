@@ -68,28 +68,29 @@ QUANTIZER_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """``(num_codes,)`` float32: how often ``indices`` (int64, any shape, values in ``[0, num_codes)``) pick
+    each code. A fixed-size ``index_add_``, not ``torch.bincount``, which reads the largest index back to
+    the host on a GPU."""
+    flat = indices.flatten()
+    return torch.zeros(num_codes, device=indices.device).index_add_(
+        0, flat, torch.ones(flat.shape, device=indices.device)
+    )
+
+
 def codebook_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """The fraction of the ``num_codes`` codes that ``indices`` (int64, any shape) use at least once (0-dim float32)."""
-    return torch.bincount(indices.flatten(), minlength=num_codes).gt(0).float().mean()
-
-
-def _stage_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """``(Q, num_codes)`` float32: how often each stage of ``indices (..., Q)`` (int64, ``-1`` for a
-    skipped stage, not counted) picks each code."""
-    stages = indices.shape[-1]
-    rows = indices.reshape(-1, stages)
-    offsets = torch.arange(stages, device=indices.device) * num_codes
-    kept = rows >= 0
-    flat = torch.where(kept, rows + offsets, 0).flatten()
-    counts = torch.zeros(stages * num_codes, device=indices.device).index_add_(0, flat, kept.flatten().float())
-    return counts.view(stages, num_codes)
+    return _code_counts(indices, num_codes).gt(0).float().mean()
 
 
 def stage_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """For residual VQ indices ``(..., Q)`` (int64, ``-1`` where quantizer dropout skipped the stage):
     the mean, over the stages that ran, of the fraction of each stage's ``num_codes`` codes it uses
     at least once (0-dim float32)."""
-    counts = _stage_counts(indices, num_codes)
+    stages = indices.shape[-1]
+    offsets = torch.arange(stages, device=indices.device) * num_codes
+    shifted = torch.where(indices >= 0, indices + offsets, stages * num_codes)  # skipped: one spare bin
+    counts = _code_counts(shifted, stages * num_codes + 1)[:-1].view(stages, num_codes)
     ran = counts.sum(1) > 0
     used = counts.gt(0).float().mean(1)
     return (used * ran).sum() / ran.sum()
@@ -98,7 +99,7 @@ def stage_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
 def code_perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """``exp`` of the entropy of the usage of ``num_codes`` codes by ``indices`` (int64, any shape, values
     in ``[0, num_codes)``): 0-dim float32, between 1 and the number of codes used."""
-    probs = torch.bincount(indices.flatten(), minlength=num_codes).float() / max(indices.numel(), 1)
+    probs = _code_counts(indices, num_codes) / max(indices.numel(), 1)
     return torch.exp(-torch.special.xlogy(probs, probs).sum())
 
 
