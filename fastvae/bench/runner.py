@@ -901,6 +901,8 @@ class _Runner:
     def run(self) -> dict[str, Any]:
         config, device = self.config, self.device
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        # The code that runs is the tree at the start: a commit made during a long run is not it.
+        commit, dirty = _commit()
         if device.type == "cpu":
             self.note(_CPU_NOTICE if not torch.cuda.is_available() else "measuring on the CPU (--device cpu)")
             self.note(
@@ -951,7 +953,6 @@ class _Runner:
         for reason in graph_reasons:
             self.note(f"CUDA graph replays {reason}")
         memory_scaling = self._memory_scaling() if config.memory_scaling else []
-        commit, dirty = _commit()
         return {
             "schema": SCHEMA,
             "date": date,

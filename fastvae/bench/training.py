@@ -428,6 +428,8 @@ class _Run:
     def run(self) -> dict[str, Any]:
         config, device = self.config, self.device
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        # The code that runs is the tree at the start: a commit made during a long run is not it.
+        commit, dirty = _commit()
         if device.type == "cpu":
             self.note(
                 ("no CUDA device: " if not torch.cuda.is_available() else "measuring on the CPU (--device cpu): ")
@@ -449,7 +451,6 @@ class _Run:
         for variant in config.variants:
             fitted = [row["batch_size"] for row in rows if row["variant"] == variant and row["status"] == "ok"]
             largest[variant] = max(fitted, default=None)
-        commit, dirty = _commit()
         return {
             "schema": SCHEMA,
             "benchmark": "training",
