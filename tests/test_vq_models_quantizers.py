@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from dsprites_training import train_steps
 from PIL import Image
 from tolerances import assert_close
 
@@ -531,17 +532,7 @@ def test_training_on_dsprites_lowers_the_loss_and_uses_the_codes(
     torch.manual_seed(0)
     model = models.create(name, input_shape=(1, 64, 64), latent_dim=latent_dim, quantizer=quantizer,
                           **{**SMALL, "prior_channels": 16, "prior_batch": 4, **options})
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    losses, recons = [], []
-    for step in range(80):
-        x, _ = data.batch(torch.randint(len(data), (16,), generator=generator))
-        terms = model.loss(x, model(x), step=step)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        losses.append(terms["loss"].item())
-        recons.append(terms["recon"].item())
+    losses, recons = train_steps(model, data, steps=80, lr=3e-3)
     assert all(math.isfinite(value) for value in losses)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     if (name, quantizer) in MAY_COLLAPSE:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from dsprites_training import train_steps
 from tolerances import assert_close
 
 from fastvae import cli, models
@@ -438,17 +439,7 @@ def test_vq_vae2_uses_both_codebooks_and_trains_both_encoders() -> None:
 def test_training_on_dsprites_lowers_the_loss(name: str) -> None:
     data = dsprites(1024, seed=0)
     model = _build(name)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    losses, recons = [], []
-    for step in range(40):
-        x, _ = data.batch(torch.randint(len(data), (16,), generator=generator))
-        terms = model.loss(x, model(x), step=step)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        losses.append(terms["loss"].item())
-        recons.append(terms["recon"].item())
+    losses, recons = train_steps(model, data, steps=40, lr=2e-3)
     assert all(math.isfinite(value) for value in losses)
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5])
     assert sum(recons[-5:]) < 0.3 * sum(recons[:5])
