@@ -553,10 +553,7 @@ def _fsq_skip_reason(
         reason = cases.backend_cannot_run(backend, FSQ_OP_NAMES, device)
         if reason is not None:
             return reason
-    needs = 8 * shape.dims["N"] * shape.dims["D"] * 4
-    if device.type == "cpu" and needs > cpu_budget:
-        return f"needs {needs / 1e9:.1f} GB, over the CPU memory budget of {cpu_budget / 1e9:.1f} GB"
-    return None
+    return _over_budget(8 * shape.dims["N"] * shape.dims["D"] * 4, device, cpu_budget)
 
 
 def _lfq_skip_reason(

@@ -219,7 +219,12 @@ def shapes_for(op: str, *, names: tuple[str, ...] | None = None, quick: bool = F
     """
     if op not in SHAPES:
         raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
-    table = SHAPES[op]
+    return _select(SHAPES[op], names=names, quick=quick, cpu=cpu, user=user)
+
+
+def _select(table: tuple[Shape, ...], *, names: tuple[str, ...] | None, quick: bool, cpu: bool,
+            user: bool) -> list[Shape]:
+    """The shapes of ``table`` that :func:`shapes_for`'s ``names`` and flags choose, in table order."""
     if names is not None:
         return [shape for shape in table if shape.name in names]
     if quick:
@@ -236,14 +241,7 @@ def peer_shapes(layer: str, selection: str, names: tuple[str, ...] | None = None
     the peer comparison of ``selection`` runs: those named ``names`` when given, else the quick ones
     (``quick``), the user-sized ones (``user``), or the others' shapes: with ``cpu`` (measuring on the
     CPU) the ones flagged ``cpu``, else all of them."""
-    table = PEER_SHAPES[layer]
-    if names is not None:
-        return [shape for shape in table if shape.name in names]
-    if selection == "quick":
-        return [shape for shape in table if shape.quick]
-    if selection == "user":
-        return [shape for shape in table if shape.user]
-    return [shape for shape in table if shape.cpu or not cpu]
+    return _select(PEER_SHAPES[layer], names=names, quick=selection == "quick", cpu=cpu, user=selection == "user")
 
 
 def precisions_for(op: str, dtype: str, precisions: tuple[str, ...]) -> tuple[str | None, ...]:
