@@ -12,6 +12,7 @@ non-negative, and the log-density terms here are dominated by the positive log(2
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import backends
@@ -24,6 +25,7 @@ from torch.distributions import Normal, kl_divergence
 
 import fastvae
 from fastvae import backend as fastvae_backend
+from fastvae.ops._seed import draw
 from fastvae.ops.gaussian import OP_NAMES
 from fastvae.reference.philox import normal_stream, philox4x32
 
@@ -227,6 +229,21 @@ def test_seeded_sampling_is_reproducible(backend, dtype):
     assert torch.equal(fastvae.reparameterize_kl(mu, logvar)[0], drawn_kl)
     # Consecutive draws without reseeding use different seeds.
     assert not torch.equal(drawn_kl, drawn)
+
+
+def test_drawn_seeds_are_the_draws_of_torch_randint_from_any_thread():
+    # An eager draw reads its value back through a view of its scratch memory, not int(tensor): it
+    # must still be exactly torch.randint(0, 2**62, ()) from the default generator, in every thread.
+    torch.manual_seed(11)
+    drawn = [draw() for _ in range(3)]
+    in_thread: list[int] = []
+    worker = threading.Thread(target=lambda: in_thread.extend(draw() for _ in range(2)))
+    worker.start()
+    worker.join()
+    drawn += in_thread + [draw()]
+    torch.manual_seed(11)
+    assert drawn == [int(torch.randint(0, 2**62, ())) for _ in range(6)]
+    assert len(set(drawn)) == 6
 
 
 @pytest.mark.parametrize("op", ["reparameterize", "reparameterize_kl"])

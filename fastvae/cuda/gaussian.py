@@ -42,24 +42,6 @@ def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def _sample(
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    eps: torch.Tensor | None,
-    seed: int,
-    z: torch.Tensor,
-    kl: torch.Tensor | None,
-) -> None:
-    """Shared by both samplers: fill ``z``, and the row KL into ``kl`` when it is given."""
-    mu, logvar = mu.contiguous(), logvar.contiguous()
-    rows, dim = mu.shape
-    run_kernel(
-        mu, "reparameterize_fwd",
-        dtype_code(mu, "mu"), mu.data_ptr(), logvar.data_ptr(), 0 if eps is None else eps.contiguous().data_ptr(),
-        z.data_ptr(), 0 if kl is None else kl.data_ptr(), rows, dim, seed,
-    )  # fmt: skip
-
-
 def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None, seed: int) -> torch.Tensor:
     """``z = mu + exp(logvar / 2) * eps``, eps from the Philox stream of ``seed`` when None.
 
@@ -69,9 +51,16 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor
     Returns:
         ``z`` ``(R, D)`` in the input dtype.
     """
+    # The samplers' host code is written out in one frame: at user sizes (64 x 16) each further
+    # Python call costs the op a measurable share of its time.
     z, launch = plan.reparameterize_fwd(mu)
     if launch:
-        _sample(mu, logvar, eps, seed, z, None)
+        rows, dim = mu.shape
+        run_kernel(
+            mu, "reparameterize_fwd",
+            dtype_code(mu, "mu"), mu.contiguous().data_ptr(), logvar.contiguous().data_ptr(),
+            0 if eps is None else eps.contiguous().data_ptr(), z.data_ptr(), 0, rows, dim, seed,
+        )  # fmt: skip
     return z
 
 
@@ -88,30 +77,13 @@ def reparameterize_kl_fwd(
     """
     (z, kl), launch = plan.reparameterize_kl_fwd(mu)
     if launch:
-        _sample(mu, logvar, eps, seed, z, kl)
+        rows, dim = mu.shape
+        run_kernel(
+            mu, "reparameterize_fwd",
+            dtype_code(mu, "mu"), mu.contiguous().data_ptr(), logvar.contiguous().data_ptr(),
+            0 if eps is None else eps.contiguous().data_ptr(), z.data_ptr(), kl.data_ptr(), rows, dim, seed,
+        )  # fmt: skip
     return z, kl
-
-
-def _reparameterize_grads(
-    grad_z: torch.Tensor,
-    grad_kl: torch.Tensor | None,
-    mu: torch.Tensor | None,
-    grad_mu: torch.Tensor | None,
-    logvar: torch.Tensor,
-    grad_logvar: torch.Tensor,
-    seed: int,
-) -> None:
-    """Shared by both samplers' backward: fill ``grad_logvar``, and with ``grad_kl`` ``grad_mu``."""
-    logvar, mu = logvar.contiguous(), _dense(mu)
-    grad_z = grad_z.to(logvar.dtype)
-    grad_kl = None if grad_kl is None else grad_kl.to(logvar.dtype)
-    rows, dim = logvar.shape
-    run_kernel(
-        logvar, "reparameterize_bwd",
-        dtype_code(logvar, "logvar"), grad_z.data_ptr(), grad_z.stride(0), grad_z.stride(1), _ptr(grad_kl),
-        0 if grad_kl is None else grad_kl.stride(0), _ptr(mu), logvar.data_ptr(), _ptr(grad_mu),
-        grad_logvar.data_ptr(), rows, dim, seed,
-    )  # fmt: skip
 
 
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
@@ -123,9 +95,19 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) ->
     Returns:
         ``grad_logvar = grad_z * exp(logvar / 2) * eps / 2``, ``(R, D)`` in the input dtype.
     """
+    # Written out in one frame, as the forward samplers are (see reparameterize_fwd).
     grad_logvar, launch = plan.reparameterize_bwd(logvar)
     if launch:
-        _reparameterize_grads(grad_z, None, None, None, logvar, grad_logvar, seed)
+        logvar = logvar.contiguous()
+        if grad_z.dtype is not logvar.dtype:
+            grad_z = grad_z.to(logvar.dtype)
+        rows, dim = logvar.shape
+        row_stride, col_stride = grad_z.stride()
+        run_kernel(
+            logvar, "reparameterize_bwd",
+            dtype_code(logvar, "logvar"), grad_z.data_ptr(), row_stride, col_stride, 0, 0, 0, logvar.data_ptr(), 0,
+            grad_logvar.data_ptr(), rows, dim, seed,
+        )  # fmt: skip
     return grad_logvar
 
 
@@ -143,7 +125,19 @@ def reparameterize_kl_bwd(
     """
     (grad_mu, grad_logvar), launch = plan.reparameterize_kl_bwd(mu)
     if launch:
-        _reparameterize_grads(grad_z, grad_kl, mu, grad_mu, logvar, grad_logvar, seed)
+        mu, logvar = mu.contiguous(), logvar.contiguous()
+        if grad_z.dtype is not logvar.dtype:
+            grad_z = grad_z.to(logvar.dtype)
+        if grad_kl.dtype is not logvar.dtype:
+            grad_kl = grad_kl.to(logvar.dtype)
+        rows, dim = logvar.shape
+        row_stride, col_stride = grad_z.stride()
+        run_kernel(
+            logvar, "reparameterize_bwd",
+            dtype_code(logvar, "logvar"), grad_z.data_ptr(), row_stride, col_stride, grad_kl.data_ptr(),
+            grad_kl.stride(0), mu.data_ptr(), logvar.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
+            rows, dim, seed,
+        )  # fmt: skip
     return [grad_mu, grad_logvar]
 
 

@@ -16,9 +16,11 @@ Names: the backend op ``<op>_fwd`` (every backend's function of that name, :mod:
 runs in the custom op ``fastvae::<op>``, and ``<op>_bwd`` in ``fastvae::<op>_backward``.
 
 Seeds: a schema argument named ``seed`` is a 0-dim int64 tensor in the custom op (so that
-``torch.compile`` traces the draw) and reaches the backend as a Python int. The eager path takes it
-as an int too (:func:`fastvae.ops._seed.seed_value` gives an int there), which saves allocating a
-tensor per call; ``setup_context`` functions keep it on ``ctx`` as it came.
+``torch.compile`` traces the draw) and reaches the backend as a Python int. Callers pass an int, or
+None to draw one from torch's generator: the draw happens here, where whether the call is traced is
+decided once (a tensor from :func:`fastvae.ops._seed.draw_traced` then, an int from
+:func:`fastvae.ops._seed.draw` otherwise, which saves allocating a tensor per eager call).
+``setup_context`` functions keep the seed on ``ctx`` as the custom op or backend received it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch._library.custom_ops import CustomOpDef
 
 from fastvae import backend
+from fastvae.ops._seed import draw, draw_traced
 
 __all__ = ["Dispatched", "define", "tracing"]
 
@@ -56,13 +59,21 @@ class Dispatched:
     def __init__(
         self,
         custom: CustomOpDef,
+        name: str,
         eager: Callable[..., Any],
         function: type[torch.autograd.Function] | None,
         transformable: type[torch.autograd.Function] | None,
         seed_at: int | None,
+        device_at: int,
+        direct: bool,
     ) -> None:
         self.custom = custom
+        self._name = name
         self._eager = eager
+        self._device_at = device_at
+        # Whether the backend function's result is the op's output as it is, so that a call with no
+        # gradient can run it without the ``eager`` wrapper (one Python frame less per call).
+        self._direct = direct
         self._function = function
         # The C++ Function.apply, without the Python wrapper's pytree pass over the arguments (about
         # 3 us a call), which only matters to torch.func, whose calls take the transformable form.
@@ -72,14 +83,21 @@ class Dispatched:
         self.__name__ = custom._name
 
     def __call__(self, *args: Any) -> Any:
+        at = self._seed_at
         if _is_compiling() or _dispatch_modes():
             # Traced (torch.compile, export, make_fx, opcheck, fake tensors): the custom op, whose
             # fake implementation and registered autograd the tracer understands.
-            return self.custom(*args)
+            return self.custom(*self._seed_as_tensor(args))
+        if at is not None and args[at] is None:
+            args = (*args[:at], draw(), *args[at + 1 :])
         if _functorch_active():
             return self._call_transformed(args)
         if not torch.is_grad_enabled():
-            return self._eager(*args)  # e.g. a backward op during backward: nothing records
+            # Nothing records (under no_grad, or a backward op during backward): the backend
+            # function itself, resolved here when its result needs no mapping.
+            if self._direct:
+                return backend.resolve_for(self._name, args[self._device_at])(*args)
+            return self._eager(*args)
         if _any_requires_grad(*args):
             if self._apply is None:
                 # A backward op asked for a graph (double backward): the custom op, which says that
@@ -102,11 +120,14 @@ class Dispatched:
             return self._eager(*args)
 
     def _seed_as_tensor(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``args`` with an int seed (the eager path's) as the 0-dim tensor the custom op takes."""
+        """``args`` with the seed as the 0-dim tensor the custom op takes: an int (the eager path's)
+        converted, None drawn (:func:`fastvae.ops._seed.draw_traced`)."""
         at = self._seed_at
-        if at is None or isinstance(args[at], torch.Tensor):
+        seed = args[at] if at is not None else None
+        if at is None or isinstance(seed, torch.Tensor):
             return args
-        return (*args[:at], torch.tensor(args[at], dtype=torch.int64), *args[at + 1 :])
+        seed = draw_traced() if seed is None else torch.tensor(seed, dtype=torch.int64)
+        return (*args[:at], seed, *args[at + 1 :])
 
     def __repr__(self) -> str:
         return f"Dispatched(fastvae::{self.__name__})"
@@ -150,7 +171,7 @@ def define(
     device_at = next(i for i, a in enumerate(arguments) if str(a.type) == "Tensor")
 
     def eager(*args: Any) -> Any:
-        result = backend.resolve(name, args[device_at].device)(*args)
+        result = backend.resolve_for(name, args[device_at])(*args)
         return result if outputs is None else outputs(result)
 
     def run(*args: Any) -> Any:
@@ -161,12 +182,12 @@ def define(
     )
     custom.register_fake(fake)
     if backward is None:
-        return Dispatched(custom, eager, None, None, seed_at)
+        return Dispatched(custom, name, eager, None, None, seed_at, device_at, outputs is None)
     torch.library.register_autograd(custom, backward, setup_context=setup_context)
 
     def forward_with_context(ctx: Any, *args: Any) -> Any:
         # Grad mode is off inside Function.forward: nothing here records.
-        result = backend.resolve(name, args[device_at].device)(*args)
+        result = backend.resolve_for(name, args[device_at])(*args)
         output = result if outputs is None else outputs(result)
         setup_context(ctx, args, output)
         return output
@@ -188,4 +209,4 @@ def define(
             "backward": staticmethod(backward),
         },
     )
-    return Dispatched(custom, eager, function, transformable, seed_at)
+    return Dispatched(custom, name, eager, function, transformable, seed_at, device_at, outputs is None)

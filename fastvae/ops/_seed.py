@@ -1,5 +1,7 @@
-"""Seeds for the sampling ops: a Python int in eager mode, a 0-dim int64 CPU tensor while tracing
-(so that ``torch.compile`` traces the draw)."""
+"""Seeds for the sampling ops: checked at the public entry (:func:`check_seed`), drawn from torch's
+generator when none is given (:func:`draw`, called by :class:`fastvae.ops._dispatch.Dispatched`, which
+knows whether the call is traced and so decides once per call whether the seed is an int or a tensor).
+"""
 
 from __future__ import annotations
 
@@ -7,40 +9,51 @@ import threading
 
 import torch
 
-from fastvae.ops._dispatch import tracing
 from fastvae.reference.philox import MAX_SEED
+
+__all__ = ["check_seed", "draw", "draw_traced"]
 
 #: Seeds drawn from torch's generator are uniform in ``[0, _DRAW_HIGH)``.
 _DRAW_HIGH = 2**62
 
-#: Per thread, the 0-dim tensor an eager draw goes into (see seed_value).
+#: Per thread, the 0-dim tensor an eager draw goes into (see draw).
 _scratch = threading.local()
 
 
-def seed_value(seed: int | None) -> int | torch.Tensor:
-    """``seed`` checked, or a seed drawn from torch's default CPU generator when it is None.
-
-    Drawing from torch's generator makes ``torch.manual_seed`` repeat runs: a draw is the value
-    ``torch.randint(0, 2**62, ())`` would give. An explicit seed must be an int in ``[0, 2**63)``.
-
-    Returns:
-        An int in eager mode (the draw goes into a reused per-thread tensor: no allocation per call);
-        a fresh 0-dim int64 CPU tensor while tracing (:func:`fastvae.ops._dispatch.tracing`).
+def check_seed(seed: object) -> int | None:
+    """``seed`` checked: None (draw one) or an int in ``[0, 2**63)``.
 
     Raises:
         TypeError: ``seed`` is neither None nor an int.
         ValueError: ``seed`` is outside ``[0, 2**63)``.
     """
     if seed is None:
-        if tracing():
-            return torch.randint(0, _DRAW_HIGH, (), dtype=torch.int64)
-        scratch = getattr(_scratch, "seed", None)
-        if scratch is None:
-            scratch = _scratch.seed = torch.empty((), dtype=torch.int64)
-        return int(scratch.random_(0, _DRAW_HIGH))
+        return None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return torch.tensor(seed, dtype=torch.int64) if tracing() else seed
+    return seed
 
+
+def draw() -> int:
+    """A seed drawn from torch's default CPU generator, in eager mode: the value
+    ``torch.randint(0, 2**62, ())`` would give, so ``torch.manual_seed`` makes runs repeatable.
+
+    The draw goes into a reused per-thread 0-dim tensor whose memory is a ``bytearray``, and is read
+    back through a ``memoryview`` of it rather than by ``int(tensor)``: at user sizes the dispatch of
+    that ``item()`` was a measurable share of a sampling call (the bench's user-sized rows).
+    """
+    scratch = getattr(_scratch, "seed", None)
+    if scratch is None:
+        memory = bytearray(8)
+        scratch = _scratch.seed = (torch.frombuffer(memory, dtype=torch.int64).view(()), memoryview(memory).cast("q"))
+    tensor, value = scratch
+    tensor.random_(0, _DRAW_HIGH)
+    return value[0]
+
+
+def draw_traced() -> torch.Tensor:
+    """The draw of :func:`draw` as a fresh 0-dim int64 CPU tensor, for code being traced
+    (``torch.compile`` records the draw, so every call of the compiled code draws anew)."""
+    return torch.randint(0, _DRAW_HIGH, (), dtype=torch.int64)

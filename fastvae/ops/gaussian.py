@@ -17,8 +17,8 @@ import torch
 
 from fastvae import backend
 from fastvae.ops import _checks
-from fastvae.ops._dispatch import define, tracing
-from fastvae.ops._seed import seed_value
+from fastvae.ops._dispatch import define
+from fastvae.ops._seed import check_seed
 from fastvae.reference import gaussian as reference
 
 __all__ = ["reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob"]
@@ -206,39 +206,48 @@ _gaussian_log_prob = define(
 # --- public functions -----------------------------------------------------------------------------
 
 
-def _check_pair(mu: object, logvar: object) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_rows(mu: object, logvar: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mu`` and ``logvar`` checked, as ``(R, D)`` rows (:func:`_rows`).
+
+    The common case (two contiguous 2-D tensors of one float dtype, shape and device) is decided in
+    one expression, which for CPU tensors builds no object (no ``torch.device``): at user sizes each
+    such call costs the op measurable time. Anything else takes the checks that name what is wrong.
+    """
     if (
         isinstance(mu, torch.Tensor)
         and isinstance(logvar, torch.Tensor)
         and mu.dtype in _checks.FLOAT_DTYPE_SET
         and logvar.dtype is mu.dtype
-        and mu.ndim >= 1
+        and mu.ndim == 2
         and logvar.shape == mu.shape
-        and logvar.device == mu.device
+        and (mu.is_cpu and logvar.is_cpu or mu.device == logvar.device)
+        and mu.is_contiguous()
+        and logvar.is_contiguous()
     ):
-        return mu, logvar  # the common case, in one expression; the checks below name what is wrong
+        return mu, logvar
     mu = _checks.tensor(mu, "mu", min_dim=1)
     logvar = _checks.tensor(logvar, "logvar", min_dim=1)
     _checks.same_dtype_and_device([("mu", mu), ("logvar", logvar)])
     _checks.same_shape("logvar", logvar, mu.shape, "the shape of mu")
-    return mu, logvar
+    return _rows(mu), _rows(logvar)
 
 
 def _check_eps(eps: object, mu: torch.Tensor) -> Optional[torch.Tensor]:
+    """``eps`` checked against ``mu`` (the caller's, of any shape ``(..., D)``), as ``(R, D)`` rows;
+    None stays None."""
     if eps is None:
         return None
     eps = _checks.tensor(eps, "eps")
     _checks.same_dtype_and_device([("mu", mu), ("eps", eps)])
     _checks.same_shape("eps", eps, mu.shape, "the shape of mu")
-    return eps
+    return _rows(eps)
 
 
-def _seed_for(eps: Optional[torch.Tensor], seed: Optional[int]) -> int | torch.Tensor:
-    """The seed argument of a sampling op: drawn or checked (:func:`seed_value`); with an explicit
-    eps and no seed, 0 without a draw (the noise stream is unused)."""
-    if eps is not None and seed is None:
-        return torch.zeros((), dtype=torch.int64) if tracing() else 0
-    return seed_value(seed)
+def _seed_for(eps: Optional[torch.Tensor], seed: object) -> Optional[int]:
+    """The seed argument of a sampling op: ``seed`` checked (:func:`check_seed`), None to have the op
+    draw one; with an explicit eps and no seed, 0 (the noise stream is unused: nothing is drawn)."""
+    seed = check_seed(seed)
+    return 0 if seed is None and eps is not None else seed
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -270,11 +279,13 @@ def reparameterize(
         TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-int seed.
         ValueError: mismatched shapes or devices, a 0-dim input, a seed out of range.
     """
-    mu, logvar = _check_pair(mu, logvar)
-    eps = _check_eps(eps, mu)
-    seed_t = _seed_for(eps, seed)
-    rows_eps = None if eps is None else _rows(eps)
-    return _shaped(_reparameterize(_rows(mu), _rows(logvar), rows_eps, seed_t), mu.shape)
+    rows_mu, rows_logvar = _pair_rows(mu, logvar)
+    rows_eps = None
+    if eps is not None or seed is not None:
+        rows_eps = _check_eps(eps, mu)
+        seed = _seed_for(rows_eps, seed)
+    z = _reparameterize(rows_mu, rows_logvar, rows_eps, seed)
+    return z if mu.ndim == 2 else z.reshape(mu.shape)
 
 
 def reparameterize_kl(
@@ -300,13 +311,17 @@ def reparameterize_kl(
     Raises:
         TypeError, ValueError: as for :func:`reparameterize`; an unknown ``reduction``.
     """
-    mu, logvar = _check_pair(mu, logvar)
-    eps = _check_eps(eps, mu)
-    reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
-    seed_t = _seed_for(eps, seed)
-    rows_eps = None if eps is None else _rows(eps)
-    z, kl = _reparameterize_kl(_rows(mu), _rows(logvar), rows_eps, seed_t)
-    return _shaped(z, mu.shape), _reduce(_shaped(kl, mu.shape[:-1]), reduction)
+    rows_mu, rows_logvar = _pair_rows(mu, logvar)
+    rows_eps = None
+    if eps is not None or seed is not None:
+        rows_eps = _check_eps(eps, mu)
+        seed = _seed_for(rows_eps, seed)
+    if reduction != "none":
+        reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
+    z, kl = _reparameterize_kl(rows_mu, rows_logvar, rows_eps, seed)
+    if mu.ndim != 2:
+        z, kl = z.reshape(mu.shape), kl.reshape(mu.shape[:-1])
+    return z, _reduce(kl, reduction)
 
 
 def gaussian_kl(
@@ -338,10 +353,11 @@ def gaussian_kl(
         TypeError: non-floating or mixed dtypes.
         ValueError: shapes that do not match or broadcast, mixed devices, an unknown ``reduction``.
     """
-    mu, logvar = _check_pair(mu, logvar)
-    reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
+    rows_mu, rows_logvar = _pair_rows(mu, logvar)
+    if reduction != "none":
+        reduction = _checks.choice(reduction, "reduction", _checks.REDUCTIONS)
     if mu_p is None and logvar_p is None:
-        kl = _gaussian_kl(_rows(mu), _rows(logvar), None, None)
+        kl = _gaussian_kl(rows_mu, rows_logvar, None, None)
     else:
         prior = []
         for name, value in (("mu_p", mu_p), ("logvar_p", logvar_p)):
@@ -350,8 +366,8 @@ def gaussian_kl(
             value = _checks.tensor(value, name)
             _checks.same_dtype_and_device([("mu", mu), (name, value)])
             prior.append(_prior_rows(_checks.broadcast_to(name, value, mu.shape, "mu")))
-        kl = _gaussian_kl(_rows(mu), _rows(logvar), prior[0], prior[1])
-    return _reduce(_shaped(kl, mu.shape[:-1]), reduction)
+        kl = _gaussian_kl(rows_mu, rows_logvar, prior[0], prior[1])
+    return _reduce(kl if mu.ndim == 2 else kl.reshape(mu.shape[:-1]), reduction)
 
 
 def gaussian_log_prob(
