@@ -87,6 +87,38 @@ def reparameterize_kl_fwd(
     return z, kl
 
 
+def _reparameterize_grads(
+    grad_z: torch.Tensor,
+    grad_kl: torch.Tensor | None,
+    mu: torch.Tensor | None,
+    grad_mu: torch.Tensor | None,
+    logvar: torch.Tensor,
+    grad_logvar: torch.Tensor,
+    seed: int,
+) -> None:
+    """Shared by both samplers' backward: fill ``grad_logvar``, and with ``grad_kl`` ``grad_mu``.
+
+    Pointers and casts are taken inline (no helper calls): at user sizes each Python call costs the
+    op a measurable share of its time.
+    """
+    logvar = logvar.contiguous()
+    if grad_z.dtype is not logvar.dtype:
+        grad_z = grad_z.to(logvar.dtype)
+    kl_ptr = kl_stride = mu_ptr = grad_mu_ptr = 0
+    if grad_kl is not None:
+        if grad_kl.dtype is not logvar.dtype:
+            grad_kl = grad_kl.to(logvar.dtype)
+        kl_ptr, kl_stride = grad_kl.data_ptr(), grad_kl.stride(0)
+        mu_ptr, grad_mu_ptr = mu.contiguous().data_ptr(), grad_mu.data_ptr()
+    rows, dim = logvar.shape
+    row_stride, col_stride = grad_z.stride()
+    run_kernel(
+        logvar, "reparameterize_bwd",
+        DTYPE_CODES[logvar.dtype], grad_z.data_ptr(), row_stride, col_stride, kl_ptr, kl_stride, mu_ptr,
+        logvar.data_ptr(), grad_mu_ptr, grad_logvar.data_ptr(), rows, dim, seed,
+    )  # fmt: skip
+
+
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Gradient of :func:`reparameterize_fwd` (stream noise, regenerated) for logvar.
 
@@ -96,19 +128,9 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: int) ->
     Returns:
         ``grad_logvar = grad_z * exp(logvar / 2) * eps / 2``, ``(R, D)`` in the input dtype.
     """
-    # Written out in one frame, as the forward samplers are (see reparameterize_fwd).
     grad_logvar, launch = plan.reparameterize_bwd(logvar)
     if launch:
-        logvar = logvar.contiguous()
-        if grad_z.dtype is not logvar.dtype:
-            grad_z = grad_z.to(logvar.dtype)
-        rows, dim = logvar.shape
-        row_stride, col_stride = grad_z.stride()
-        run_kernel(
-            logvar, "reparameterize_bwd",
-            DTYPE_CODES[logvar.dtype], grad_z.data_ptr(), row_stride, col_stride, 0, 0, 0, logvar.data_ptr(), 0,
-            grad_logvar.data_ptr(), rows, dim, seed,
-        )  # fmt: skip
+        _reparameterize_grads(grad_z, None, None, None, logvar, grad_logvar, seed)
     return grad_logvar
 
 
@@ -126,19 +148,7 @@ def reparameterize_kl_bwd(
     """
     (grad_mu, grad_logvar), launch = plan.reparameterize_kl_bwd(mu)
     if launch:
-        mu, logvar = mu.contiguous(), logvar.contiguous()
-        if grad_z.dtype is not logvar.dtype:
-            grad_z = grad_z.to(logvar.dtype)
-        if grad_kl.dtype is not logvar.dtype:
-            grad_kl = grad_kl.to(logvar.dtype)
-        rows, dim = logvar.shape
-        row_stride, col_stride = grad_z.stride()
-        run_kernel(
-            logvar, "reparameterize_bwd",
-            DTYPE_CODES[logvar.dtype], grad_z.data_ptr(), row_stride, col_stride, grad_kl.data_ptr(),
-            grad_kl.stride(0), mu.data_ptr(), logvar.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(),
-            rows, dim, seed,
-        )  # fmt: skip
+        _reparameterize_grads(grad_z, grad_kl, mu, grad_mu, logvar, grad_logvar, seed)
     return [grad_mu, grad_logvar]
 
 
