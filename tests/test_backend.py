@@ -83,6 +83,26 @@ def test_the_cpu_backend_refuses_cuda_tensors_and_ops_it_lacks():
             backend.resolve("vq_nearest_fwd", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("name", ["auto", "torch", "cpu"])
+def test_resolve_for_a_tensor_answers_as_resolve_for_its_device(name):
+    # resolve_for keys CPU tensors by strings (no torch.device per call): the answer must still be
+    # resolve's, follow the backend in force, and send other devices through resolve itself.
+    if name not in ("auto", *fastvae.available_backends()):
+        pytest.skip(f"backend {name!r} is not available here")
+    cpu_tensor, meta_tensor = torch.zeros(2, 3), torch.zeros(2, 3, device="meta")
+    with fastvae.use_backend(name):
+        for op in ("gaussian_kl_fwd", "reparameterize_bwd", "iwae_bound_fwd"):
+            assert backend.resolve_for(op, cpu_tensor) is backend.resolve(op, torch.device("cpu"))
+            assert backend.resolve_for(op, cpu_tensor) is backend.resolve(op, torch.device("cpu"))  # cached
+        if name == "auto":
+            assert backend.resolve_for("gaussian_kl_fwd", meta_tensor) is backend._IMPLS["gaussian_kl_fwd"]["torch"]
+        if name == "cpu":
+            with pytest.raises(fastvae.BackendUnavailableError, match="the cpu backend needs CPU tensors, got tensors on meta"):
+                backend.resolve_for("gaussian_kl_fwd", meta_tensor)
+    with fastvae.use_backend("torch"):
+        assert backend.resolve_for("gaussian_kl_fwd", cpu_tensor) is backend._IMPLS["gaussian_kl_fwd"]["torch"]
+
+
 def test_resolve_names_op_when_backend_lacks_it(monkeypatch):
     monkeypatch.setattr(backend, "_missing", lambda name, device=None: None)
     with fastvae.use_backend("cuda"):
