@@ -1095,13 +1095,14 @@ BAD_BETA = [
 def kernel_calls(monkeypatch) -> list[str]:
     """Records every backend dispatch: the checks must reject bad input before any kernel is chosen."""
     calls: list[str] = []
-    original = backend_module.resolve
+    original = backend_module.resolve_for
 
-    def spy(op: str, device: torch.device):
+    def spy(op: str, t: torch.Tensor):
         calls.append(op)
-        return original(op, device)
+        return original(op, t)
 
-    monkeypatch.setattr(backend_module, "resolve", spy)
+    # Ops find their backend function through resolve_for (which calls resolve only on a cache miss).
+    monkeypatch.setattr(backend_module, "resolve_for", spy)
     return calls
 
 
