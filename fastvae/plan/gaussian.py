@@ -39,7 +39,7 @@ def _row_sums(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def reparameterize_fwd(mu: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``z (R, D)`` for ``mu (R, D)``, and whether to launch (``z`` not empty)."""
-    z = torch.empty_like(mu) if mu.is_contiguous() else _like(mu)  # _like inline: the samplers' hot path
+    z = _like(mu)
     return z, z.numel() > 0
 
 
@@ -52,7 +52,7 @@ def reparameterize_kl_fwd(mu: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.T
 
 def reparameterize_bwd(logvar: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``grad_logvar (R, D)`` for ``logvar (R, D)``, and whether to launch (not empty)."""
-    grad_logvar = torch.empty_like(logvar) if logvar.is_contiguous() else _like(logvar)  # as reparameterize_fwd
+    grad_logvar = _like(logvar)
     return grad_logvar, grad_logvar.numel() > 0
 
 
