@@ -69,6 +69,12 @@ def _gamma(m: int, u: float) -> float:
     return m * u / (1.0 - m * u) if m * u < 1.0 else float("inf")
 
 
+def candidate_scale(dim: int, acc: torch.dtype, device: torch.device) -> float:
+    """``8 gamma_{D+2}`` of the search's products in ``acc`` on ``device``: a row's candidates are the
+    codes scoring within ``candidate_scale * (C + |x_n| sqrt(C))`` of its least score (module docstring)."""
+    return 8.0 * _gamma(dim + 2, _unit_roundoff(acc, device))
+
+
 def _lowest_exact_minimum(
     rows: torch.Tensor, codes: torch.Tensor, pair_rows: torch.Tensor, pair_codes: torch.Tensor
 ) -> torch.Tensor:
@@ -104,7 +110,7 @@ def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, tor
     code_sq = (codes * codes).sum(-1)
     num_rows, dim = x.shape
     num_codes = codes.shape[0]
-    tau_scale = 8.0 * _gamma(dim + 2, _unit_roundoff(acc, x.device))
+    tau_scale = candidate_scale(dim, acc, x.device)
     largest_sq = code_sq.max()
     largest_norm = largest_sq.sqrt()
     rows_per_chunk = max(1, CHUNK_BYTES // (num_codes * (codes.element_size() + _PAIR_BYTES)))
@@ -147,8 +153,24 @@ def vector_quantize_fwd(
         gives NaN losses and perplexity; ``D = 0`` gives NaN losses (a mean over no elements).
     """
     indices, distances, nearest = _nearest(x, codebook)
+    return quantize_outputs(x, codebook.shape[0], indices, distances, nearest)
+
+
+def quantize_outputs(
+    x: torch.Tensor, num_codes: int, indices: torch.Tensor, distances: torch.Tensor, nearest: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The outputs of :func:`vector_quantize_fwd` from a search's results.
+
+    Args:
+        x: ``(N, D)`` the rows searched. num_codes: ``K``.
+        indices: ``(N,)`` int64 nearest codes. distances: ``(N,)`` their ``|x_n - e_k|^2`` and
+            nearest: ``(N, D)`` the codes themselves, both in the compute dtype.
+
+    Returns:
+        As :func:`vector_quantize_fwd`.
+    """
     mean_sq = distances.sum() / x.numel()
-    usage = torch.bincount(indices, minlength=codebook.shape[0]).to(distances.dtype) / x.shape[0]
+    usage = torch.bincount(indices, minlength=num_codes).to(distances.dtype) / x.shape[0]
     perplexity = torch.exp(torch.special.entr(usage).sum())
     return (
         nearest.to(x.dtype),
