@@ -3,7 +3,9 @@
 // both. The trailing stream argument is accepted and ignored: these run on the calling thread.
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "bindings.h"
 #include "bindings_ops.h"
@@ -88,6 +90,24 @@ void normal_stream(std::uintptr_t out_ptr, std::int64_t rows, std::int64_t dim, 
                      static_cast<std::uint64_t>(seed));
 }
 
+void vq_select(int dtype, std::uintptr_t x_ptr, std::uintptr_t codebook_ptr,
+               std::uintptr_t code_sq_ptr, std::uintptr_t scores_ptr, std::uintptr_t indices_ptr,
+               std::uintptr_t distances_ptr, std::int64_t rows, std::int64_t codes,
+               std::int64_t dim, double tau_scale) {
+  using namespace fastvae::bindings;
+  require_non_negative(rows, "rows");
+  require_non_negative(dim, "dim");
+  if (codes < 1) throw pybind11::value_error("codes must be at least 1, got " + std::to_string(codes));
+  if (!(tau_scale >= 0.0) || !std::isfinite(tau_scale)) {
+    throw pybind11::value_error("tau_scale must be finite and non-negative, got " +
+                                std::to_string(tau_scale));
+  }
+  cpu::vq_select(dtype, input_ptr(x_ptr, "x_ptr"), input_ptr(codebook_ptr, "codebook_ptr"),
+                 input_ptr(code_sq_ptr, "code_sq_ptr"), input_ptr(scores_ptr, "scores_ptr"),
+                 static_cast<std::int64_t*>(output_ptr(indices_ptr, "indices_ptr")),
+                 output_ptr(distances_ptr, "distances_ptr"), rows, codes, dim, tau_scale);
+}
+
 }  // namespace
 
 void fastvae::bindings::bind_cpu(pybind11::module_& m) {
@@ -98,4 +118,13 @@ void fastvae::bindings::bind_cpu(pybind11::module_& m) {
         "(0 <= seed < 2**63), as contiguous float32, to out_ptr: "
         "fastvae.reference.philox.normal_stream, compiled. Raises ValueError for a null pointer or "
         "negative sizes or seed.");
+  m.def("vq_select", &vq_select, pybind11::arg("dtype"), pybind11::arg("x_ptr"),
+        pybind11::arg("codebook_ptr"), pybind11::arg("code_sq_ptr"), pybind11::arg("scores_ptr"),
+        pybind11::arg("indices_ptr"), pybind11::arg("distances_ptr"), pybind11::arg("rows"),
+        pybind11::arg("codes"), pybind11::arg("dim"), pybind11::arg("tau_scale"),
+        "The exact selection step of the cpu backend's VQ search (csrc/cpu/cpu.h): from contiguous "
+        "x (rows, dim), codebook (codes, dim), code_sq (codes,) and the BLAS scores (rows, codes), "
+        "all float32 (dtype 0) or float64 (dtype 3), writes each row's nearest code (int64, lowest "
+        "index on ties) and its squared distance. Raises ValueError for a null pointer, negative "
+        "sizes, codes < 1 or a negative or non-finite tau_scale, and for another dtype.");
 }

@@ -171,6 +171,80 @@ def test_cpu_kernels_check_their_arguments(C_cpu: types.ModuleType, override: di
         C_cpu.reparameterize_fwd(**{**args, **override})
 
 
+def _select(cpu: types.ModuleType, x: torch.Tensor, codebook: torch.Tensor, scores: torch.Tensor, tau_scale: float):
+    """``cpu.vq_select`` on float32 or float64 tensors; returns (indices, distances)."""
+    code_sq = (codebook * codebook).sum(-1)
+    indices = torch.full(x.shape[:1], -1, dtype=torch.int64)
+    distances = torch.full(x.shape[:1], float("nan"), dtype=x.dtype)
+    cpu.vq_select(
+        0 if x.dtype == torch.float32 else 3, x.data_ptr(), codebook.data_ptr(), code_sq.data_ptr(),
+        scores.contiguous().data_ptr(), indices.data_ptr(), distances.data_ptr(), x.shape[0], codebook.shape[0],
+        x.shape[1], tau_scale,
+    )  # fmt: skip
+    return indices, distances
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+@pytest.mark.parametrize(("rows", "num_codes", "dim"), [(1, 1, 1), (37, 5, 3), (20, 70, 33), (9, 300, 64)], ids=str)
+def test_cpu_vq_select_decides_the_exact_nearest_despite_score_rounding(
+    C_cpu: types.ModuleType, dtype: torch.dtype, rows: int, num_codes: int, dim: int
+) -> None:
+    # The scores handed in are the exact ones perturbed by up to a quarter of the candidate reach, as
+    # a BLAS's rounding may (here far more than it would): near-ties then rank wrongly by score, and
+    # the exact recomputation must still find the float64 brute force's nearest (lowest on ties).
+    generator = torch.Generator().manual_seed(rows * num_codes + dim)
+    codebook = torch.randn(num_codes, dim, generator=generator, dtype=torch.float64)
+    codebook[max(1, num_codes // 2) :: 3] = codebook[0].clone()  # copies of code 0 after it
+    owner = torch.randint(0, num_codes, (rows,), generator=generator)
+    x = codebook[owner] + 1e-3 * torch.randn(rows, dim, generator=generator, dtype=torch.float64)
+    x, codebook = x.to(dtype), codebook.to(dtype)
+    x64, e64 = x.double(), codebook.double()
+    exact = ((x64[:, None] - e64[None]) ** 2).sum(-1)
+    best = exact.min(dim=1).values
+    # Lowest index among the exact minima (copies of a code are bitwise equal rows of exact).
+    expected = (exact == best[:, None]).to(torch.int8).argmax(dim=1)
+    tau_scale = 0.05
+    reach = tau_scale * ((e64 * e64).sum(-1).max() + x64.norm(dim=1) * (e64 * e64).sum(-1).max().sqrt())
+    score = (e64 * e64).sum(-1)[None] - 2.0 * x64 @ e64.T
+    noise = (torch.rand(rows, num_codes, generator=generator, dtype=torch.float64) - 0.5) * 0.5 * reach[:, None]
+    indices, distances = _select(C_cpu, x, codebook, (score + noise).to(dtype), tau_scale)
+    assert torch.equal(indices, expected)
+    assert_close(distances, best, dtype)
+
+
+def test_cpu_vq_select_takes_the_least_score_when_no_code_is_near_it(C_cpu: types.ModuleType) -> None:
+    # With tau_scale 0 only the least score is a candidate: the selection trusts the scores then (here
+    # scores that contradict the distances, to show which decided), and NaN scores are never chosen.
+    x, codebook = torch.zeros(3, 2), torch.arange(8.0).reshape(4, 2)
+    scores = torch.tensor([[5.0, 3.0, 1.0, 7.0], [float("nan"), 4.0, float("nan"), 2.0], [float("nan")] * 4])
+    indices, distances = _select(C_cpu, x, codebook, scores, 0.0)
+    assert indices.tolist() == [2, 3, 0]
+    assert distances.tolist() == [4.0**2 + 5.0**2, 6.0**2 + 7.0**2, 0.0**2 + 1.0**2]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"rows": -1}, "rows must be >= 0, got -1"),
+        ({"codes": 0}, "codes must be at least 1, got 0"),
+        ({"x_ptr": 0}, "x_ptr must be a non-null pointer, got 0"),
+        ({"scores_ptr": 0}, "scores_ptr must be a non-null pointer, got 0"),
+        ({"tau_scale": -1.0}, "tau_scale must be finite and non-negative"),
+        ({"tau_scale": float("nan")}, "tau_scale must be finite and non-negative"),
+        ({"dtype": 1}, "float32 \\(dtype 0\\) or float64 \\(dtype 3\\), got dtype 1"),
+    ],
+)
+def test_cpu_vq_select_checks_its_arguments(C_cpu: types.ModuleType, override: dict[str, Any], message: str) -> None:
+    x, scores = torch.zeros(2, 3), torch.zeros(2, 4)
+    indices = torch.zeros(2, dtype=torch.int64)
+    args = {"dtype": 0, "x_ptr": x.data_ptr(), "codebook_ptr": x.data_ptr(), "code_sq_ptr": x.data_ptr(),
+            "scores_ptr": scores.data_ptr(), "indices_ptr": indices.data_ptr(), "distances_ptr": x.data_ptr(),
+            "rows": 2, "codes": 2, "dim": 3, "tau_scale": 0.0}
+    with pytest.raises(ValueError, match=message):
+        C_cpu.vq_select(**{**args, **override})
+    assert torch.equal(indices, torch.zeros(2, dtype=torch.int64))
+
+
 def test_a_cpu_only_build_imports_and_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The extension built without a CUDA toolkit (``.ci/run`` builds one with CMake and
     ``-DFASTVAE_WITH_CUDA=OFF`` and names it in FASTVAE_CPU_ONLY_EXTENSION): it imports, says it has

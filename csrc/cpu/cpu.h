@@ -1,5 +1,5 @@
 // Host API of the CPU kernels (csrc/cpu/*.cpp): the Gaussian and importance-weighted ops, forward
-// and backward, compiled for CPU tensors. They are the `cpu` backend of fastvae.backend, the path a
+// and backward, and the exact selection step of the VQ search, compiled for CPU tensors. They are the `cpu` backend of fastvae.backend, the path a
 // CPU tensor takes by default when fastvae._C is built (with or without a CUDA toolkit).
 //
 // Every function has the argument list of its CUDA launcher (csrc/gaussian.h, csrc/iwae.h), without
@@ -63,5 +63,17 @@ void iwae_bound_fwd(int dtype, const void* log_w, void* bound, void* lse, std::i
 void iwae_bound_bwd(int dtype, const void* grad, std::int64_t grad_stride, const void* log_w,
                     const void* lse, void* grad_log_w, std::int64_t samples, std::int64_t groups,
                     std::int64_t batch);
+
+// --- vector quantisation (the exact selection of csrc/cpu/vq.cpp) ---
+
+// Per row n of x (rows, dim), the nearest code of codebook (codes, dim) given the chunk's BLAS scores
+// (rows, codes), s_nk = |e_k|^2 - 2 x_n.e_k, and code_sq (codes,) = |e_k|^2, all contiguous in the
+// compute dtype (0 float32 or 3 float64; another code throws std::invalid_argument): the lowest
+// index among the least exact |x_n - e_k|^2 of the codes within tau_scale * (C + |x_n| sqrt(C)) of
+// the least score (C = max_k |e_k|^2; fastvae/reference/vq.py derives the bound). Writes the int64
+// index and that squared distance. codes >= 1.
+void vq_select(int dtype, const void* x, const void* codebook, const void* code_sq,
+               const void* scores, std::int64_t* indices, void* distances, std::int64_t rows,
+               std::int64_t codes, std::int64_t dim, double tau_scale);
 
 }  // namespace fastvae::cpu
