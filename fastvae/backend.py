@@ -13,9 +13,11 @@ Four backends (see DESIGN.md):
 ``cpu``
     Compiled CPU kernels from the same extension (``fastvae._C.cpu``, built with or without a CUDA
     toolkit) for the Gaussian and importance-weighted ops, where a call's cost at the sizes users
-    call them with is Python and dispatch overhead that the reference's many small ops multiply.
-    CPU tensors only. It has no vector-quantisation ops: there the reference's matrix product is
-    PyTorch's own compiled code already, and ``auto`` runs the reference.
+    call them with is Python and dispatch overhead that the reference's many small ops multiply,
+    and for the VQ search, whose scores stay PyTorch's matrix product and whose exact selection
+    (the reference's ``topk`` and near-tie passes) is one compiled scan (:mod:`fastvae.cuda.vq_cpu`).
+    The residual VQ runs that search stage by stage. CPU tensors only. It has no FSQ op; ``auto``
+    runs the reference for that.
 
 The backend is chosen, from strongest to weakest, by :func:`use_backend` (a context manager), by
 :func:`set_backend`, and by the environment variable ``FASTVAE_BACKEND`` read at import. The default,

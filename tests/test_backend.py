@@ -52,8 +52,10 @@ def test_auto_runs_the_cpu_kernels_on_cpu_where_built_and_the_reference_otherwis
     with fastvae.use_backend("auto"):
         assert backend.resolve("gaussian_kl_fwd", torch.device("cpu")) is backend._IMPLS["gaussian_kl_fwd"]["cpu" if cpu else "torch"]
         assert backend.resolve("iwae_bound_fwd", torch.device("cpu")) is backend._IMPLS["iwae_bound_fwd"]["cpu" if cpu else "torch"]
-        # No compiled CPU search: the reference's matrix product is PyTorch's own compiled code.
-        assert backend.resolve("vq_nearest_fwd", torch.device("cpu")) is backend._IMPLS["vq_nearest_fwd"]["torch"]
+        assert backend.resolve("vq_nearest_fwd", torch.device("cpu")) is backend._IMPLS["vq_nearest_fwd"]["cpu" if cpu else "torch"]
+        assert backend.resolve("rvq_nearest_fwd", torch.device("cpu")) is backend._IMPLS["rvq_nearest_fwd"]["cpu" if cpu else "torch"]
+        # No compiled CPU FSQ: the reference runs it.
+        assert backend.resolve("fsq_fwd", torch.device("cpu")) is backend._IMPLS["fsq_fwd"]["torch"]
 
 
 def test_auto_on_cpu_without_the_extension_runs_the_reference(monkeypatch):
@@ -79,8 +81,8 @@ def test_the_cpu_backend_refuses_cuda_tensors_and_ops_it_lacks():
     with fastvae.use_backend("cpu"):
         with pytest.raises(fastvae.BackendUnavailableError, match="the cpu backend needs CPU tensors, got tensors on cuda"):
             backend.resolve("gaussian_kl_fwd", torch.device("cuda"))
-        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run vq_nearest_fwd: it has no implementation"):
-            backend.resolve("vq_nearest_fwd", torch.device("cpu"))
+        with pytest.raises(fastvae.BackendUnavailableError, match="cannot run fsq_fwd: it has no implementation"):
+            backend.resolve("fsq_fwd", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", ["auto", "torch", "cpu"])

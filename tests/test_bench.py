@@ -124,7 +124,11 @@ def test_every_cpu_row_ran_and_has_its_numbers(quick):
     # No triton/cuda on the CPU; the cpu backend where fastvae._C is built, for the ops it implements.
     cpu = "cpu" in fastvae.available_backends()
     assert {row["backend"] for row in rows} == {"eager", "compile", "torch", *(["cpu"] if cpu else [])}
-    assert {row["op"] for row in rows if row["backend"] == "cpu"} == ({"reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob", "iwae"} if cpu else set())
+    assert {row["op"] for row in rows if row["backend"] == "cpu"} == (
+        {"reparameterize", "reparameterize_kl", "gaussian_kl", "gaussian_log_prob", "iwae", "vq_nearest", "vector_quantize"}
+        if cpu
+        else set()
+    )
     for row in rows:
         assert row["status"] == "ok", row
         assert row["median_ms"] > 0 and row["peak_memory_bytes"] >= 0 and row["fraction_of_ceiling"] > 0
@@ -787,11 +791,10 @@ def test_user_rows_say_why_graph_replays_are_missing_on_the_cpu(tmp_path):
     assert {(row["op"], row["shape"]["name"]) for row in rows} == {
         ("reparameterize_kl", "B64xD16"), ("reparameterize_kl", "B256xD32"), ("reparameterize_kl", "B1024xD128"),
         ("vq_nearest", "N4096xK512xD64")}
-    # No compile in the user rows; the cpu backend (where built) for the op it implements.
+    # No compile in the user rows; the cpu backend where built (it implements both ops).
     cpu = ["cpu"] if "cpu" in fastvae.available_backends() else []
     assert {(row["op"], row["backend"]) for row in rows} == {
-        *((op, backend) for op in ("reparameterize_kl", "vq_nearest") for backend in ("eager", "torch")),
-        *(("reparameterize_kl", backend) for backend in cpu)}
+        *((op, backend) for op in ("reparameterize_kl", "vq_nearest") for backend in ("eager", "torch", *cpu))}
     reason = "unavailable: CUDA graphs need a CUDA device, this run is on cpu"
     for row in rows:
         assert row["status"] == "ok" and row["user_sized"] and row["median_ms"] > 0 and row["repeats"] == 3

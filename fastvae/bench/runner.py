@@ -697,7 +697,7 @@ class _Runner:
 
     def backends(self, entry: Entry) -> tuple[str, ...]:
         """The backends ``entry`` runs on: ``--backends``, else eager (and compile where the entry asks), torch
-        and the available compiled backends that implement the op (the cpu backend has no VQ ops)."""
+        and the available compiled backends that implement the op (the cpu backend has no FSQ)."""
         if self.config.backends is not None:
             return self.config.backends
         fastvae_ops = cases.OP_SPECS[entry.op].fastvae_ops

@@ -1,7 +1,7 @@
 """Vector quantisation: nearest-code search, the fused VQ-VAE quantiser, and per-code statistics.
 
-The search never builds the ``N x K`` distance matrix: the torch backend scores it in chunks of a
-fixed memory budget (see :mod:`fastvae.reference.vq`), the triton and cuda backends tile by tile with
+The search never builds the ``N x K`` distance matrix: the torch and cpu backends score it in chunks of
+a fixed memory budget (see :mod:`fastvae.reference.vq` and ``fastvae.cuda.vq_cpu``), the triton and cuda backends tile by tile with
 a running arg-min (see ``fastvae.kernels.vq`` and ``fastvae.cuda.vq``). The cosine metric L2-normalises ``x`` and the codebook
 (differentiably) and runs the Euclidean search on the results: for unit vectors
 ``|x - e|^2 = 2 - 2 cos(x, e)``, so the nearest code is the one of highest cosine similarity.
@@ -24,6 +24,7 @@ OP_NAMES: tuple[str, ...] = ("vq_nearest_fwd", "vector_quantize_fwd", "vector_qu
 backend.register("torch", "fastvae.reference.vq", OP_NAMES)
 backend.register("triton", "fastvae.kernels.vq", OP_NAMES)
 backend.register("cuda", "fastvae.cuda.vq", OP_NAMES)
+backend.register("cpu", "fastvae.cuda.vq_cpu", OP_NAMES)
 
 #: Values of ``precision``: how the float32 search multiplies (see :func:`vq_nearest`).
 PRECISIONS: tuple[str, ...] = ("ieee", "tf32", "3xtf32")
