@@ -24,6 +24,7 @@ OP_NAMES: tuple[str, ...] = ("rvq_nearest_fwd", "rvq_nearest_bwd")
 backend.register("torch", "fastvae.reference.rvq", OP_NAMES)
 backend.register("triton", "fastvae.kernels.rvq", OP_NAMES)
 backend.register("cuda", "fastvae.cuda.rvq", OP_NAMES)
+backend.register("cpu", "fastvae.cuda.rvq", OP_NAMES)
 
 
 # --- rvq_nearest: per stage the nearest code to the residual; quantized = the codes' sum -------------

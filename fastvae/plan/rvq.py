@@ -1,5 +1,5 @@
 """Planning of residual vector quantisation's stage-by-stage search, shared by the triton backend
-(rows too long for its fused kernel) and the cuda backend (which has no fused kernel)."""
+(rows too long for its fused kernel) and the cuda and cpu backends (which have no fused kernel)."""
 
 from __future__ import annotations
 
