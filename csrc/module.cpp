@@ -11,8 +11,9 @@ PYBIND11_MODULE(_C, m) {
       "use it through fastvae's ops, which allocate with PyTorch and choose the stream.";
   pybind11::module_ cpu = m.def_submodule(
       "cpu",
-      "fastvae's CPU kernels for the Gaussian and importance-weighted ops: the functions of the "
-      "CUDA module with the same arguments, on host pointers, run on the calling thread.");
+      "fastvae's CPU kernels for the Gaussian and importance-weighted ops (the functions of the "
+      "CUDA module with the same arguments, on host pointers) and vq_select, the exact step of the "
+      "cpu backend's VQ search; all run on the calling thread.");
   fastvae::bindings::bind_cpu(cpu);
 #ifdef FASTVAE_WITH_CUDA
   fastvae::bindings::bind_cuda(m);

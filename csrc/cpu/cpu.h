@@ -1,15 +1,17 @@
 // Host API of the CPU kernels (csrc/cpu/*.cpp): the Gaussian and importance-weighted ops, forward
-// and backward, and the exact selection step of the VQ search, compiled for CPU tensors. They are the `cpu` backend of fastvae.backend, the path a
-// CPU tensor takes by default when fastvae._C is built (with or without a CUDA toolkit).
+// and backward, and the exact selection step of the VQ search, compiled for CPU tensors. They are
+// the `cpu` backend of fastvae.backend, the path a CPU tensor takes by default when fastvae._C is
+// built (with or without a CUDA toolkit).
 //
-// Every function has the argument list of its CUDA launcher (csrc/gaussian.h, csrc/iwae.h), without
-// the stream: the same layouts, dtype codes (0 float32, 1 float16, 2 bfloat16, 3 float64), optional
-// (null) pointers and gradient strides, so fastvae/cuda/gaussian.py and iwae.py drive both. Pointers
-// are host memory. Arithmetic runs in float32 (float64 for float64), results are rounded once to
-// the dtype; float32 work is vectorised (AVX2 + FMA where the CPU has them, chosen at run time).
-// The functions run on the calling thread and do nothing when an output is empty. They are
-// reentrant: no state beyond the CPU-feature check made once, block buffers (at most 24 KiB) on
-// the stack. An unknown dtype code throws std::invalid_argument.
+// Every Gaussian and IWAE function has the argument list of its CUDA launcher (csrc/gaussian.h,
+// csrc/iwae.h) without the stream (vq_select, below, has no CUDA twin): the same layouts, dtype
+// codes (0 float32, 1 float16, 2 bfloat16, 3 float64), optional (null) pointers and gradient
+// strides, so fastvae/cuda/gaussian.py and iwae.py drive both. Pointers are host memory.
+// Arithmetic runs in float32 (float64 for float64), results are rounded once to the dtype; float32
+// work is vectorised (AVX2 + FMA where the CPU has them, chosen at run time). The functions run on
+// the calling thread and do nothing when an output is empty. They are reentrant: no state beyond
+// the CPU-feature check made once, block buffers (at most 24 KiB) on the stack. An unknown dtype
+// code throws std::invalid_argument.
 #pragma once
 
 #include <cstdint>
