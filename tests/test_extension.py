@@ -171,6 +171,38 @@ def test_cpu_kernels_check_their_arguments(C_cpu: types.ModuleType, override: di
         C_cpu.reparameterize_fwd(**{**args, **override})
 
 
+_STREAM_SCRIPT = """
+import sys, torch
+from fastvae import _extension
+cpu = _extension.load().cpu
+outs = []
+for rows, dim, seed in [(1024, 128, 5), (5, 9, 0), (33, 130, 2**63 - 1), (7, 61, 99), (3, 3000, 7)]:
+    out = torch.full((rows, dim), float("nan"))
+    cpu.normal_stream(out.data_ptr(), rows, dim, seed)
+    outs.append(out)
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_cpu_noise_stream_is_the_same_bits_with_and_without_avx512(C_cpu: types.ModuleType, tmp_path) -> None:
+    # Where the CPU has AVX-512 the stream is drawn 16 lanes at a time; FASTVAE_CPU_NO_AVX512=1
+    # (read once per process) makes it take the 8-lane AVX2 path. Lanes are independent, so the two
+    # must write the same bits: forward and backward may then run on either and still agree.
+    import os
+    import subprocess
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this CPU has no AVX-512: only one noise stream path runs here")
+    files = []
+    for off in ("", "1"):
+        files.append(tmp_path / f"stream{off}.pt")
+        env = {**os.environ, "FASTVAE_CPU_NO_AVX512": off}
+        subprocess.run([sys.executable, "-c", _STREAM_SCRIPT, str(files[-1])], env=env, check=True, timeout=120)
+    wide, narrow = (torch.load(f) for f in files)
+    for a, b in zip(wide, narrow, strict=True):
+        assert not a.isnan().any() and torch.equal(a, b)
+
+
 def _select(cpu: types.ModuleType, x: torch.Tensor, codebook: torch.Tensor, scores: torch.Tensor, tau_scale: float):
     """``cpu.vq_select`` on float32 or float64 tensors; returns (indices, distances)."""
     code_sq = (codebook * codebook).sum(-1)

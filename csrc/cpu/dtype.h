@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,10 @@
     !defined(FASTVAE_CPU_BASELINE_ONLY)
 #define FASTVAE_CPU_AVX2 1
 #define FASTVAE_CPU_TARGET_AVX2 __attribute__((target("avx2,fma")))
+// The noise stream alone also has a 16-lane AVX-512 build (csrc/cpu/gaussian.cpp), which the
+// 8-lane kernels call where the CPU has AVX-512F, DQ, BW and VL.
+#define FASTVAE_CPU_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
 #else
 #define FASTVAE_CPU_AVX2 0
 #endif
@@ -49,9 +54,9 @@ struct BFloat16 {
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <int W, typename T>
-using vec_t = std::conditional_t<std::is_same_v<T, double>,
-                                 std::conditional_t<W == 8, f64x4, f64x2>,
-                                 std::conditional_t<W == 8, f32x8, f32x4>>;
+using vec_t = std::conditional_t<
+    std::is_same_v<T, double>, std::conditional_t<W == 8, f64x4, f64x2>,
+    std::conditional_t<W == 16, f32x16, std::conditional_t<W == 8, f32x8, f32x4>>>;
 
 // --- scalar conversions --------------------------------------------------------------------------
 
@@ -329,6 +334,20 @@ inline bool cpu_has_avx2_fma() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+
+// Whether this CPU runs the AVX-512 noise stream (checked once): AVX-512F, DQ, BW and VL, and the
+// environment variable FASTVAE_CPU_NO_AVX512 unset or empty (set, the AVX2 stream runs instead:
+// how the tests compare the two on one machine).
+inline bool cpu_has_avx512() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    const char* off = std::getenv("FASTVAE_CPU_NO_AVX512");
+    return (off == nullptr || *off == '\0') && cpu_has_avx2_fma() &&
+           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   }();
   return has;
 }

@@ -59,6 +59,14 @@ struct MulAvx2 {
         _mm256_mul_epu32(reinterpret_cast<__m256i>(a), reinterpret_cast<__m256i>(b)));
   }
 };
+struct MulAvx512 {
+  FASTVAE_CPU_TARGET_AVX512 static inline u64x8 mul(const u64x8& a, const u64x8& b) {
+    // The all-lanes zero-masked form: GCC 12's plain _mm512_mul_epu32 trips
+    // -Wmaybe-uninitialized on its undefined pass-through operand.
+    return reinterpret_cast<u64x8>(
+        _mm512_maskz_mul_epu32(0xFF, reinterpret_cast<__m512i>(a), reinterpret_cast<__m512i>(b)));
+  }
+};
 #endif
 struct MulBaseline {
   FASTVAE_INLINE static u64x2 mul(const u64x2& a, const u64x2& b) {
@@ -107,6 +115,40 @@ struct Philox<8> {
     store_vec(out + 8, __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15));
     store_vec(out + 16, __builtin_shufflevector(c, d, 0, 1, 8, 9, 4, 5, 12, 13));
     store_vec(out + 24, __builtin_shufflevector(c, d, 2, 3, 10, 11, 6, 7, 14, 15));
+  }
+};
+// AVX-512: 16 counters, a word's two vectors of 64-bit lanes packed lane-wise in order (the
+// counters of h0 first), so kOffset is plain; the 4 x 16 transpose into row order is two rounds of
+// two-source permutes.
+template <>
+struct Philox<16> {
+  using Half = u64x8;
+  using Mul = MulAvx512;
+  static constexpr int kOffset[2][8] = {{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}};
+  FASTVAE_INLINE static u32x16 low_words(const u64x8& h0, const u64x8& h1) {
+    return __builtin_shufflevector(reinterpret_cast<u32x16>(h0), reinterpret_cast<u32x16>(h1), 0,
+                                   2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  }
+  FASTVAE_INLINE static void store(const f32x16& n0, const f32x16& n1, const f32x16& n2,
+                                   const f32x16& n3, float* out) {
+    // (n0[j], n1[j]) and (n2[j], n3[j]) pairs for counters 0..7 and 8..15, then the two pairs of
+    // each counter side by side: out[4 j + k] = n_k[j].
+    const f32x16 a = __builtin_shufflevector(n0, n1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
+                                             22, 7, 23);
+    const f32x16 b = __builtin_shufflevector(n0, n1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29,
+                                             14, 30, 15, 31);
+    const f32x16 c = __builtin_shufflevector(n2, n3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6,
+                                             22, 7, 23);
+    const f32x16 d = __builtin_shufflevector(n2, n3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29,
+                                             14, 30, 15, 31);
+    store_vec(out, __builtin_shufflevector(a, c, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7,
+                                           22, 23));
+    store_vec(out + 16, __builtin_shufflevector(a, c, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29,
+                                                14, 15, 30, 31));
+    store_vec(out + 32, __builtin_shufflevector(b, d, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6,
+                                                7, 22, 23));
+    store_vec(out + 48, __builtin_shufflevector(b, d, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29,
+                                                14, 15, 30, 31));
   }
 };
 #endif
@@ -223,9 +265,19 @@ void stream_normals(std::uint64_t seed, std::int64_t row0, std::int64_t rows, st
                     std::int64_t groups, float* out);
 #if FASTVAE_CPU_AVX2
 template <>
+FASTVAE_CPU_TARGET_AVX512 __attribute__((noinline)) void stream_normals<16>(
+    std::uint64_t seed, std::int64_t row0, std::int64_t rows, std::int64_t g0, std::int64_t groups,
+    float* out) {
+  StreamNormals::run<16>(seed, row0, rows, g0, groups, out);
+}
+template <>
 FASTVAE_CPU_TARGET_AVX2 __attribute__((noinline)) void stream_normals<8>(
     std::uint64_t seed, std::int64_t row0, std::int64_t rows, std::int64_t g0, std::int64_t groups,
     float* out) {
+  if (cpu_has_avx512()) {
+    stream_normals<16>(seed, row0, rows, g0, groups, out);
+    return;
+  }
   StreamNormals::run<8>(seed, row0, rows, g0, groups, out);
 }
 #endif

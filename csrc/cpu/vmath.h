@@ -28,7 +28,7 @@
 #include <cstdint>
 #include <type_traits>
 
-// Every function taking or returning a 32-byte vector is always_inline, so the psABI difference
+// Every function taking or returning a 32- or 64-byte vector is always_inline, so the psABI difference
 // between AVX and non-AVX argument passing that GCC warns about never reaches a real call. Vector
 // arguments are passed by const reference for the same reason (GCC's note about them ignores
 // this pragma).
@@ -39,16 +39,20 @@ namespace fastvae::cpu {
 typedef float f32x2 __attribute__((vector_size(8)));
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
 typedef double f64x2 __attribute__((vector_size(16)));
 typedef double f64x4 __attribute__((vector_size(32)));
 typedef std::int32_t i32x4 __attribute__((vector_size(16)));
 typedef std::int32_t i32x8 __attribute__((vector_size(32)));
+typedef std::int32_t i32x16 __attribute__((vector_size(64)));
 typedef std::uint32_t u32x4 __attribute__((vector_size(16)));
 typedef std::uint32_t u32x8 __attribute__((vector_size(32)));
+typedef std::uint32_t u32x16 __attribute__((vector_size(64)));
 typedef std::int64_t i64x2 __attribute__((vector_size(16)));
 typedef std::int64_t i64x4 __attribute__((vector_size(32)));
 typedef std::uint64_t u64x2 __attribute__((vector_size(16)));
 typedef std::uint64_t u64x4 __attribute__((vector_size(32)));
+typedef std::uint64_t u64x8 __attribute__((vector_size(64)));
 typedef std::uint16_t u16x4 __attribute__((vector_size(8)));
 typedef std::uint16_t u16x8 __attribute__((vector_size(16)));
 
@@ -74,6 +78,14 @@ struct VecTraits<f32x8> {
   using uint = u32x8;
   using f32 = f32x8;
   static constexpr int lanes = 8;
+};
+template <>
+struct VecTraits<f32x16> {
+  using elem = float;
+  using mask = i32x16;
+  using uint = u32x16;
+  using f32 = f32x16;
+  static constexpr int lanes = 16;
 };
 template <>
 struct VecTraits<f64x2> {
