@@ -154,6 +154,23 @@ def test_cpu_normal_stream_is_the_reference_stream(C_cpu: types.ModuleType) -> N
     _check_normal_stream(C_cpu)
 
 
+def test_cpu_vq_select_near_ties_of_non_finite_distances(C_cpu: types.ModuleType) -> None:
+    # Finite scores handed in make every code a candidate; the recomputed distances are then NaN
+    # (inf - inf) for all of row 0, inf for all of row 1, and NaN for code 0 only in the last call.
+    # All-NaN candidates keep the first least score's code with its own NaN distance, as the reference
+    # gives; all-inf ones tie, so the lowest index wins; a NaN distance never beats a number.
+    inf = float("inf")
+    x = torch.tensor([[inf, 0.0], [0.0, inf]])
+    codebook = torch.tensor([[inf, 0.0], [inf, 1.0], [inf, 2.0]])
+    scores = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.5, 1.0]])
+    indices, distances = _select(C_cpu, x, codebook, scores, 0.1)
+    assert indices.tolist() == [1, 0]
+    assert distances[0].isnan() and distances[1].item() == inf
+    codebook = torch.tensor([[float("nan"), 0.0], [3.0, 0.0], [0.0, 2.0]])
+    indices, distances = _select(C_cpu, torch.zeros(1, 2), codebook, torch.zeros(1, 3), 0.1)
+    assert indices.tolist() == [2] and distances.tolist() == [4.0]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

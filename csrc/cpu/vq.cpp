@@ -138,17 +138,19 @@ struct VqSelect {
       if (count_within<V>(s, num_codes, reach) <= 1) {
         distance = squared_distance<V>(row, codebook + chosen * dim, dim);
       } else {
-        distance = std::numeric_limits<T>::infinity();
+        bool found = false;
         for (std::int64_t k = 0; k < num_codes; ++k) {
           if (!(s[k] <= reach)) continue;
           const T d = squared_distance<V>(row, codebook + k * dim, dim);
-          if (d < distance) {
+          if (!found ? d == d : d < distance) {
             distance = d;
             chosen = k;
+            found = true;
           }
         }
-        // Every candidate's distance NaN (a NaN in the row): the first least score's code.
-        if (!(distance == distance)) distance = squared_distance<V>(row, codebook + chosen * dim, dim);
+        // Every candidate's distance NaN (say inf - inf in the row): the first least score's code,
+        // with its own (NaN) distance, as the reference gives.
+        if (!found) distance = squared_distance<V>(row, codebook + chosen * dim, dim);
       }
       indices[n] = chosen;
       distances[n] = distance;
