@@ -1,6 +1,7 @@
 // The CPU half of the pybind11 module fastvae._C: the kernels of csrc/cpu/ behind the same checked
 // bindings as their CUDA counterparts (bindings_ops.h), so the host code in fastvae/cuda/ drives
-// both. The trailing stream argument is accepted and ignored: these run on the calling thread.
+// both. The trailing stream argument is accepted and ignored: these run on the calling thread, and
+// large calls also on PyTorch's OpenMP threads (csrc/cpu/dtype.h, for_row_ranges).
 #include <pybind11/pybind11.h>
 
 #include <cmath>

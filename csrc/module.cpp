@@ -13,7 +13,8 @@ PYBIND11_MODULE(_C, m) {
       "cpu",
       "fastvae's CPU kernels for the Gaussian and importance-weighted ops (the functions of the "
       "CUDA module with the same arguments, on host pointers) and vq_select, the exact step of the "
-      "cpu backend's VQ search; all run on the calling thread.");
+      "cpu backend's VQ search; all run on the calling thread, large calls on PyTorch's OpenMP "
+      "threads as well (torch.set_num_threads sets how many).");
   fastvae::bindings::bind_cpu(cpu);
 #ifdef FASTVAE_WITH_CUDA
   fastvae::bindings::bind_cuda(m);

@@ -294,6 +294,43 @@ def test_cpu_vq_select_checks_its_arguments(C_cpu: types.ModuleType, override: d
     assert torch.equal(indices, torch.zeros(2, dtype=torch.int64))
 
 
+def _cpu_results(threads: int) -> list[torch.Tensor]:
+    """Every CPU kernel's outputs (and gradients) on inputs past the size where it splits its rows
+    over threads, computed with ``threads`` OpenMP threads (torch.set_num_threads sets their count)."""
+    import fastvae
+
+    generator = torch.Generator().manual_seed(3)
+    mu, logvar, mu_p, logvar_p, x = (torch.randn(1000, 130, generator=generator) for _ in range(5))
+    z = torch.randn(16, 300, 70, generator=generator)
+    log_px_z = torch.randn(16, 300, generator=generator)
+    codebook = torch.randn(300, 70, generator=generator)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with fastvae.use_backend("cpu"):
+            leaves = [t.clone().requires_grad_() for t in (mu, logvar, mu_p, logvar_p, x, z)]
+            m, lv, mp, lvp, xs, zs = leaves
+            sample = fastvae.reparameterize(m, lv, seed=11)
+            sample_kl, row_kl = fastvae.reparameterize_kl(m, lv, seed=12)
+            outputs = [
+                sample, sample_kl, row_kl, fastvae.gaussian_kl(m, lv), fastvae.gaussian_kl(m, lv, mp, lvp),
+                fastvae.gaussian_log_prob(xs, m, lv), fastvae.iwae_log_weights(log_px_z, zs, m[:300, :70], lv[:300, :70]),
+            ]  # fmt: skip
+            loss = sum((out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() for out in outputs)
+            grads = torch.autograd.grad(loss, leaves)
+            indices, distances = fastvae.vq_nearest(x[:, :70], codebook)
+    finally:
+        torch.set_num_threads(previous)
+    return [*(out.detach() for out in outputs), *grads, indices, distances]
+
+
+def test_cpu_kernels_give_the_same_bits_on_any_thread_count(C_cpu: types.ModuleType) -> None:
+    # Large calls split their rows over OpenMP threads; each row is still computed whole by one
+    # thread, noise drawn by its absolute row, so one thread and two must agree to the bit.
+    for one, two in zip(_cpu_results(1), _cpu_results(2), strict=True):
+        assert torch.equal(one, two)
+
+
 def test_a_cpu_only_build_imports_and_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The extension built without a CUDA toolkit (``.ci/run`` builds one with CMake and
     ``-DFASTVAE_WITH_CUDA=OFF`` and names it in FASTVAE_CPU_ONLY_EXTENSION): it imports, says it has

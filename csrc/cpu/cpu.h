@@ -9,8 +9,11 @@
 // strides, so fastvae/cuda/gaussian.py and iwae.py drive both. Pointers are host memory.
 // Arithmetic runs in float32 (float64 for float64), results are rounded once to the dtype; float32
 // work is vectorised (AVX2 + FMA where the CPU has them, chosen at run time). The functions run on
-// the calling thread and do nothing when an output is empty. They are reentrant: no state beyond
-// the CPU-feature check made once, block buffers (at most 24 KiB) on the stack. An unknown dtype
+// the calling thread, and where a call holds enough work, on PyTorch's OpenMP threads too: rows
+// split into one contiguous range per thread, each row computed as it would be alone, so results
+// do not depend on the thread count (dtype.h, for_row_ranges). They do nothing when an output is
+// empty. They are reentrant: no state beyond the CPU-feature check made once, block buffers (at
+// most 24 KiB per thread) on the stack. An unknown dtype
 // code throws std::invalid_argument.
 #pragma once
 

@@ -14,12 +14,17 @@
 // vectors into scalars for those).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "vmath.h"
 
@@ -373,6 +378,48 @@ void launch(Args... args) {
   }
 #endif
   run_baseline<Kernel>(args...);
+}
+
+// --- threads -------------------------------------------------------------------------------------
+
+// f(begin, end) over contiguous ranges that cover rows [0, rows): on the calling thread alone, or,
+// when the rows hold at least two grains of work (rows * cost, in units a kernel picks: about a
+// nanosecond of one core's time each) and OpenMP may use more than one thread here, split evenly
+// over min(that thread count, work / grain) threads of one OpenMP parallel region.
+//
+// The extension links the OpenMP runtime that PyTorch itself loads (libgomp.so.1: PyTorch is
+// imported first, so the loader reuses its copy), so the threads are PyTorch's intra-op pool and
+// follow torch.set_num_threads (it sets OpenMP's thread count). That matters beyond using the
+// cores: after any parallel PyTorch op those workers spin for a while before they sleep, and a
+// kernel that ran alone beside them would share its core with a spinning thread (on a two-vCPU
+// machine, measured: 2.4x slower); in a region of the same pool they do the work instead.
+//
+// Every row is computed by one thread exactly as it would be alone, so results do not depend on the
+// split or the thread count. f must not throw.
+template <typename F>
+void for_row_ranges(std::int64_t rows, std::int64_t cost_per_row, std::int64_t grain, F&& f) {
+#ifdef _OPENMP
+  const std::int64_t work = rows * cost_per_row;
+  std::int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  threads = std::min({threads, work / grain, rows});
+  if (threads > 1) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    {
+      const std::int64_t team = omp_get_num_threads();
+      const std::int64_t index = omp_get_thread_num();
+      const std::int64_t begin = rows * index / team;
+      const std::int64_t end = rows * (index + 1) / team;
+      if (begin < end) {
+        f(begin, end);
+      }
+    }
+    return;
+  }
+#else
+  (void)cost_per_row;
+  (void)grain;
+#endif
+  f(std::int64_t{0}, rows);
 }
 
 }  // namespace fastvae::cpu

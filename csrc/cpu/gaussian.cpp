@@ -323,15 +323,16 @@ template <typename T, bool HAS_EPS, bool HAS_KL>
 struct ReparameterizeFwd {
   template <int W>
   FASTVAE_INLINE static void run(const T* mu, const T* logvar, const T* eps, T* z, T* kl,
-                                 std::int64_t rows, std::int64_t dim, std::uint64_t seed) {
+                                 std::int64_t begin, std::int64_t end, std::int64_t dim,
+                                 std::uint64_t seed) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
     const NoiseBlocks blocks(dim);
     float noise[kNoiseBuffer];
     A kl_sum[kNoiseFloats / 4];  // a block has at most kNoiseFloats / 4 rows
-    for (std::int64_t r0 = 0; r0 < rows; r0 += blocks.rows) {
-      const std::int64_t block_rows = std::min(blocks.rows, rows - r0);
+    for (std::int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
+      const std::int64_t block_rows = std::min(blocks.rows, end - r0);
       std::fill(kl_sum, kl_sum + block_rows, A(0));
       for (std::int64_t c0 = 0; c0 < dim; c0 += blocks.width) {
         const std::int64_t width = std::min(blocks.width, dim - c0);
@@ -380,16 +381,16 @@ struct ReparameterizeBwd {
   FASTVAE_INLINE static void run(const T* grad_z, std::int64_t grad_z_stride_row,
                                  std::int64_t grad_z_stride_col, const T* grad_kl,
                                  std::int64_t grad_kl_stride, const T* mu, const T* logvar,
-                                 T* grad_mu, T* grad_logvar, std::int64_t rows, std::int64_t dim,
-                                 std::uint64_t seed) {
+                                 T* grad_mu, T* grad_logvar, std::int64_t begin,
+                                 std::int64_t end, std::int64_t dim, std::uint64_t seed) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
     const NoiseBlocks blocks(dim);
     const bool contiguous = grad_z_stride_col == 1;
     float noise[kNoiseBuffer];
-    for (std::int64_t r0 = 0; r0 < rows; r0 += blocks.rows) {
-      const std::int64_t block_rows = std::min(blocks.rows, rows - r0);
+    for (std::int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
+      const std::int64_t block_rows = std::min(blocks.rows, end - r0);
       for (std::int64_t c0 = 0; c0 < dim; c0 += blocks.width) {
         const std::int64_t width = std::min(blocks.width, dim - c0);
         const std::int64_t groups = (width + 3) / 4;
@@ -425,16 +426,16 @@ struct ReparameterizeBwd {
 // partly used, so blocks of rows go through the buffer and their first dim columns are copied.
 struct NormalStream {
   template <int W>
-  FASTVAE_INLINE static void run(float* out, std::int64_t rows, std::int64_t dim,
-                                 std::uint64_t seed) {
+  FASTVAE_INLINE static void run(float* out, std::int64_t begin, std::int64_t end,
+                                 std::int64_t dim, std::uint64_t seed) {
     if (dim % 4 == 0) {
-      stream_normals<W>(seed, 0, rows, 0, dim / 4, out);
+      stream_normals<W>(seed, begin, end - begin, 0, dim / 4, out + begin * dim);
       return;
     }
     const NoiseBlocks blocks(dim);
     float noise[kNoiseBuffer];
-    for (std::int64_t r0 = 0; r0 < rows; r0 += blocks.rows) {
-      const std::int64_t block_rows = std::min(blocks.rows, rows - r0);
+    for (std::int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
+      const std::int64_t block_rows = std::min(blocks.rows, end - r0);
       for (std::int64_t c0 = 0; c0 < dim; c0 += blocks.width) {
         const std::int64_t width = std::min(blocks.width, dim - c0);
         const std::int64_t groups = (width + 3) / 4;
@@ -457,11 +458,11 @@ template <typename T, bool HAS_PRIOR>
 struct GaussianKlFwd {
   template <int W>
   FASTVAE_INLINE static void run(const T* mu, const T* logvar, const T* mu_p, const T* logvar_p,
-                                 T* kl, std::int64_t rows, std::int64_t dim) {
+                                 T* kl, std::int64_t begin, std::int64_t end, std::int64_t dim) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
-    for (std::int64_t row = 0; row < rows; ++row) {
+    for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t offset = row * dim;
       V acc{};
       for_each_vector<L>(dim, [&](std::int64_t d, int n) __attribute__((always_inline)) {
@@ -490,11 +491,11 @@ struct GaussianKlBwd {
   FASTVAE_INLINE static void run(const T* grad, std::int64_t grad_stride, const T* mu,
                                  const T* logvar, const T* mu_p, const T* logvar_p, T* grad_mu,
                                  T* grad_logvar, T* grad_mu_p, T* grad_logvar_p,
-                                 std::int64_t rows, std::int64_t dim) {
+                                 std::int64_t begin, std::int64_t end, std::int64_t dim) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
-    for (std::int64_t row = 0; row < rows; ++row) {
+    for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t offset = row * dim;
       const A g = to_acc(grad[row * grad_stride]);
       for_each_vector<L>(dim, [&](std::int64_t d, int n) __attribute__((always_inline)) {
@@ -528,11 +529,11 @@ template <typename T, bool HAS_MU, bool HAS_LOGVAR>
 struct GaussianLogProbFwd {
   template <int W>
   FASTVAE_INLINE static void run(const T* x, const T* mu, const T* logvar, T* out,
-                                 std::int64_t rows, std::int64_t dim) {
+                                 std::int64_t begin, std::int64_t end, std::int64_t dim) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
-    for (std::int64_t row = 0; row < rows; ++row) {
+    for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t offset = row * dim;
       V acc{};
       for_each_vector<L>(dim, [&](std::int64_t d, int n) __attribute__((always_inline)) {
@@ -560,11 +561,11 @@ struct GaussianLogProbBwd {
   template <int W>
   FASTVAE_INLINE static void run(const T* grad, std::int64_t grad_stride, const T* x, const T* mu,
                                  const T* logvar, T* grad_x, T* grad_mu, T* grad_logvar,
-                                 std::int64_t rows, std::int64_t dim) {
+                                 std::int64_t begin, std::int64_t end, std::int64_t dim) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
-    for (std::int64_t row = 0; row < rows; ++row) {
+    for (std::int64_t row = begin; row < end; ++row) {
       const std::int64_t offset = row * dim;
       const A g = to_acc(grad[row * grad_stride]);
       for_each_vector<L>(dim, [&](std::int64_t d, int n) __attribute__((always_inline)) {
@@ -591,6 +592,14 @@ struct GaussianLogProbBwd {
 
 // --- entry points --------------------------------------------------------------------------------
 
+// Work per element in for_row_ranges' units (dtype.h), about a nanosecond of one core each
+// (measured with AVX-512 at 1024 x 128: sampling forward or backward 1.9-2.0 ns an element, the
+// KL and log-density 0.7-1.4). A call of at least two grains (16 us of work) goes to the thread
+// pool: enough to pay for waking its threads when they sleep.
+constexpr std::int64_t kSampleCost = 2;
+constexpr std::int64_t kElementCost = 1;
+constexpr std::int64_t kGrain = 8192;
+
 void reparameterize_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z,
                         void* kl, std::int64_t rows, std::int64_t dim, std::uint64_t seed) {
   dispatch_dtype(dtype, "reparameterize_fwd: dtype", [&](auto tag) {
@@ -600,10 +609,12 @@ void reparameterize_fwd(int dtype, const void* mu, const void* logvar, const voi
     }
     dispatch_bools(
         [&](auto has_eps, auto has_kl) {
-          launch<ReparameterizeFwd<T, decltype(has_eps)::value, decltype(has_kl)::value>>(
+          for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+            launch<ReparameterizeFwd<T, decltype(has_eps)::value, decltype(has_kl)::value>>(
               static_cast<const T*>(mu), static_cast<const T*>(logvar),
-              static_cast<const T*>(eps), static_cast<T*>(z), static_cast<T*>(kl), rows, dim,
+              static_cast<const T*>(eps), static_cast<T*>(z), static_cast<T*>(kl), begin, end, dim,
               seed);
+          });
         },
         eps != nullptr, kl != nullptr);
   });
@@ -621,11 +632,13 @@ void reparameterize_bwd(int dtype, const void* grad_z, std::int64_t grad_z_strid
     }
     dispatch_bools(
         [&](auto has_kl) {
-          launch<ReparameterizeBwd<T, decltype(has_kl)::value>>(
+          for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+            launch<ReparameterizeBwd<T, decltype(has_kl)::value>>(
               static_cast<const T*>(grad_z), grad_z_stride_row, grad_z_stride_col,
               static_cast<const T*>(grad_kl), grad_kl_stride, static_cast<const T*>(mu),
               static_cast<const T*>(logvar), static_cast<T*>(grad_mu),
-              static_cast<T*>(grad_logvar), rows, dim, seed);
+              static_cast<T*>(grad_logvar), begin, end, dim, seed);
+          });
         },
         grad_kl != nullptr);
   });
@@ -640,10 +653,12 @@ void gaussian_kl_fwd(int dtype, const void* mu, const void* logvar, const void* 
     }
     dispatch_bools(
         [&](auto has_prior) {
-          launch<GaussianKlFwd<T, decltype(has_prior)::value>>(
+          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+            launch<GaussianKlFwd<T, decltype(has_prior)::value>>(
               static_cast<const T*>(mu), static_cast<const T*>(logvar),
               static_cast<const T*>(mu_p), static_cast<const T*>(logvar_p), static_cast<T*>(kl),
-              rows, dim);
+              begin, end, dim);
+          });
         },
         mu_p != nullptr);
   });
@@ -660,12 +675,14 @@ void gaussian_kl_bwd(int dtype, const void* grad, std::int64_t grad_stride, cons
     }
     dispatch_bools(
         [&](auto has_prior) {
-          launch<GaussianKlBwd<T, decltype(has_prior)::value>>(
+          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+            launch<GaussianKlBwd<T, decltype(has_prior)::value>>(
               static_cast<const T*>(grad), grad_stride, static_cast<const T*>(mu),
               static_cast<const T*>(logvar), static_cast<const T*>(mu_p),
               static_cast<const T*>(logvar_p), static_cast<T*>(grad_mu),
               static_cast<T*>(grad_logvar), static_cast<T*>(grad_mu_p),
-              static_cast<T*>(grad_logvar_p), rows, dim);
+              static_cast<T*>(grad_logvar_p), begin, end, dim);
+          });
         },
         mu_p != nullptr);
   });
@@ -680,9 +697,11 @@ void gaussian_log_prob_fwd(int dtype, const void* x, const void* mu, const void*
     }
     dispatch_bools(
         [&](auto has_mu, auto has_logvar) {
-          launch<GaussianLogProbFwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
+          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+            launch<GaussianLogProbFwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
               static_cast<const T*>(x), static_cast<const T*>(mu), static_cast<const T*>(logvar),
-              static_cast<T*>(out), rows, dim);
+              static_cast<T*>(out), begin, end, dim);
+          });
         },
         mu != nullptr, logvar != nullptr);
   });
@@ -698,10 +717,12 @@ void gaussian_log_prob_bwd(int dtype, const void* grad, std::int64_t grad_stride
     }
     dispatch_bools(
         [&](auto has_mu, auto has_logvar) {
-          launch<GaussianLogProbBwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
+          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+            launch<GaussianLogProbBwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
               static_cast<const T*>(grad), grad_stride, static_cast<const T*>(x),
               static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<T*>(grad_x),
-              static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), rows, dim);
+              static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), begin, end, dim);
+          });
         },
         mu != nullptr, logvar != nullptr);
   });
@@ -711,7 +732,9 @@ void normal_stream(float* out, std::int64_t rows, std::int64_t dim, std::uint64_
   if (rows == 0 || dim == 0) {
     return;
   }
-  launch<NormalStream>(out, rows, dim, seed);
+  for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+            launch<NormalStream>(out, begin, end, dim, seed);
+          });
 }
 
 }  // namespace fastvae::cpu

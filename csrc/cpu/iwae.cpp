@@ -51,15 +51,15 @@ struct IwaeLogWeightsFwd {
   template <int W>
   FASTVAE_INLINE static void run(const T* log_px_z, const T* z, const T* mu, const T* logvar,
                                  T* log_w, std::int64_t samples, std::int64_t batch,
-                                 std::int64_t dim) {
+                                 std::int64_t dim, std::int64_t begin, std::int64_t end) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
     const bool buffered = dim <= kBlock;
     const std::int64_t block_columns = buffered ? kBlock / dim : 1;
     A inv_var[kBlock];
-    for (std::int64_t b0 = 0; b0 < batch; b0 += block_columns) {
-      const std::int64_t columns = std::min(block_columns, batch - b0);
+    for (std::int64_t b0 = begin; b0 < end; b0 += block_columns) {
+      const std::int64_t columns = std::min(block_columns, end - b0);
       if (buffered) {
         // The block's logvar rows are contiguous: one flat pass.
         const T* block_logvar = logvar + b0 * dim;
@@ -101,14 +101,15 @@ struct IwaeLogWeightsBwd {
   FASTVAE_INLINE static void run(const T* grad, std::int64_t grad_stride_k,
                                  std::int64_t grad_stride_b, const T* z, const T* mu,
                                  const T* logvar, T* grad_z, T* grad_mu, T* grad_logvar,
-                                 std::int64_t samples, std::int64_t batch, std::int64_t dim) {
+                                 std::int64_t samples, std::int64_t batch, std::int64_t dim,
+                                 std::int64_t begin, std::int64_t end) {
     using A = acc_t<T>;
     using V = vec_t<W, T>;
     constexpr int L = kLanesOf<V>;
     const ColumnBlocks blocks(dim);
     A inv_var[kBlock], sum_mu[kBlock], sum_logvar[kBlock];
-    for (std::int64_t b0 = 0; b0 < batch; b0 += blocks.columns) {
-      const std::int64_t columns = std::min(blocks.columns, batch - b0);
+    for (std::int64_t b0 = begin; b0 < end; b0 += blocks.columns) {
+      const std::int64_t columns = std::min(blocks.columns, end - b0);
       for (std::int64_t c0 = 0; c0 < dim; c0 += blocks.width) {
         const std::int64_t width = std::min(blocks.width, dim - c0);
         // The segments' e^-lv and zeroed sums.
@@ -263,6 +264,11 @@ struct IwaeBoundBwd {
 
 // --- entry points --------------------------------------------------------------------------------
 
+// A grain of for_row_ranges (dtype.h), as the Gaussian kernels': 8 us of one core. The log-weights
+// split the batch columns (each K samples of D elements, about a nanosecond each); the bounds' few
+// K x B elements per call stay on the calling thread.
+constexpr std::int64_t kGrain = 8192;
+
 void iwae_log_weights_fwd(int dtype, const void* log_px_z, const void* z, const void* mu,
                           const void* logvar, void* log_w, std::int64_t samples,
                           std::int64_t batch, std::int64_t dim) {
@@ -271,9 +277,11 @@ void iwae_log_weights_fwd(int dtype, const void* log_px_z, const void* z, const 
     if (samples == 0 || batch == 0 || dim == 0) {
       return;
     }
-    launch<IwaeLogWeightsFwd<T>>(static_cast<const T*>(log_px_z), static_cast<const T*>(z),
+    for_row_ranges(batch, samples * dim, kGrain, [&](auto begin, auto end) {
+      launch<IwaeLogWeightsFwd<T>>(static_cast<const T*>(log_px_z), static_cast<const T*>(z),
                                    static_cast<const T*>(mu), static_cast<const T*>(logvar),
-                                   static_cast<T*>(log_w), samples, batch, dim);
+                                   static_cast<T*>(log_w), samples, batch, dim, begin, end);
+    });
   });
 }
 
@@ -286,11 +294,13 @@ void iwae_log_weights_bwd(int dtype, const void* grad, std::int64_t grad_stride_
     if (samples == 0 || batch == 0 || dim == 0) {
       return;
     }
-    launch<IwaeLogWeightsBwd<T>>(static_cast<const T*>(grad), grad_stride_k, grad_stride_b,
+    for_row_ranges(batch, samples * dim, kGrain, [&](auto begin, auto end) {
+      launch<IwaeLogWeightsBwd<T>>(static_cast<const T*>(grad), grad_stride_k, grad_stride_b,
                                    static_cast<const T*>(z), static_cast<const T*>(mu),
                                    static_cast<const T*>(logvar), static_cast<T*>(grad_z),
                                    static_cast<T*>(grad_mu), static_cast<T*>(grad_logvar), samples,
-                                   batch, dim);
+                                   batch, dim, begin, end);
+    });
   });
 }
 

@@ -11,7 +11,8 @@ cast to the inputs' dtype if theirs differs.
 
 Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.gaussian` (shared with the
 triton backend): empty inputs launch nothing, and row outputs over ``D = 0`` are sums of nothing,
-zeros. CUDA kernels run on the input device's current stream, CPU kernels on the calling thread.
+zeros. CUDA kernels run on the input device's current stream, CPU kernels on the calling thread
+(large calls also on PyTorch's OpenMP threads: csrc/cpu/dtype.h).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ gradients (``grad``) are read in place through their strides, since autograd han
 Outputs are allocated, and empty inputs decided, by :mod:`fastvae.plan.iwae` (shared with the triton
 backend): empty inputs launch nothing, sums over an empty dim are zeros, the mean over ``M = 0``
 groups and the log-mean-exp over ``K = 0`` samples NaN (the op itself rejects both). CUDA kernels run
-on the input device's current stream, CPU kernels on the calling thread.
+on the input device's current stream, CPU kernels on the calling thread (large calls also on
+PyTorch's OpenMP threads: csrc/cpu/dtype.h).
 """
 
 from __future__ import annotations

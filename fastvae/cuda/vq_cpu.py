@@ -10,7 +10,7 @@ decision runs. The reference ranks each chunk with ``topk`` and collects near-ti
 ``nonzero``, ``scatter_reduce`` and gathers, several passes over the ``(rows, K)`` scores and many
 small ops; here one compiled call (csrc/cpu/vq.cpp) scans each row of scores twice (its least score,
 then the candidates within reach of it) and recomputes only near-ties. The product runs on
-PyTorch's threads, the selection on the calling thread.
+PyTorch's threads, and so does the selection once a chunk holds enough rows.
 
 Inputs come in the canonical layouts of :mod:`fastvae.ops.vq`: ``x (N, D)`` and ``codebook (K, D)``
 (``K >= 1``) of one dtype on the CPU. Arithmetic is in float32 (float64 for float64 inputs), as in
