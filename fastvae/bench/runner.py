@@ -10,7 +10,8 @@ returns the report (the JSON document described in ``benchmarks/README.md``).
 
 The backends of one op at one shape, dtype, precision and mode are built and warmed up one after
 the other, then timed round-robin (:func:`fastvae.bench.timing.time_round_robin`), so that the
-speed-ups between them are not an artefact of load that came and went. Each row carries the spread
+speed-ups between them are not an artefact of load that came and went; the ``torch`` reference is
+timed alone after them (``Run._time_live`` says why). Each row carries the spread
 of its times and is ``noisy`` past :data:`~fastvae.bench.timing.NOISY_IQR_FRACTION`. User-sized
 rows are also timed as CUDA graph replays where there is a CUDA device (and say why not elsewhere).
 A case that runs out of memory is recorded as ``"OOM"`` and the run goes on.
@@ -759,12 +760,25 @@ class _Runner:
 
     def _time_live(self, live: list[tuple[dict[str, Any], cases.Step]], repeats: int
                    ) -> list[tuple[dict[str, Any], cases.Step]]:
-        """Time the warmed-up steps round-robin and measure each one's peak memory; returns those still ok."""
+        """Time the warmed-up steps round-robin and measure each one's peak memory; returns those still ok.
+
+        The ``torch`` backend (the reference: the ground truth, not a fast path) is timed on its own
+        after the others. Interleaved, its hundreds of small ops leave the caches cold for whichever
+        call follows, and that does not fall alike on the contenders even in a balanced order: eager
+        PyTorch runs much of the same code, a compiled backend's is evicted (measured on the CPU at
+        B64xD16: the cpu backend's kernels 5.6 -> 24 us after a reference call).
+        """
         if not live:
             return live
+        groups = [[i for i, (row, _) in enumerate(live) if (row["backend"] == "torch") == alone] for alone in (False, True)]
+        times: list[list[float]] = [[] for _ in live]
         try:
-            times = timing.time_round_robin([step for _, step in live], self.device, warmup=0, repeats=repeats,
-                                            scopes=[step.active for _, step in live])
+            for group in groups:
+                if group:
+                    group_times = timing.time_round_robin([live[i][1] for i in group], self.device, warmup=0,
+                                                          repeats=repeats, scopes=[live[i][1].active for i in group])
+                    for i, call_times in zip(group, group_times, strict=True):
+                        times[i] = call_times
         except Exception as error:  # a failure after the warm-up: none of the interleaved times stands
             for row, _ in live:
                 row["status"] = _failure(error)

@@ -4,8 +4,7 @@ Calls compared with each other (the backends of one op at one shape) are timed r
 their warm-up, each round times every call once, so that load on the machine falls on all of them
 alike rather than on whichever ran while it lasted. The rounds' orders form a Williams design
 (:func:`balanced_orders`): within them every call follows every other call equally often, so a call
-that leaves the caches cold (the ``torch`` reference's hundreds of small ops) slows its successors
-alike instead of always the same one (a plain rotation A B C, B C A, C A B puts C after B in two
+that leaves the caches cold slows its successors alike instead of always the same one (a plain rotation A B C, B C A, C A B puts C after B in two
 rounds of three and B after C in none). Every timed call is kept: :func:`spread` turns them into the min, quartiles,
 median and max of a row, and a row whose interquartile range exceeds :data:`NOISY_IQR_FRACTION` of
 its median is ``noisy``.
