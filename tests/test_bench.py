@@ -315,6 +315,35 @@ def test_out_of_memory_is_recorded_as_oom_and_the_run_goes_on(tmp_path, monkeypa
 
 
 
+def test_the_torch_reference_is_timed_alone_and_the_contenders_together(tmp_path, monkeypatch):
+    # Interleaved, the reference's many small ops leave the caches cold for whichever call follows,
+    # unevenly between eager and a compiled backend; the runner times it in a group of its own.
+    build, time_round_robin = cases.build, timing.time_round_robin
+    backend_of: dict[int, str] = {}
+    groups: list[list[str]] = []
+
+    def tagged_build(case: cases.Case, device: torch.device, **kwargs: Any) -> cases.Step:
+        step = build(case, device, **kwargs)
+        backend_of[id(step)] = case.backend
+        return step
+
+    def recorded(calls, device, **kwargs):
+        groups.append([backend_of.get(id(call), "?") for call in calls])
+        return time_round_robin(calls, device, **kwargs)
+
+    monkeypatch.setattr(cases, "build", tagged_build)
+    monkeypatch.setattr(timing, "time_round_robin", recorded)
+    backends = ["eager", "torch", *(["cpu"] if "cpu" in fastvae.available_backends() else [])]
+    status, _, _ = _bench(["--quick", "--ops", "gaussian_kl", "--dtypes", "fp32", "--backends", *backends,
+                           "--out", str(tmp_path)])
+    assert status == 0
+    # Per mode (fwd, fwd+bwd): the contenders in one round-robin, then the reference alone (the
+    # other timings, of the ceilings, time no case).
+    contenders = sorted(name for name in backends if name != "torch")
+    case_groups = sorted(sorted(group) for group in groups if "?" not in group)
+    assert case_groups == sorted([contenders, ["torch"]] * 2)
+
+
 def test_cases_over_the_cpu_memory_budget_are_skipped_not_run(tmp_path):
     status, _, _ = _bench(
         ["--quick", "--ops", "vq_nearest", "--dtypes", "fp32", "--modes", "fwd", "--backends", "eager", "torch",
