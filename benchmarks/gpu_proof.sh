@@ -133,7 +133,10 @@ fi
 smoke_cmd="$PY benchmarks/gpu_smoke.py --out $WORK/smoke.json$([ "$GPU" = 0 ] && echo ' --rehearse')"
 
 if [ "$GPU" = 1 ]; then
-  tests_cmd="${PYTEST[*]} $OP_TESTS -m 'not slow' $PYTEST_TAIL --junitxml $WORK/tests.xml"
+  # Each xdist worker's CPU ops (PyTorch's and the cpu backend's, which share its OpenMP pool) get
+  # their share of the cores, not all of them each: oversubscribed OpenMP barriers wait out whole
+  # scheduler slices.
+  tests_cmd="OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 )) ${PYTEST[*]} $OP_TESTS -m 'not slow' $PYTEST_TAIL --junitxml $WORK/tests.xml"
 else
   tests_cmd="${PYTEST[*]} $OP_TESTS -m 'not slow' -k 'zero_size or empty' $PYTEST_TAIL --junitxml $WORK/tests.xml"
 fi
