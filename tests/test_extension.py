@@ -6,6 +6,8 @@ checks run before any CUDA call. The device tests are marked ``gpu``.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -329,6 +331,30 @@ def test_cpu_kernels_give_the_same_bits_on_any_thread_count(C_cpu: types.ModuleT
     # thread, noise drawn by its absolute row, so one thread and two must agree to the bit.
     for one, two in zip(_cpu_results(1), _cpu_results(2), strict=True):
         assert torch.equal(one, two)
+
+
+_FORK_SCRIPT = """
+import os, signal, sys, torch, fastvae
+fastvae.set_backend("cpu")
+mu, logvar = torch.randn(4096, 256), torch.randn(4096, 256)
+first = fastvae.reparameterize(mu, logvar, seed=1)  # large enough to run in OpenMP's thread pool
+pid = os.fork()
+if pid == 0:  # the child compares bytes in numpy: a parallel PyTorch op would itself hang here
+    signal.alarm(30)  # a hung child ends (SIGALRM) rather than outliving the test
+    again = fastvae.reparameterize(mu, logvar, seed=1)
+    os._exit(0 if again.numpy().tobytes() == first.numpy().tobytes() else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_cpu_kernels_run_in_a_forked_child(C_cpu: types.ModuleType) -> None:
+    # GNU OpenMP's pool does not survive fork(): a parallel region in the child would wait forever
+    # for the parent's threads. The extension's atfork handler keeps such a child on one thread.
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork() on this platform")
+    result = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], timeout=60, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_cpu_only_build_imports_and_runs(tmp_path_factory: pytest.TempPathFactory) -> None:

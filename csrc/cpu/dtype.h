@@ -382,6 +382,10 @@ void launch(Args... args) {
 
 // --- threads -------------------------------------------------------------------------------------
 
+// Whether this process was forked from one that had loaded the kernels (csrc/cpu/threads.cpp): there
+// OpenMP's thread pool is gone, and a parallel region would wait for it forever.
+bool forked_child() noexcept;
+
 // f(begin, end) over contiguous ranges that cover rows [0, rows): on the calling thread alone, or,
 // when the rows hold at least two grains of work (rows * cost, in units a kernel picks: about a
 // nanosecond of one core's time each) and OpenMP may use more than one thread here, split evenly
@@ -395,12 +399,13 @@ void launch(Args... args) {
 // machine, measured: 2.4x slower); in a region of the same pool they do the work instead.
 //
 // Every row is computed by one thread exactly as it would be alone, so results do not depend on the
-// split or the thread count. f must not throw.
+// split or the thread count. A child process forked from this one stays on one thread (see
+// forked_child). f must not throw.
 template <typename F>
 void for_row_ranges(std::int64_t rows, std::int64_t cost_per_row, std::int64_t grain, F&& f) {
 #ifdef _OPENMP
   const std::int64_t work = rows * cost_per_row;
-  std::int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  std::int64_t threads = omp_in_parallel() || forked_child() ? 1 : omp_get_max_threads();
   threads = std::min({threads, work / grain, rows});
   if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
