@@ -22,7 +22,7 @@ import pytest
 import torch
 from backends import DEVICE, dtype_id, randn
 from kernel_edges import poison_allocations
-from tolerances import FLOAT_DTYPES, assert_close
+from tolerances import FLOAT64, FLOAT_DTYPES, assert_close
 
 import fastvae
 from fastvae.ops.fsq import OP_NAMES, fsq_indices_to_codes
@@ -251,7 +251,7 @@ def test_module_projections_and_gradient():
     quantized.sum().backward()
     z = layer.project_in(x.detach())
     grad_z = fsq_grad_f64(z, layer.project_out.weight.sum(0).expand_as(z), list(layer.levels))
-    torch.testing.assert_close(x.grad, grad_z @ layer.project_in.weight.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, grad_z @ layer.project_in.weight.detach(), **FLOAT64)
 
 
 # --- the peer -----------------------------------------------------------------------------------------

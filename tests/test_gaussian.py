@@ -20,7 +20,7 @@ import pytest
 import torch
 from backends import DEVICE, dtype_id, randn
 from kernel_edges import check_op, misaligned, poison_allocations
-from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close
+from tolerances import FLOAT_DTYPES, NORMAL_MOMENT_SIGMAS, TOLERANCES, assert_close
 from torch.distributions import Normal, kl_divergence
 
 import fastvae
@@ -206,8 +206,8 @@ def test_reparameterize_noise_is_standard_normal(backend):
     z = f64(fastvae.reparameterize(zeros, zeros, seed=5))
     n = z.numel()
     # Six standard errors of the mean and of the standard deviation of n standard normals.
-    assert abs(z.mean().item()) < 6.0 / math.sqrt(n)
-    assert abs(z.std().item() - 1.0) < 6.0 / math.sqrt(2.0 * n)
+    assert abs(z.mean().item()) < NORMAL_MOMENT_SIGMAS / math.sqrt(n)
+    assert abs(z.std().item() - 1.0) < NORMAL_MOMENT_SIGMAS / math.sqrt(2.0 * n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)

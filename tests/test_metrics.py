@@ -24,6 +24,20 @@ import math
 
 import pytest
 import torch
+from tolerances import (
+    CHANCE_SCORE_ATOL,
+    DUPLICATED_LATENT_SCORE_ATOL,
+    FLOAT64_REORDERED,
+    FLOAT64_UNIT,
+    LASSO_KKT,
+    LASSO_SOLUTION,
+    LOGISTIC_STATIONARY,
+    MIG_PERFECT_ATOL,
+    NOISE_IMPORTANCE_ATOL,
+    NOISE_SCORE_ATOL,
+    R_SQUARED_SAMPLING_ATOL,
+    SCORE_NEAR_ZERO,
+)
 
 from fastvae import metrics, models
 from fastvae.data import DSprites
@@ -120,9 +134,11 @@ def test_mutual_information_matches_the_formula() -> None:
     expected = sum(
         c / n * math.log(c / n / (pa[i] * pb[j])) for i, row in enumerate(counts) for j, c in enumerate(row) if c
     )
-    assert mutual_information(a * 7 - 3, b + 100) == pytest.approx(expected, rel=1e-12)  # values need not be 0..C-1
+    # The values need not be 0..C-1.
+    assert mutual_information(a * 7 - 3, b + 100) == pytest.approx(expected, rel=FLOAT64_REORDERED.rtol)
     grid = torch.cartesian_prod(torch.arange(4), torch.arange(5))
-    assert mutual_information(grid[:, 0], grid[:, 1]) == pytest.approx(0.0, abs=1e-15)  # independent: exactly 0
+    independent = mutual_information(grid[:, 0], grid[:, 1])
+    assert independent == pytest.approx(0.0, abs=FLOAT64_UNIT.atol)  # independent: exactly 0
 
 
 def test_discretize_uses_equal_width_bins_over_the_range() -> None:
@@ -140,7 +156,7 @@ def test_lasso_is_soft_thresholding_for_an_orthonormal_design() -> None:
     y = torch.randn(n, 3, generator=_generator(0), dtype=torch.float64)
     c = x.T @ y / n
     expected = c.sign() * (c.abs() - 0.3).clamp_min(0)
-    assert torch.allclose(lasso(x, y, 0.3), expected, atol=1e-12)
+    assert torch.allclose(lasso(x, y, 0.3), expected, **LASSO_SOLUTION)
 
 
 def test_lasso_satisfies_the_optimality_conditions_on_a_correlated_design() -> None:
@@ -153,8 +169,8 @@ def test_lasso_satisfies_the_optimality_conditions_on_a_correlated_design() -> N
     gradient = x.T @ (y - x @ w) / 500  # KKT: = alpha sign(w) where w != 0, |.| <= alpha where w == 0
     nonzero = w != 0
     assert bool(nonzero.any()) and not bool(nonzero.all())
-    assert torch.allclose(gradient[nonzero], alpha * w[nonzero].sign(), atol=1e-8)
-    assert bool((gradient[~nonzero].abs() <= alpha + 1e-8).all())
+    assert torch.allclose(gradient[nonzero], alpha * w[nonzero].sign(), **LASSO_KKT)
+    assert bool((gradient[~nonzero].abs() <= alpha + LASSO_KKT.atol).all())
 
 
 def test_logistic_regression_reaches_a_stationary_point() -> None:
@@ -165,8 +181,8 @@ def test_logistic_regression_reaches_a_stationary_point() -> None:
     weight, bias = logistic_regression(x, labels, 3, l2=l2)
     p = torch.softmax(x @ weight + bias, dim=1)
     residual = p - torch.nn.functional.one_hot(labels, 3).double()
-    assert torch.allclose(x.T @ residual / 300 + l2 * weight, torch.zeros_like(weight), atol=1e-6)
-    assert torch.allclose(residual.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(x.T @ residual / 300 + l2 * weight, torch.zeros_like(weight), **LOGISTIC_STATIONARY)
+    assert torch.allclose(residual.mean(0), torch.zeros(3, dtype=torch.float64), **LOGISTIC_STATIONARY)
 
 
 def test_nearest_mean_accuracy_is_chance_adjusted_balanced_accuracy() -> None:
@@ -197,7 +213,7 @@ def _binned_entropy_ratio(classes: int, bins: int = 20) -> float:
 
 def test_mig_of_a_perfect_code_is_one() -> None:
     factors, x = _draw(SMALL_SIZES, 8000)
-    assert metrics.mig_from_codes(perfect(SMALL_SIZES)(x), factors) == pytest.approx(1.0, abs=0.02)
+    assert metrics.mig_from_codes(perfect(SMALL_SIZES)(x), factors) == pytest.approx(1.0, abs=MIG_PERFECT_ATOL)
 
 
 def test_mig_of_a_perfect_dsprites_code_is_capped_by_the_20_bins() -> None:
@@ -205,19 +221,20 @@ def test_mig_of_a_perfect_dsprites_code_is_capped_by_the_20_bins() -> None:
     factors, x = _draw(DSPRITES_SIZES, 10_000)
     expected = sum(_binned_entropy_ratio(c) for c in DSPRITES_SIZES) / len(DSPRITES_SIZES)
     assert 0.88 < expected < 0.92
-    assert metrics.mig_from_codes(perfect(DSPRITES_SIZES)(x), factors) == pytest.approx(expected, abs=0.02)
+    assert metrics.mig_from_codes(perfect(DSPRITES_SIZES)(x), factors) == pytest.approx(expected, abs=MIG_PERFECT_ATOL)
 
 
 def test_mig_of_noise_and_of_an_equal_mixing_is_near_zero() -> None:
     factors, x = _draw(EQUAL_SIZES, 8000)
-    assert 0.0 <= metrics.mig_from_codes(noise(6)(x), factors) < 0.03
-    assert 0.0 <= metrics.mig_from_codes(hadamard(EQUAL_SIZES)(x), factors) < 0.03
+    assert 0.0 <= metrics.mig_from_codes(noise(6)(x), factors) < SCORE_NEAR_ZERO
+    assert 0.0 <= metrics.mig_from_codes(hadamard(EQUAL_SIZES)(x), factors) < SCORE_NEAR_ZERO
 
 
 def test_mig_of_a_duplicated_latent_is_one_half() -> None:
     factors, x = _draw((5, 8), 4000)
     codes = torch.stack([x[:, 0], 2 * x[:, 0], x[:, 1]], dim=1)  # factor 0 twice: no gap; factor 1: full gap
-    assert metrics.mig_from_codes(codes, factors) == pytest.approx(0.5, abs=0.01)  # (less the estimator's bias)
+    # (less the estimator's bias)
+    assert metrics.mig_from_codes(codes, factors) == pytest.approx(0.5, abs=DUPLICATED_LATENT_SCORE_ATOL)
 
 
 def test_mig_is_invariant_to_permuting_and_scaling_latents() -> None:
@@ -229,7 +246,7 @@ def test_mig_is_invariant_to_permuting_and_scaling_latents() -> None:
     assert 0.05 < reference < 0.95  # neither end: the invariances are not trivially satisfied
     assert metrics.mig_from_codes(codes[:, torch.tensor([3, 0, 5, 1, 4, 2])], factors) == reference
     rescaled = codes * torch.tensor([7.5, -1.0, 0.01, 1.0, -300.0, 2.0], dtype=torch.float64) + 11.0
-    assert metrics.mig_from_codes(rescaled, factors) == pytest.approx(reference, abs=1e-12)
+    assert metrics.mig_from_codes(rescaled, factors) == pytest.approx(reference, abs=FLOAT64_REORDERED.atol)
 
 
 def test_mig_image_level_matches_the_code_level() -> None:
@@ -246,12 +263,12 @@ def test_mig_image_level_matches_the_code_level() -> None:
 def test_sap_known_answers() -> None:
     factors, x = _draw(DSPRITES_SIZES, 6000)
     assert metrics.sap_from_codes(perfect(DSPRITES_SIZES)(x), factors) > 0.97
-    assert 0.0 <= metrics.sap_from_codes(noise(7)(x), factors) < 0.03
+    assert 0.0 <= metrics.sap_from_codes(noise(7)(x), factors) < SCORE_NEAR_ZERO
     factors, x = _draw(EQUAL_SIZES, 6000)
-    assert 0.0 <= metrics.sap_from_codes(hadamard(EQUAL_SIZES)(x), factors) < 0.03
+    assert 0.0 <= metrics.sap_from_codes(hadamard(EQUAL_SIZES)(x), factors) < SCORE_NEAR_ZERO
     factors, x = _draw((5, 8), 3000)
     duplicated = torch.stack([x[:, 0], -x[:, 0], x[:, 1]], dim=1)
-    assert metrics.sap_from_codes(duplicated, factors) == pytest.approx(0.5, abs=0.01)
+    assert metrics.sap_from_codes(duplicated, factors) == pytest.approx(0.5, abs=DUPLICATED_LATENT_SCORE_ATOL)
 
 
 def test_sap_continuous_factors_score_r_squared() -> None:
@@ -261,8 +278,8 @@ def test_sap_continuous_factors_score_r_squared() -> None:
     v = x[:, 0]
     codes = torch.stack([v + v.std() * torch.randn(6000, generator=g, dtype=torch.float64), torch.randn(6000, generator=g, dtype=torch.float64)], 1)
     scores = metrics.sap_score_matrix(codes, factors, continuous=True)
-    assert scores[0, 0] == pytest.approx(0.5, abs=0.04)
-    assert scores[1, 0] < 0.01
+    assert scores[0, 0] == pytest.approx(0.5, abs=R_SQUARED_SAMPLING_ATOL)
+    assert scores[1, 0] < NOISE_SCORE_ATOL
     assert metrics.sap_from_codes(codes, factors, continuous=[True]) == pytest.approx(float(scores[0, 0] - scores[1, 0]))
 
 
@@ -302,7 +319,7 @@ def test_dci_of_a_perfect_code() -> None:
 def test_dci_of_an_equal_mixing_is_not_disentangled_but_informative() -> None:
     factors, x = _draw(EQUAL_SIZES, 6000)
     scores = metrics.dci_from_codes(hadamard(EQUAL_SIZES)(x), factors)
-    assert scores["disentanglement"] < 0.03 and scores["completeness"] < 0.03
+    assert scores["disentanglement"] < SCORE_NEAR_ZERO and scores["completeness"] < SCORE_NEAR_ZERO
     assert scores["informativeness"] > 0.99
 
 
@@ -312,8 +329,8 @@ def test_dci_of_noise_is_uninformative() -> None:
     factors, x = _draw(DSPRITES_SIZES, 9000)
     codes = noise(8)(x)
     scores = metrics.dci_from_codes(codes, factors, num_train=6000)
-    assert abs(scores["informativeness"]) < 0.01
-    assert float(metrics.importance_matrix(codes[:6000], factors[:6000]).max()) < 0.02
+    assert abs(scores["informativeness"]) < NOISE_SCORE_ATOL
+    assert float(metrics.importance_matrix(codes[:6000], factors[:6000]).max()) < NOISE_IMPORTANCE_ATOL
 
 
 # --- FactorVAE and beta-VAE scores ----------------------------------------------------------------
@@ -328,9 +345,10 @@ def test_factor_vae_score_known_answers() -> None:
         return torch.cat([perfect(sizes)(x), 0.01 * x[:, :1], torch.zeros(x.shape[0], 1, dtype=torch.float64)], 1)
 
     assert metrics.factor_vae_score(with_collapsed, source, **options) == 1.0
-    assert metrics.factor_vae_score(noise(7), source, **options) == pytest.approx(1 / 5, abs=0.05)
+    assert metrics.factor_vae_score(noise(7), source, **options) == pytest.approx(1 / 5, abs=CHANCE_SCORE_ATOL)
     equal = FactorsAsObservations(EQUAL_SIZES)
-    assert metrics.factor_vae_score(hadamard(EQUAL_SIZES), equal, **options) == pytest.approx(1 / 4, abs=0.05)
+    mixed = metrics.factor_vae_score(hadamard(EQUAL_SIZES), equal, **options)
+    assert mixed == pytest.approx(1 / 4, abs=CHANCE_SCORE_ATOL)
     assert metrics.factor_vae_score(lambda x: 0.001 * x, source, **options) == 0.0  # every latent's std < 0.05
 
 
@@ -347,9 +365,10 @@ def test_beta_vae_score_known_answers() -> None:
     source = FactorsAsObservations(DSPRITES_SIZES)
     options = {"num_train": 300, "num_eval": 1000}
     assert metrics.beta_vae_score(perfect(DSPRITES_SIZES), source, **options) == 1.0
-    assert metrics.beta_vae_score(noise(7), source, **options) == pytest.approx(1 / 5, abs=0.05)
+    assert metrics.beta_vae_score(noise(7), source, **options) == pytest.approx(1 / 5, abs=CHANCE_SCORE_ATOL)
     equal = FactorsAsObservations(EQUAL_SIZES)
-    assert metrics.beta_vae_score(hadamard(EQUAL_SIZES), equal, **options) == pytest.approx(1 / 4, abs=0.05)
+    mixed = metrics.beta_vae_score(hadamard(EQUAL_SIZES), equal, **options)
+    assert mixed == pytest.approx(1 / 4, abs=CHANCE_SCORE_ATOL)
 
 
 def test_beta_vae_score_is_invariant_to_rescaling_latents() -> None:

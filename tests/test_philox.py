@@ -20,7 +20,13 @@ import pytest
 import torch
 
 from fastvae.reference.philox import MAX_SEED, normal_stream, philox4x32
-from tests.tolerances import assert_close
+from tests.tolerances import (
+    EXACT,
+    FLOAT32_ORDER_ONE,
+    KOLMOGOROV_CRITICAL_0_1_PERCENT,
+    NORMAL_MOMENT_SIGMAS,
+    assert_close,
+)
 
 MASK32 = 0xFFFFFFFF
 
@@ -139,15 +145,15 @@ def test_normal_stream_prefix_property():
     seed = 1234
     wide = normal_stream(6, 8, seed)
     # Each row starts a fresh group, so a narrower stream is the first columns of a wider one...
-    torch.testing.assert_close(normal_stream(6, 5, seed), wide[:, :5], rtol=0, atol=0)
-    torch.testing.assert_close(normal_stream(6, 1, seed), wide[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(normal_stream(6, 5, seed), wide[:, :5], **EXACT)
+    torch.testing.assert_close(normal_stream(6, 1, seed), wide[:, :1], **EXACT)
     # ...and fewer rows are the first rows.
-    torch.testing.assert_close(normal_stream(3, 8, seed), wide[:3], rtol=0, atol=0)
+    torch.testing.assert_close(normal_stream(3, 8, seed), wide[:3], **EXACT)
 
 
 def test_normal_stream_is_deterministic_and_depends_on_every_input():
     base = normal_stream(4, 8, 5)
-    torch.testing.assert_close(normal_stream(4, 8, 5), base, rtol=0, atol=0)
+    torch.testing.assert_close(normal_stream(4, 8, 5), base, **EXACT)
     assert not torch.equal(normal_stream(4, 8, 6), base)
     # Seeds that differ only in the high 32 bits (key word k1) give different streams.
     assert not torch.equal(normal_stream(4, 8, 5 + 2**32), base)
@@ -176,23 +182,23 @@ def test_normal_stream_is_standard_normal():
     n = x.numel()
     assert torch.isfinite(x).all()
     # Uniforms lie in [2**-24, 1 - 2**-24], so |n| <= sqrt(-2 ln 2**-24).
-    assert x.abs().max().item() <= math.sqrt(-2.0 * math.log(2.0**-24)) + 1e-6
+    assert x.abs().max().item() <= math.sqrt(-2.0 * math.log(2.0**-24)) + FLOAT32_ORDER_ONE.atol
     # Bounds are six standard errors of each statistic for n standard normals.
     mean, std = x.mean().item(), x.std().item()
-    assert abs(mean) < 6.0 / math.sqrt(n)
-    assert abs(std - 1.0) < 6.0 / math.sqrt(2.0 * n)
+    assert abs(mean) < NORMAL_MOMENT_SIGMAS / math.sqrt(n)
+    assert abs(std - 1.0) < NORMAL_MOMENT_SIGMAS / math.sqrt(2.0 * n)
     # Fourth moment 3 (a uniform scaled to unit variance has 1.8), standard error sqrt(96 / n).
-    assert abs((x**4).mean().item() - 3.0) < 6.0 * math.sqrt(96.0 / n)
+    assert abs((x**4).mean().item() - 3.0) < NORMAL_MOMENT_SIGMAS * math.sqrt(96.0 / n)
     # Each lane on its own is standard normal too (a lane mix-up would skew one of them).
     for lane in range(4):
         lane_x = x[:, lane::4]
         m = lane_x.numel()
-        assert abs(lane_x.mean().item()) < 6.0 / math.sqrt(m), lane
-        assert abs(lane_x.std().item() - 1.0) < 6.0 / math.sqrt(2.0 * m), lane
+        assert abs(lane_x.mean().item()) < NORMAL_MOMENT_SIGMAS / math.sqrt(m), lane
+        assert abs(lane_x.std().item() - 1.0) < NORMAL_MOMENT_SIGMAS / math.sqrt(2.0 * m), lane
     # The cos/sin pair sharing a radius is uncorrelated; so are neighbouring pairs.
     for a, b in ((0, 1), (2, 3), (1, 2)):
         corr = torch.corrcoef(torch.stack((x[:, a::4].flatten(), x[:, b::4].flatten())))[0, 1].item()
-        assert abs(corr) < 6.0 / math.sqrt(n / 4), (a, b)
+        assert abs(corr) < NORMAL_MOMENT_SIGMAS / math.sqrt(n / 4), (a, b)
 
 
 def test_normal_stream_passes_kolmogorov_smirnov():
@@ -203,7 +209,7 @@ def test_normal_stream_passes_kolmogorov_smirnov():
     lower = torch.arange(0, n, dtype=torch.float64) / n
     d = torch.maximum(upper - cdf, cdf - lower).max().item()
     # 1.95 / sqrt(n) is the Kolmogorov distribution's 0.1% critical value.
-    assert d < 1.95 / math.sqrt(n)
+    assert d < KOLMOGOROV_CRITICAL_0_1_PERCENT / math.sqrt(n)
 
 
 # --- Triton's built-in Philox reproduces the words -------------------------------------------------

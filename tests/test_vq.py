@@ -21,7 +21,16 @@ import backends
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import FLOAT_DTYPES, TOLERANCES, assert_close, three_tf32_score_error
+from tolerances import (
+    DISTANCE_GRADCHECK,
+    DISTANCE_GRADCHECK_EPS,
+    FLOAT64_REORDERED,
+    FLOAT_DTYPES,
+    TF32_PRODUCT_RTOL,
+    TOLERANCES,
+    assert_close,
+    three_tf32_score_error,
+)
 from torch.profiler import ProfilerActivity, profile
 
 import fastvae
@@ -233,7 +242,7 @@ def test_vq_nearest_cosine_ignores_scale_of_codes(device) -> None:
     codebook = torch.tensor([[100.0, 0.0], [0.6, 0.8]], dtype=torch.float64, device=device)
     assert fastvae.vq_nearest(x, codebook)[0].item() == 1
     index, distance = fastvae.vq_nearest(x, codebook, metric="cosine")
-    assert index.item() == 0 and distance.item() == pytest.approx(0.0, abs=1e-12)
+    assert index.item() == 0 and distance.item() == pytest.approx(0.0, abs=FLOAT64_REORDERED.atol)
 
 
 # --- the memory budget: the search works in chunks ----------------------------------------------------
@@ -656,7 +665,7 @@ def test_tf32_search_picks_a_code_within_tf32_rounding_of_the_nearest(device, op
     # TF32 keeps 10 of float32's 23 mantissa bits: each operand is off by less than 2^-10 (truncated),
     # each product x_i e_i by less than 2^-9 |x_i e_i|, a score |e|^2/2 - x.e by u_k < 2^-9 sum_i |x_i e_ki|.
     # The chosen code c beats the nearest b on rounded scores, so |x - e_c|^2 - |x - e_b|^2 <= 2 (u_c + u_b).
-    u = 2.0**-9 * (x.cpu().double().abs() @ codebook.cpu().double().abs().T)
+    u = TF32_PRODUCT_RTOL * (x.cpu().double().abs() @ codebook.cpu().double().abs().T)
     tol = 4.0 * u.max(dim=1).values
     rtol, atol = TOLERANCES[torch.float32]
     assert bool((chosen - best <= tol + atol + rtol * best).all())
@@ -809,7 +818,7 @@ def test_vq_nearest_distance_gradients_pass_gradcheck(device, metric) -> None:
     def distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         return fastvae.vq_nearest(x, codebook, metric=metric)[1]
 
-    assert torch.autograd.gradcheck(distances, (x, codebook), eps=1e-6, atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(distances, (x, codebook), eps=DISTANCE_GRADCHECK_EPS, **DISTANCE_GRADCHECK)
 
 
 def test_vq_nearest_indices_are_not_differentiable(device) -> None:
@@ -859,8 +868,8 @@ def test_vector_quantize_perplexity_by_hand(device) -> None:
     x = torch.tensor([[1.0], [-1.0], [11.0], [19.0]], dtype=torch.float64, device=device)
     out = fastvae.vector_quantize(x, codebook)
     assert out.indices.cpu().tolist() == [0, 0, 1, 2]
-    assert out.perplexity.item() == pytest.approx(2.0**1.5, rel=1e-12)
-    assert out.commitment_loss.item() == pytest.approx(1.0, rel=1e-12)  # every (x - e)^2 is 1 (D = 1)
+    assert out.perplexity.item() == pytest.approx(2.0**1.5, rel=FLOAT64_REORDERED.rtol)
+    assert out.commitment_loss.item() == pytest.approx(1.0, rel=FLOAT64_REORDERED.rtol)  # every (x - e)^2 is 1 (D = 1)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)

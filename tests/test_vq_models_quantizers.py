@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from dsprites_training import train_steps
 from PIL import Image
-from tolerances import assert_close
+from tolerances import (
+    EXACT,
+    FLOAT32,
+    FLOAT64_REORDERED,
+    SAMPLER_FREQUENCY_ATOL,
+    SAMPLER_FREQUENCY_SIGMAS,
+    assert_close,
+)
 
 from fastvae import cli, models
 from fastvae.data import dsprites
@@ -223,7 +230,7 @@ def test_loss_terms_of_each_quantizer_on_the_honest_scale(quantizer: str, hparam
         assert_close(terms["commitment"], commitment, torch.float32)
         assert_close(terms["codebook"], codebook, torch.float32)
         stages = out.indices.flatten(0, 2).T
-        assert terms["perplexity"].item() == pytest.approx(sum(map(_hand_perplexity, stages)) / 3, rel=1e-5)
+        assert terms["perplexity"].item() == pytest.approx(sum(map(_hand_perplexity, stages)) / 3, rel=FLOAT32.rtol)
         usage = sum(torch.unique(stage).numel() for stage in stages) / (3 * 16)
         assert terms["usage"].item() == pytest.approx(usage)
     elif quantizer == "vq":  # factorised: the squared distances summed over codebook_dim = 3 channels
@@ -233,11 +240,11 @@ def test_loss_terms_of_each_quantizer_on_the_honest_scale(quantizer: str, hparam
         assert_close(terms["codebook"], squared, torch.float32)
     else:
         assert terms["codebook"].item() == 0.0
-        assert terms["perplexity"].item() == pytest.approx(_hand_perplexity(out.indices), rel=1e-5)
+        assert terms["perplexity"].item() == pytest.approx(_hand_perplexity(out.indices), rel=FLOAT32.rtol)
         assert terms["usage"].item() == pytest.approx(torch.unique(out.indices).numel() / model.codebook_size)
     if quantizer == "fsq":
         assert terms["commitment"].item() == 0.0
-        torch.testing.assert_close(terms["loss"], terms["recon"] + terms["prior"], rtol=0, atol=0)
+        torch.testing.assert_close(terms["loss"], terms["recon"] + terms["prior"], **EXACT)
     elif quantizer == "lfq":
         signs = torch.where(out.z_e > 0, 1.0, -1.0).double()
         commitment = (out.z_e.double() - signs).square().sum(dim=(1, 2, 3)).mean()
@@ -353,7 +360,7 @@ def test_the_prior_over_stages_is_causal_in_position_then_stage_order(conditiona
         changed = codes.clone()
         changed[0, i, j, q] = (codes[0, i, j, q] + 1) % codes_k
         delta = (prior(changed, condition) - base).abs().amax(dim=1)[0].flatten()  # raster order (i, j, q)
-        assert delta[: p + 1].max() < 1e-12, f"code {(i, j, q)} leaks into itself or an earlier one"
+        assert delta[: p + 1].max() < FLOAT64_REORDERED.atol, f"code {(i, j, q)} leaks into itself or an earlier one"
         if p + 1 < height * raster and (p + 1) // raster == i:
             assert delta[p + 1] > 1e-6, f"code {(i, j, q)} does not reach the next one"
         if i + 1 < height:
@@ -374,7 +381,7 @@ def test_the_prior_over_stages_is_normalised_and_its_sampler_draws_from_it() -> 
     grids = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
     with torch.no_grad():
         probs = torch.exp(-prior.nll(grids).double())
-    assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert probs.sum().item() == pytest.approx(1.0, abs=FLOAT32.atol)
     assert probs[[0 * 27 + 1 * 9 + 2 * 3 + 2, 27 + 9 + 2, 2 * 27 + 2 * 3 + 1]].sum() > 0.5  # the trained grids
     n = 3000
     samples = prior.sample(n, (1, 2))
@@ -382,7 +389,7 @@ def test_the_prior_over_stages_is_normalised_and_its_sampler_draws_from_it() -> 
     index = (samples.view(n, 4) * torch.tensor([27, 9, 3, 1])).sum(1)
     freq = torch.bincount(index, minlength=81).double() / n
     sigma = (probs * (1 - probs) / n).sqrt()
-    assert ((freq - probs).abs() <= 5 * sigma + 2e-3).all()
+    assert ((freq - probs).abs() <= SAMPLER_FREQUENCY_SIGMAS * sigma + SAMPLER_FREQUENCY_ATOL).all()
 
 
 def test_the_prior_over_stages_checks_its_grids_and_skips_dropped_codes() -> None:
@@ -431,7 +438,7 @@ def test_the_config_rebuilds_the_model_through_json(name: str, quantizer: str, h
     first, second = model(x), again(x)
     for suffix, _ in LEVELS[name]:
         assert torch.equal(first[f"indices{suffix}"], second[f"indices{suffix}"])
-    torch.testing.assert_close(first.logits, second.logits, rtol=0, atol=0)
+    torch.testing.assert_close(first.logits, second.logits, **EXACT)
 
 
 def test_the_quantizer_flags_parse_to_their_types() -> None:

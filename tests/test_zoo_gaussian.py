@@ -13,6 +13,23 @@ import math
 
 import pytest
 import torch
+from tolerances import (
+    BN_VAE_EPS_SHORTFALL_RTOL,
+    FLOAT32,
+    FLOAT32_AMPLIFIED_KL,
+    FLOAT32_CANCELLING,
+    FLOAT32_COVARIANCE_SQUARES,
+    FLOAT32_FEW_ROUNDINGS_RELATIVE,
+    FLOAT32_FLAT_LOSS,
+    FLOAT32_LOG_LIKELIHOOD,
+    FLOAT64_MMD,
+    FLOAT64_REORDERED,
+    LOG_COSH_NORMALISER_RTOL,
+    LOGCOSH_RECON,
+    PRIOR_SAMPLE_MEAN_SIGMAS,
+    PRIOR_SAMPLE_STD,
+    absolute,
+)
 
 import fastvae
 import fastvae.data
@@ -66,7 +83,7 @@ def _kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1)
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:
     torch.testing.assert_close(actual.detach().double(), expected.detach().double(), rtol=rtol, atol=atol)
 
 
@@ -143,9 +160,9 @@ def test_beta_vae_weights_the_kl_by_beta() -> None:
     terms = model.loss(x, out)
     recon = _bernoulli_nll(x, out.logits).mean()
     kl = _kl_standard(out.mu, out.logvar).mean()
-    _close(terms["recon"], recon, atol=1e-3)
-    _close(terms["kl"], kl)
-    _close(terms["loss"], recon + 4.0 * kl, atol=1e-3)
+    _close(terms["recon"], recon, **FLOAT32_LOG_LIKELIHOOD)
+    _close(terms["kl"], kl, **FLOAT32)
+    _close(terms["loss"], recon + 4.0 * kl, **FLOAT32_LOG_LIKELIHOOD)
 
 
 @pytest.mark.parametrize(("name", "hparam"), [("beta_vae", "beta"), ("disentangled_beta_vae", "gamma")])
@@ -167,7 +184,7 @@ def test_capacity_schedule_at_given_steps(step: int | None, capacity: float) -> 
     assert terms["capacity"].item() == capacity
     recon = _bernoulli_nll(x, out.logits).mean()
     kl = _kl_standard(out.mu, out.logvar).mean()
-    _close(terms["loss"], recon + 1000.0 * (kl - capacity).abs(), rtol=1e-5, atol=1e-2)
+    _close(terms["loss"], recon + 1000.0 * (kl - capacity).abs(), **FLOAT32_AMPLIFIED_KL)
 
 
 def test_capacity_counts_training_steps_only() -> None:
@@ -217,7 +234,8 @@ def test_mmd_is_the_unbiased_u_statistic(kernel: str, scale: float | None) -> No
     x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     y = 0.5 + 2.0 * torch.randn(7, 3, generator=generator, dtype=torch.float64)
     expected = _mmd_double_loop(x, y, kernel, 2.0 * 3 if scale is None else scale)
-    assert mmd(x, y, kernel=kernel, scale=scale).item() == pytest.approx(expected, rel=1e-12, abs=1e-14)
+    got = mmd(x, y, kernel=kernel, scale=scale).item()
+    assert got == pytest.approx(expected, rel=FLOAT64_MMD.rtol, abs=FLOAT64_MMD.atol)
 
 
 def test_mmd_rejects_bad_arguments() -> None:
@@ -240,10 +258,10 @@ def test_info_vae_loss_weights_kl_and_mmd() -> None:
     torch.manual_seed(7)
     prior = torch.randn(6, 3)
     expected_mmd = _mmd_double_loop(out.z.detach().double(), prior.double(), "imq", 6.0)
-    assert terms["mmd"].item() == pytest.approx(expected_mmd, rel=1e-4, abs=1e-6)
+    assert terms["mmd"].item() == pytest.approx(expected_mmd, rel=FLOAT32_CANCELLING.rtol, abs=FLOAT32_CANCELLING.atol)
     recon = _bernoulli_nll(x, out.logits).mean()
     kl = _kl_standard(out.mu, out.logvar).mean()
-    _close(terms["loss"], recon + 0.7 * kl + 4.3 * expected_mmd, atol=1e-4)
+    _close(terms["loss"], recon + 0.7 * kl + 4.3 * expected_mmd, **FLOAT32_FLAT_LOSS)
 
 
 def test_info_vae_defaults_and_bad_hyperparameters() -> None:
@@ -267,8 +285,8 @@ def test_wae_mmd_penalty_uses_imq_with_scale_2d() -> None:
     terms = model.loss(x, out)
     torch.manual_seed(3)
     expected_mmd = _mmd_double_loop(out.z.detach().double(), torch.randn(6, 3).double(), "imq", 6.0)
-    assert terms["mmd"].item() == pytest.approx(expected_mmd, rel=1e-4, abs=1e-6)
-    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 10.0 * expected_mmd, atol=1e-4)
+    assert terms["mmd"].item() == pytest.approx(expected_mmd, rel=FLOAT32_CANCELLING.rtol, abs=FLOAT32_CANCELLING.atol)
+    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 10.0 * expected_mmd, **FLOAT32_FLAT_LOSS)
 
 
 def test_wae_encoder_is_deterministic() -> None:
@@ -306,9 +324,9 @@ def test_wae_gan_losses() -> None:
         d_z = torch.sigmoid(model.discriminator(out.z).double())
         d_prior = torch.sigmoid(model.discriminator(prior).double())
     adversarial = -torch.log(d_z).mean()
-    _close(terms["adversarial"], adversarial)
-    _close(terms["disc_loss"], 2.0 * (-torch.log(d_prior) - torch.log1p(-d_z)).mean())
-    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 2.0 * adversarial, atol=1e-4)
+    _close(terms["adversarial"], adversarial, **FLOAT32)
+    _close(terms["disc_loss"], 2.0 * (-torch.log(d_prior) - torch.log1p(-d_z)).mean(), **FLOAT32)
+    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 2.0 * adversarial, **FLOAT32_FLAT_LOSS)
     encoder = list(model.encoder.parameters())
     assert all(g is None for g in torch.autograd.grad(terms["disc_loss"], encoder, retain_graph=True, allow_unused=True))
     assert any(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(terms["loss"], encoder, allow_unused=True))
@@ -340,12 +358,12 @@ def test_sliced_wasserstein_matches_exact_1d_transport(p: float) -> None:
     torch.manual_seed(0)
     directions = random_directions(4, 3, dtype=torch.float64)
     expected = _sliced_by_permutations(x, y, directions, p)
-    assert sliced_wasserstein(x, y, directions, p=p).item() == pytest.approx(expected, rel=1e-12)
+    assert sliced_wasserstein(x, y, directions, p=p).item() == pytest.approx(expected, rel=FLOAT64_REORDERED.rtol)
 
 
 def test_random_directions_are_fresh_unit_vectors() -> None:
     first, second = random_directions(50, 4), random_directions(50, 4)
-    _close(first.norm(dim=1), torch.ones(50))
+    _close(first.norm(dim=1), torch.ones(50), **FLOAT32)
     assert not torch.equal(first, second)
     with pytest.raises(ValueError, match="directions"):
         sliced_wasserstein(torch.randn(3, 2), torch.randn(3, 2), torch.randn(4, 3))
@@ -363,8 +381,9 @@ def test_swae_loss_is_recon_plus_lambda_sliced_wasserstein() -> None:
     prior = torch.randn(5, 3)
     directions = random_directions(7, 3)
     expected = _sliced_by_permutations(out.z.detach(), prior, directions, 2.0)
-    assert terms["sliced_wasserstein"].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 10.0 * expected, atol=1e-4)
+    got = terms["sliced_wasserstein"].item()
+    assert got == pytest.approx(expected, rel=FLOAT32_CANCELLING.rtol, abs=FLOAT32_CANCELLING.atol)
+    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + 10.0 * expected, **FLOAT32_FLAT_LOSS)
 
 
 # --- dip_vae --------------------------------------------------------------------------------------------
@@ -390,11 +409,12 @@ def test_dip_vae_penalises_the_covariance_computed_by_brute_force(variant: str, 
             cov[i][i] += sum(var[b][i] for b in range(batch)) / batch
     offdiag = sum(cov[i][j] ** 2 for i in range(dim) for j in range(dim) if i != j)
     diag = sum((cov[i][i] - 1) ** 2 for i in range(dim))
-    assert terms["dip_offdiag"].item() == pytest.approx(offdiag, rel=1e-4, abs=1e-7)
-    assert terms["dip_diag"].item() == pytest.approx(diag, rel=1e-5)
+    got = terms["dip_offdiag"].item()
+    assert got == pytest.approx(offdiag, rel=FLOAT32_COVARIANCE_SQUARES.rtol, abs=FLOAT32_COVARIANCE_SQUARES.atol)
+    assert terms["dip_diag"].item() == pytest.approx(diag, rel=FLOAT32.rtol)
     recon = _bernoulli_nll(x, out.logits).mean()
     kl = _kl_standard(out.mu, out.logvar).mean()
-    _close(terms["loss"], recon + kl + 2.0 * offdiag + lambda_d * diag, atol=1e-4)
+    _close(terms["loss"], recon + kl + 2.0 * offdiag + lambda_d * diag, **FLOAT32_FLAT_LOSS)
 
 
 def test_dip_vae_bad_variant_is_rejected() -> None:
@@ -421,12 +441,12 @@ def test_conditional_kl_is_to_the_label_prior(name: str) -> None:
     out = model(x, y)
     table = model.prior_net.weight.double()
     mu_p, logvar_p = table[y, :3], table[y, 3:]
-    _close(out.prior_mu, mu_p)
+    _close(out.prior_mu, mu_p, **FLOAT32)
     mu, logvar = out.mu.double(), out.logvar.double()
     kl = 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p) ** 2) / logvar_p.exp() - 1).sum(-1)
     terms = model.loss(x, out, y)
-    _close(terms["kl"], kl.mean())
-    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + kl.mean(), atol=1e-4)
+    _close(terms["kl"], kl.mean(), **FLOAT32)
+    _close(terms["loss"], _bernoulli_nll(x, out.logits).mean() + kl.mean(), **FLOAT32_FLAT_LOSS)
 
 
 @pytest.mark.parametrize(("name", "decoder_uses_label"), [("cvae", True), ("cmma", False)])
@@ -446,8 +466,8 @@ def test_prior_sample_follows_p_z_given_y(name: str) -> None:
     with torch.no_grad():
         z = model.prior_sample(n, torch.full((n,), 2))
         mu_p, std_p = model.prior_net.weight[2, :3], (0.5 * model.prior_net.weight[2, 3:]).exp()
-    _close(z.mean(0), mu_p, rtol=0, atol=float(5 * std_p.max() / math.sqrt(n)))
-    _close(z.std(0), std_p, rtol=0.06, atol=0)
+    _close(z.mean(0), mu_p, **absolute(float(PRIOR_SAMPLE_MEAN_SIGMAS * std_p.max() / math.sqrt(n))))
+    _close(z.std(0), std_p, **PRIOR_SAMPLE_STD)
 
 
 @pytest.mark.parametrize("name", ["cvae", "cmma"])
@@ -468,7 +488,7 @@ def test_conditional_log_likelihood_weights_with_the_label_prior(name: str) -> N
 
     log_px = -_bernoulli_nll(x, model.decode(z.float(), y))
     expected = log_px + log_normal(z, mu_p, logvar_p) - log_normal(z, mu.double(), logvar.double())
-    _close(estimate, expected, atol=1e-3)
+    _close(estimate, expected, **FLOAT32_LOG_LIKELIHOOD)
 
 
 def test_conditional_models_check_labels() -> None:
@@ -502,10 +522,11 @@ def test_bn_vae_fixes_the_second_moment_of_the_means() -> None:
     variance = raw.var(0, unbiased=False)
     beta = model.mu_shift.double()
     second_moment = out.mu.double().pow(2).mean(0)
-    _close(second_moment, 0.25 * variance / (variance + 1e-8) + beta**2, rtol=1e-4, atol=1e-6)
-    assert second_moment.mean().item() == pytest.approx(0.25 + beta.pow(2).mean().item(), rel=0.02)
+    _close(second_moment, 0.25 * variance / (variance + 1e-8) + beta**2, **FLOAT32_CANCELLING)
+    expected_mean = 0.25 + beta.pow(2).mean().item()
+    assert second_moment.mean().item() == pytest.approx(expected_mean, rel=BN_VAE_EPS_SHORTFALL_RTOL)
     kl = _kl_standard(out.mu, out.logvar)
-    _close(model.loss(x, out)["kl"], kl.mean())
+    _close(model.loss(x, out)["kl"], kl.mean(), **FLOAT32)
     assert kl.mean().item() >= 0.5 * second_moment.sum().item()
 
 
@@ -522,16 +543,16 @@ def test_bn_vae_gamma_is_fixed_and_beta_learnable() -> None:
 
 def test_log_cosh_matches_the_naive_formula_where_finite() -> None:
     t = torch.linspace(-30, 30, 601, dtype=torch.float64)
-    _close(log_cosh(t), torch.log(torch.cosh(t)), rtol=1e-12, atol=1e-12)
+    _close(log_cosh(t), torch.log(torch.cosh(t)), **FLOAT64_REORDERED)
     t.requires_grad_(True)
     (grad,) = torch.autograd.grad(log_cosh(t).sum(), t)
-    _close(grad, torch.tanh(t.detach()), rtol=1e-12, atol=1e-12)
+    _close(grad, torch.tanh(t.detach()), **FLOAT64_REORDERED)
 
 
 def test_log_cosh_is_finite_where_the_naive_formula_overflows() -> None:
     t = torch.tensor([1e4, -1e4, 3e38])
     assert torch.isinf(torch.log(torch.cosh(t))).all()
-    _close(log_cosh(t), t.double().abs() - math.log(2), rtol=1e-6, atol=0)
+    _close(log_cosh(t), t.double().abs() - math.log(2), **FLOAT32_FEW_ROUNDINGS_RELATIVE)
 
 
 def _log_cosh_normaliser(a: float) -> float:
@@ -543,7 +564,7 @@ def _log_cosh_normaliser(a: float) -> float:
 @pytest.mark.parametrize("a", [10.0, 0.5])
 def test_logcosh_density_is_normalised(a: float) -> None:
     model = models.create("logcosh_vae", input_shape=(3,), latent_dim=2, a=a)
-    assert model.log_normalizer == pytest.approx(_log_cosh_normaliser(a), rel=1e-7)
+    assert model.log_normalizer == pytest.approx(_log_cosh_normaliser(a), rel=LOG_COSH_NORMALISER_RTOL)
 
 
 def test_logcosh_vae_loss() -> None:
@@ -556,8 +577,8 @@ def test_logcosh_vae_loss() -> None:
     error = x.double() - torch.sigmoid(out.logits.double())
     recon = (torch.log(torch.cosh(10.0 * error)) / 10.0 + _log_cosh_normaliser(10.0)).flatten(1).sum(1).mean()
     kl = _kl_standard(out.mu, out.logvar).mean()
-    _close(terms["recon"], recon, atol=1e-2)
-    _close(terms["loss"], recon + 2.0 * kl, atol=1e-2)
+    _close(terms["recon"], recon, **LOGCOSH_RECON)
+    _close(terms["loss"], recon + 2.0 * kl, **LOGCOSH_RECON)
     identity = models.create("logcosh_vae", input_shape=(5,), latent_dim=2, output="identity")
     logits = torch.randn(3, 5)
     assert torch.equal(identity.mean(logits), logits)

@@ -13,6 +13,19 @@ import math
 
 import pytest
 import torch
+from tolerances import (
+    EXACT,
+    FLOAT32,
+    FLOAT32_FEW_ROUNDINGS,
+    FLOAT32_FEW_ROUNDINGS_SMALL,
+    FLOAT64_MS_SSIM_GRADIENT,
+    FLOAT64_POOLED_IDENTICAL_SSIM_ATOL,
+    FLOAT64_RECOMPUTED,
+    FLOAT64_REORDERED,
+    NVAE_LOSS_SUM,
+    SPECTRAL_NORM_ESTIMATE,
+    TD_VAE_HAND_LATENTS,
+)
 from torch.autograd.functional import jacobian
 from torch.distributions import Normal, kl_divergence
 
@@ -50,7 +63,7 @@ def _normal(mu: torch.Tensor, logvar: torch.Tensor) -> Normal:
     return Normal(mu.double(), torch.exp(0.5 * logvar.double()))
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-7, atol: float = 1e-7) -> None:
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:
     torch.testing.assert_close(actual.detach().double(), expected.detach().double(), rtol=rtol, atol=atol)
 
 
@@ -214,14 +227,14 @@ def test_td_vae_loss_terms_match_a_hand_computation(monkeypatch: pytest.MonkeyPa
         recon.append(_bernoulli_nll(x[b, t2 - 1][None], model.decoder(z2[None]))[0])
         kl.append(kl_divergence(_normal(mu_s, logvar_s), _normal(mu_b1, logvar_b1)).sum())
         transition.append(_normal(mu_b2, logvar_b2).log_prob(z2).sum() - _normal(mu_t, logvar_t).log_prob(z2).sum())
-        _close(out.z_t2[b], z2)
-        _close(out.z_t1[b], z1)
+        _close(out.z_t2[b], z2, **TD_VAE_HAND_LATENTS)
+        _close(out.z_t1[b], z1, **TD_VAE_HAND_LATENTS)
     recon_, kl_, transition_ = (torch.stack(v).mean() for v in (recon, kl, transition))
     # the loss accumulates in float32 (as fastvae.models.base's), so the float32 tolerance applies
-    _close(terms["recon"], recon_, rtol=1e-6, atol=1e-6)
-    _close(terms["kl"], kl_, rtol=1e-6, atol=1e-6)
-    _close(terms["transition"], transition_, rtol=1e-6, atol=1e-6)
-    _close(terms["loss"], recon_ + kl_ + transition_, rtol=1e-6, atol=1e-6)
+    _close(terms["recon"], recon_, **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["kl"], kl_, **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["transition"], transition_, **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["loss"], recon_ + kl_ + transition_, **FLOAT32_FEW_ROUNDINGS)
     assert kl_.abs() > 1e-3 and transition_.abs() > 1e-3  # the terms are not trivially zero here
 
 
@@ -278,7 +291,7 @@ def test_td_vae_rollouts_depend_on_the_context() -> None:
 
     frames = rollout(context)
     assert frames.shape == (4, 4, 5)
-    torch.testing.assert_close(rollout(context), frames, rtol=0, atol=0)
+    torch.testing.assert_close(rollout(context), frames, **EXACT)
     assert (rollout(1 - context) - frames).abs().amax(dim=(1, 2)).min() > 1e-3  # other frames
     assert (rollout(context[:, :2]) - frames).abs().amax(dim=(1, 2)).min() > 1e-3  # fewer frames seen
 
@@ -320,7 +333,7 @@ def test_f_vae_log_det_matches_the_autograd_jacobian() -> None:
     params = model.posterior_parameters(x)
     u = torch.randn(4, 5, dtype=torch.float64)
     _, log_det = model.flow(u, *params)
-    _close(log_det, _jacobian_log_det(model, u, params), rtol=1e-10, atol=1e-10)
+    _close(log_det, _jacobian_log_det(model, u, params), **FLOAT64_RECOMPUTED)
     # the couplings contribute: the log-det is not just the affine stage's
     assert (log_det - 0.5 * params[1].sum(-1)).abs().min() > 1e-3
 
@@ -331,8 +344,8 @@ def test_f_vae_flow_is_invertible() -> None:
     u = torch.randn(4, 5, dtype=torch.float64)
     z, _ = model.flow(u, *params)
     assert (z - u).abs().max() > 1e-2
-    _close(model.flow_inverse(z, *params), u, rtol=1e-10, atol=1e-10)
-    _close(model.flow(model.flow_inverse(u, *params), *params)[0], u, rtol=1e-10, atol=1e-10)
+    _close(model.flow_inverse(z, *params), u, **FLOAT64_RECOMPUTED)
+    _close(model.flow(model.flow_inverse(u, *params), *params)[0], u, **FLOAT64_RECOMPUTED)
 
 
 def test_f_vae_loss_terms_match_a_hand_computation() -> None:
@@ -349,14 +362,14 @@ def test_f_vae_loss_terms_match_a_hand_computation() -> None:
         mask = (torch.arange(5) % 2 == k % 2).double()
         s_raw, t_raw = coupling.net(torch.cat([mask * z, context], -1)).chunk(2, -1)
         z = mask * z + (1 - mask) * (z * torch.exp((1 - mask) * torch.tanh(s_raw)) + (1 - mask) * t_raw)
-    _close(out.z, z, rtol=1e-12, atol=1e-12)
+    _close(out.z, z, **FLOAT64_REORDERED)
     log_det = _jacobian_log_det(model, out.u, (mu, logvar, context))
     recon = _bernoulli_nll(x, model.decoder(z)).mean()
     kl = (_standard_normal_log_prob(out.u) - log_det - _standard_normal_log_prob(z)).mean()
-    _close(terms["recon"], recon, rtol=1e-6, atol=1e-6)
-    _close(terms["kl"], kl, rtol=1e-6, atol=1e-6)
-    _close(terms["log_det"], log_det.mean(), rtol=1e-6, atol=1e-6)
-    _close(terms["loss"], recon + kl, rtol=1e-6, atol=1e-6)
+    _close(terms["recon"], recon, **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["kl"], kl, **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["log_det"], log_det.mean(), **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["loss"], recon + kl, **FLOAT32_FEW_ROUNDINGS)
 
 
 # --- nvae --------------------------------------------------------------------------------------------
@@ -377,8 +390,8 @@ def test_nvae_group_kls_match_brute_force_and_sum_to_the_total() -> None:
     for l, ((mu, logvar), (mu_p, logvar_p), (d_mu, d_logvar)) in enumerate(zip(out.posteriors, out.priors, out.deltas)):
         assert mu.shape == (3, 2 * sides[l] ** 2) and out.zs[l].shape == (3, 2, sides[l], sides[l])
         # the residual parameterisation q = N(mu_p + dmu, (sigma_p * dsigma)^2)
-        _close(mu, mu_p + d_mu, rtol=1e-6, atol=1e-6)
-        _close(torch.exp(0.5 * logvar), torch.exp(0.5 * logvar_p) * torch.exp(0.5 * d_logvar), rtol=1e-6, atol=1e-6)
+        _close(mu, mu_p + d_mu, **FLOAT32_FEW_ROUNDINGS)
+        _close(torch.exp(0.5 * logvar), torch.exp(0.5 * logvar_p) * torch.exp(0.5 * d_logvar), **FLOAT32_FEW_ROUNDINGS)
         if l == 0:
             assert (mu_p == 0).all() and (logvar_p == 0).all()
         else:
@@ -391,12 +404,12 @@ def test_nvae_group_kls_match_brute_force_and_sum_to_the_total() -> None:
             )
             for row in rows
         ], dtype=torch.float64)
-        _close(out.kl_groups[:, l], brute, rtol=1e-5, atol=1e-5)  # computed in float32
-        _close(terms[f"kl_group{l}"], brute.mean(), rtol=1e-5, atol=1e-5)
-    _close(out.kl, out.kl_groups.sum(1), rtol=1e-12, atol=1e-12)
-    _close(terms["kl"], sum(terms[f"kl_group{l}"] for l in range(4)), rtol=1e-6, atol=1e-6)
-    _close(terms["kl"], out.kl.mean(), rtol=1e-6, atol=1e-6)
-    _close(terms["recon"], _bernoulli_nll(x, out.logits).mean(), rtol=1e-6, atol=1e-6)
+        _close(out.kl_groups[:, l], brute, **FLOAT32)  # computed in float32
+        _close(terms[f"kl_group{l}"], brute.mean(), **FLOAT32)
+    _close(out.kl, out.kl_groups.sum(1), **FLOAT64_REORDERED)
+    _close(terms["kl"], sum(terms[f"kl_group{l}"] for l in range(4)), **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["kl"], out.kl.mean(), **FLOAT32_FEW_ROUNDINGS)
+    _close(terms["recon"], _bernoulli_nll(x, out.logits).mean(), **FLOAT32_FEW_ROUNDINGS)
 
 
 @pytest.mark.parametrize(
@@ -408,10 +421,10 @@ def test_nvae_kl_warmup_coefficient_at_given_steps(step: int | None, beta: float
     x = _binary(2, 1, 64, 64)
     out = model(x)
     terms = model.loss(x, out, step=step)
-    assert model.kl_coefficient(step) == pytest.approx(beta, rel=1e-12)
-    assert terms["kl_coeff"].item() == pytest.approx(beta, rel=1e-6)
+    assert model.kl_coefficient(step) == pytest.approx(beta, rel=FLOAT64_REORDERED.rtol)
+    assert terms["kl_coeff"].item() == pytest.approx(beta, rel=FLOAT32_FEW_ROUNDINGS.rtol)
     expected = terms["recon"].double() + beta * terms["kl"].double() + 0.1 * terms["spectral"].double()
-    _close(terms["loss"], expected, rtol=1e-6, atol=1e-3)
+    _close(terms["loss"], expected, **NVAE_LOSS_SUM)
 
 
 def test_nvae_warmup_counts_training_steps_only() -> None:
@@ -431,13 +444,13 @@ def test_nvae_spectral_norm_estimate_matches_the_matrix_two_norm() -> None:
     model.spectral.iterate(weights, 500)
     estimate = model.spectral_norms().double()
     exact = torch.stack([torch.linalg.matrix_norm(w.detach().double().reshape(w.shape[0], -1), ord=2) for w in weights])
-    _close(estimate, exact, rtol=1e-5, atol=1e-6)
+    _close(estimate, exact, **SPECTRAL_NORM_ESTIMATE)
     # the regulariser's gradient through sigma = u^T W v is u v^T for every weight
     sigma = model.spectral_norms()
     grads = torch.autograd.grad(sigma.sum(), weights)
     for i, (w, g) in enumerate(zip(weights, grads)):
         u, v = getattr(model.spectral, f"u{i}"), getattr(model.spectral, f"v{i}")
-        _close(g.reshape(w.shape[0], -1), torch.outer(u, v), rtol=1e-6, atol=1e-7)
+        _close(g.reshape(w.shape[0], -1), torch.outer(u, v), **FLOAT32_FEW_ROUNDINGS_SMALL)
 
 
 def test_nvae_power_iteration_advances_in_training_only() -> None:
@@ -450,7 +463,7 @@ def test_nvae_power_iteration_advances_in_training_only() -> None:
     model.train()
     terms = model.loss(x, model(x), step=0)
     assert not torch.equal(model.spectral.u0, before)
-    _close(terms["spectral"], model.spectral_norms().sum(), rtol=1e-6, atol=1e-6)
+    _close(terms["spectral"], model.spectral_norms().sum(), **FLOAT32_FEW_ROUNDINGS)
 
 
 def test_nvae_sampling_and_reconstruction() -> None:
@@ -515,7 +528,9 @@ def test_ms_ssim_is_zero_when_only_the_finest_scale_is_anti_correlated() -> None
     a floor of 1e-8 instead gave ``1e-8 ** 0.071 = 0.27``."""
     x, y = _finest_scale_anti_correlated()
     cs_1, cs_2, ssim_3 = (m.item() for m in _reference_scale_means(x, y))
-    assert cs_1 < -0.5 and cs_2 == pytest.approx(1.0, abs=1e-9) and ssim_3 == pytest.approx(1.0, abs=1e-9)
+    assert cs_1 < -0.5
+    assert cs_2 == pytest.approx(1.0, abs=FLOAT64_POOLED_IDENTICAL_SSIM_ATOL)
+    assert ssim_3 == pytest.approx(1.0, abs=FLOAT64_POOLED_IDENTICAL_SSIM_ATOL)
     reference = math.prod(max(m, 0.0) ** w for m, w in zip((cs_1, cs_2, ssim_3), MS_SSIM_WEIGHTS_3))
     assert reference == 0.0
     for dtype in (torch.float64, torch.float32):
@@ -526,7 +541,8 @@ def test_ms_ssim_is_zero_when_only_the_finest_scale_is_anti_correlated() -> None
     means = _reference_scale_means(x, noisy)
     assert min(m.item() for m in means) > 0
     expected = math.prod(m.item() ** w for m, w in zip(means, MS_SSIM_WEIGHTS_3))
-    assert _ssim.ms_ssim(x[None, None], noisy[None, None]).item() == pytest.approx(expected, rel=1e-12)
+    got = _ssim.ms_ssim(x[None, None], noisy[None, None]).item()
+    assert got == pytest.approx(expected, rel=FLOAT64_REORDERED.rtol)
 
 
 def test_ms_ssim_gradient_is_the_documented_surrogate_and_raises_an_anti_correlated_scale() -> None:
@@ -549,7 +565,7 @@ def test_ms_ssim_gradient_is_the_documented_surrogate_and_raises_an_anti_correla
     y_ref = y0.clone().requires_grad_(True)
     surrogate = sum(c * m for c, m in zip(coefficients, _reference_scale_means(x, y_ref)))
     surrogate.backward()
-    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(y.grad, y_ref.grad, **FLOAT64_MS_SSIM_GRADIENT)
 
     stepped = y0 + 0.05 * y.grad / y.grad.abs().max()
     assert _reference_scale_means(x, stepped)[0].item() > values[0] + 1e-3
@@ -565,7 +581,7 @@ def test_ms_ssim_gradient_is_exact_where_every_scale_is_positive() -> None:
     means = _reference_scale_means(x, y_ref)
     assert min(m.item() for m in means) > 1e-3
     math.prod(m**w for m, w in zip(means, MS_SSIM_WEIGHTS_3)).backward()
-    torch.testing.assert_close(y.grad, y_ref.grad, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(y.grad, y_ref.grad, **FLOAT64_MS_SSIM_GRADIENT)
 
 
 def test_ms_ssim_weights_must_be_non_negative() -> None:

@@ -16,7 +16,20 @@ import math
 
 import pytest
 import torch
-from tolerances import assert_close
+from tolerances import (
+    DWKL_FULL_BATCH_ATOL,
+    DWKL_SMALL_BATCH_BIAS_ATOL,
+    DWKL_STANDARD_ERRORS,
+    FLOAT32,
+    FLOAT32_ROUTED_GRADIENT,
+    FLOAT32_SMALL_VALUES,
+    FLOAT64,
+    FLOAT64_REORDERED,
+    FLOAT64_REORDERED_REL,
+    LOGGED_DWKL_ATOL,
+    PRIOR_POSTERIOR_TERMS_ATOL,
+    assert_close,
+)
 from torch.distributions import Normal
 
 import fastvae.data
@@ -101,7 +114,7 @@ def _posteriors(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 def test_importance_weights_are_the_papers(estimator: str, batch: int, dataset_size: int) -> None:
     log_w = _tc.log_importance_weights(batch, dataset_size, estimator, dtype=torch.float64)
     expected = torch.tensor(_paper_weights(estimator, batch, dataset_size), dtype=torch.float64)
-    torch.testing.assert_close(log_w.exp(), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(log_w.exp(), expected, **FLOAT64_REORDERED_REL)
     if estimator == "mss":
         torch.testing.assert_close(log_w.exp().sum(1), torch.ones(batch, dtype=torch.float64))
 
@@ -122,7 +135,7 @@ def test_pairwise_log_density_is_every_pair_and_dim() -> None:
     assert table.shape == (4, 4, 3)
     for i, j, d in itertools.product(range(4), range(4), range(3)):
         expected = _log_normal(z[i, d].item(), mu[j, d].item(), logvar[j, d].item())
-        assert table[i, j, d].item() == pytest.approx(expected, rel=1e-12)
+        assert table[i, j, d].item() == pytest.approx(expected, rel=FLOAT64_REORDERED.rtol)
 
 
 @pytest.mark.parametrize("estimator", ["mss", "mws"])
@@ -149,9 +162,9 @@ def test_mss_estimate_of_q_z_is_unbiased_by_exact_enumeration(estimator: str) ->
         count[rows, idx] += 1
     mean_joint, mean_dims = joint / count, dims / count[..., None]
     if estimator == "mss":
-        torch.testing.assert_close(mean_joint, torch.full_like(mean_joint, exact_joint), rtol=1e-12, atol=0)
+        torch.testing.assert_close(mean_joint, torch.full_like(mean_joint, exact_joint), **FLOAT64_REORDERED_REL)
         exact = torch.tensor(exact_dims, dtype=torch.float64).expand(b, n, d)
-        torch.testing.assert_close(mean_dims, exact, rtol=1e-12, atol=0)
+        torch.testing.assert_close(mean_dims, exact, **FLOAT64_REORDERED_REL)
     else:
         assert (mean_joint / exact_joint - 1).abs().min() > 0.1
 
@@ -168,10 +181,12 @@ def test_mws_with_the_whole_data_set_as_batch_is_exact_minus_log_n() -> None:
     for i in range(n):
         row = z[i].tolist()
         exact = _log_mixture(row, mu.tolist(), logvar.tolist(), uniform, range(d))
-        assert _tc.group_log_density(table, log_w, (d,))[i, 0].item() == pytest.approx(exact - math.log(n), rel=1e-12)
+        joint = _tc.group_log_density(table, log_w, (d,))[i, 0].item()
+        assert joint == pytest.approx(exact - math.log(n), rel=FLOAT64_REORDERED.rtol)
         for k in range(d):
             exact_k = _log_mixture(row, mu.tolist(), logvar.tolist(), uniform, [k])
-            assert _tc.group_log_density(table, log_w)[i, k].item() == pytest.approx(exact_k - math.log(n), rel=1e-12)
+            marginal = _tc.group_log_density(table, log_w)[i, k].item()
+            assert marginal == pytest.approx(exact_k - math.log(n), rel=FLOAT64_REORDERED.rtol)
 
 
 def test_group_total_correlations_match_the_exact_aggregate_posterior() -> None:
@@ -184,7 +199,7 @@ def test_group_total_correlations_match_the_exact_aggregate_posterior() -> None:
     terms = {k: v.mean().item() for k, v in _tc.decompose_kl(z, mu, logvar, log_w, groups).items()}
     expected = _brute_terms(z, mu, logvar, [[1.0 / n] * n] * n, groups)
     for name in ("mi", "tc", "dwkl", "tc_between", "tc_within"):
-        assert terms[name] == pytest.approx(expected[name], rel=1e-10, abs=1e-12), name
+        assert terms[name] == pytest.approx(expected[name], rel=FLOAT64.rtol, abs=FLOAT64.atol), name
     assert terms["tc_between"] > 1e-3 and terms["tc_within"] > 1e-3
 
 
@@ -195,10 +210,10 @@ def test_one_group_per_dim_is_the_full_total_correlation_and_one_group_has_no_be
     log_w = _tc.log_importance_weights(n, 50, "mss", dtype=torch.float64)
     per_dim = _tc.decompose_kl(z, mu, logvar, log_w, (1,) * d)
     one = _tc.decompose_kl(z, mu, logvar, log_w, (d,))
-    assert per_dim["tc_within"].abs().max().item() < 1e-12
-    torch.testing.assert_close(per_dim["tc_between"], per_dim["tc"], rtol=1e-12, atol=1e-12)
-    assert one["tc_between"].abs().max().item() < 1e-12
-    torch.testing.assert_close(one["tc_within"], one["tc"], rtol=1e-12, atol=1e-12)
+    assert per_dim["tc_within"].abs().max().item() < FLOAT64_REORDERED.atol
+    torch.testing.assert_close(per_dim["tc_between"], per_dim["tc"], **FLOAT64_REORDERED)
+    assert one["tc_between"].abs().max().item() < FLOAT64_REORDERED.atol
+    torch.testing.assert_close(one["tc_within"], one["tc"], **FLOAT64_REORDERED)
     assert per_dim["tc"].abs().max().item() > 1e-2
 
 
@@ -211,13 +226,13 @@ def test_mws_dwkl_is_minus_d_log_n_where_every_posterior_is_the_prior() -> None:
     z = torch.randn(b, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     zeros = torch.zeros(b, d, dtype=torch.float64)
     mws = _tc.decompose_kl(z, zeros, zeros, _tc.log_importance_weights(b, n, "mws", dtype=torch.float64))
-    assert mws["dwkl"].mean().item() == pytest.approx(-d * math.log(n), rel=1e-12)
-    assert mws["dwkl"].mean().item() == pytest.approx(-135.1, abs=0.01)
-    assert mws["mi"].mean().item() == pytest.approx(math.log(n), rel=1e-12)
-    assert mws["tc"].mean().item() == pytest.approx((d - 1) * math.log(n), rel=1e-12)
+    assert mws["dwkl"].mean().item() == pytest.approx(-d * math.log(n), rel=FLOAT64_REORDERED.rtol)
+    assert mws["dwkl"].mean().item() == pytest.approx(-135.1, abs=LOGGED_DWKL_ATOL)
+    assert mws["mi"].mean().item() == pytest.approx(math.log(n), rel=FLOAT64_REORDERED.rtol)
+    assert mws["tc"].mean().item() == pytest.approx((d - 1) * math.log(n), rel=FLOAT64_REORDERED.rtol)
     mss = _tc.decompose_kl(z, zeros, zeros, _tc.log_importance_weights(b, n, "mss", dtype=torch.float64))
     for name in ("mi", "tc", "dwkl"):
-        assert mss[name].abs().max().item() < 1e-12, name
+        assert mss[name].abs().max().item() < FLOAT64_REORDERED.atol, name
 
 
 def _exact_dwkl(mu: torch.Tensor, logvar: torch.Tensor) -> float:
@@ -261,13 +276,17 @@ def test_dwkl_estimators_against_the_exact_aggregate_posterior_at_batch_32() -> 
     assert 0.2 < exact < 0.5
     mss = {b: _mean_dwkl(mu, logvar, b, "mss", 1500) for b in (8, 32, n)}
     # Biased low (E log <= log E), and less so as the batch grows; 5 standard errors of margin.
-    assert mss[8][0] < mss[32][0] - 5 * mss[32][1] and mss[32][0] < exact
-    assert mss[32][0] == pytest.approx(exact, abs=0.05)
-    assert mss[n][0] == pytest.approx(exact, abs=5 * mss[n][1] + 0.005)
+    assert mss[8][0] < mss[32][0] - DWKL_STANDARD_ERRORS * mss[32][1] and mss[32][0] < exact
+    assert mss[32][0] == pytest.approx(exact, abs=DWKL_SMALL_BATCH_BIAS_ATOL)
+    assert mss[n][0] == pytest.approx(exact, abs=DWKL_STANDARD_ERRORS * mss[n][1] + DWKL_FULL_BATCH_ATOL)
     offset = d * math.log(n)
     for b in (32, n):
         mean, error = _mean_dwkl(mu, logvar, b, "mws", 1500)
-        assert mean == pytest.approx(exact - offset, abs=max(5 * error, 0.05) if b < n else 5 * error), b
+        if b < n:
+            margin = max(DWKL_STANDARD_ERRORS * error, DWKL_SMALL_BATCH_BIAS_ATOL)
+        else:
+            margin = DWKL_STANDARD_ERRORS * error
+        assert mean == pytest.approx(exact - offset, abs=margin), b
 
 
 def test_group_sizes() -> None:
@@ -297,7 +316,7 @@ def test_beta_tc_vae_terms_match_brute_force(estimator: str) -> None:
     weights = _paper_weights(estimator, 5, 11)
     expected = _brute_terms(out.z.double(), out.mu.double(), out.logvar.double(), weights, (3,))
     for name in ("mi", "tc", "dwkl"):
-        assert terms[name].item() == pytest.approx(expected[name], rel=1e-5, abs=1e-5), name
+        assert terms[name].item() == pytest.approx(expected[name], rel=FLOAT32.rtol, abs=FLOAT32.atol), name
     weighted = terms["recon"] + 0.5 * terms["mi"] + 3.0 * terms["tc"] + 2.0 * terms["dwkl"]
     torch.testing.assert_close(terms["loss"], weighted)
     mc_kl = sum(
@@ -305,7 +324,8 @@ def test_beta_tc_vae_terms_match_brute_force(estimator: str) -> None:
         for zr, mr, lr in zip(out.z.tolist(), out.mu.tolist(), out.logvar.tolist())
         for z, m, lv in zip(zr, mr, lr)
     ) / 5
-    assert (terms["mi"] + terms["tc"] + terms["dwkl"]).item() == pytest.approx(mc_kl, rel=1e-5, abs=1e-5)
+    total = (terms["mi"] + terms["tc"] + terms["dwkl"]).item()
+    assert total == pytest.approx(mc_kl, rel=FLOAT32.rtol, abs=FLOAT32.atol)
 
 
 def test_beta_tc_vae_defaults_to_mss_so_a_posterior_at_the_prior_logs_zero_dwkl() -> None:
@@ -320,9 +340,10 @@ def test_beta_tc_vae_defaults_to_mss_so_a_posterior_at_the_prior_logs_zero_dwkl(
             model.encoder[-1].weight.zero_()
             model.encoder[-1].bias.zero_()
         terms = model.loss(x, model(x))
-        assert terms["dwkl"].item() == pytest.approx(expected, abs=1e-4), estimator
+        assert terms["dwkl"].item() == pytest.approx(expected, abs=PRIOR_POSTERIOR_TERMS_ATOL), estimator
         if estimator is None:
-            assert abs(terms["mi"].item()) < 1e-4 and abs(terms["tc"].item()) < 1e-4
+            assert abs(terms["mi"].item()) < PRIOR_POSTERIOR_TERMS_ATOL
+            assert abs(terms["tc"].item()) < PRIOR_POSTERIOR_TERMS_ATOL
 
 
 def test_hfvae_terms_match_brute_force() -> None:
@@ -333,7 +354,7 @@ def test_hfvae_terms_match_brute_force() -> None:
     weights = _paper_weights("mss", 4, 9)
     expected = _brute_terms(out.z.double(), out.mu.double(), out.logvar.double(), weights, (2, 1, 2))
     for name in ("mi", "tc_between", "tc_within", "dwkl"):
-        assert terms[name].item() == pytest.approx(expected[name], rel=1e-5, abs=1e-5), name
+        assert terms[name].item() == pytest.approx(expected[name], rel=FLOAT32.rtol, abs=FLOAT32.atol), name
     torch.testing.assert_close(
         terms["loss"],
         terms["recon"] + terms["dwkl"] + 0.5 * terms["mi"] + 3.0 * terms["tc_between"] + 2.0 * terms["tc_within"],
@@ -350,7 +371,7 @@ def test_hfvae_with_one_group_per_dim_is_beta_tc_vae() -> None:
     hf_terms = hf.loss(x, hf(x))
     torch.manual_seed(3)
     tc_terms = tc.loss(x, tc(x))
-    assert hf_terms["tc_within"].abs().item() < 1e-5
+    assert hf_terms["tc_within"].abs().item() < FLOAT32.atol
     torch.testing.assert_close(hf_terms["tc_between"], tc_terms["tc"])
     torch.testing.assert_close(hf_terms["loss"], tc_terms["loss"])
 
@@ -458,9 +479,10 @@ def test_factor_vae_tc_is_the_discriminator_log_odds_and_disc_loss_is_bce() -> N
         p = torch.sigmoid(model.discriminator(z).double())
         p_real = torch.sigmoid(model.discriminator(z[:3]).double())
         p_perm = torch.sigmoid(model.discriminator(permuted).double())
-    assert terms["tc"].item() == pytest.approx((p.log() - (1 - p).log()).mean().item(), rel=1e-5, abs=1e-6)
+    log_odds = (p.log() - (1 - p).log()).mean().item()
+    assert terms["tc"].item() == pytest.approx(log_odds, rel=FLOAT32_SMALL_VALUES.rtol, abs=FLOAT32_SMALL_VALUES.atol)
     disc = -p_real.log().mean() - (1 - p_perm).log().mean()
-    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=1e-5)
+    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=FLOAT32.rtol)
     torch.testing.assert_close(terms["loss"], terms["recon"] + terms["kl"] + 7.0 * terms["tc"])
     _check_routing(model, terms)
     assert _reaches(_gradients(terms["tc"], list(model.encoder.parameters())))
@@ -485,10 +507,10 @@ def test_aae_losses_are_the_hand_gan_formulas_and_route_to_their_networks() -> N
         p_prior = torch.sigmoid(model.discriminator(prior).double())
         p_code = torch.sigmoid(model.discriminator(out.z).double())
     disc = -p_prior.log().mean() - (1 - p_code).log().mean()
-    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=1e-5)
-    assert terms["adv"].item() == pytest.approx(-p_code.log().mean().item(), rel=1e-5)
+    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=FLOAT32.rtol)
+    assert terms["adv"].item() == pytest.approx(-p_code.log().mean().item(), rel=FLOAT32.rtol)
     recon = torch.nn.functional.binary_cross_entropy(out.recon.double(), x.double(), reduction="sum") / 6
-    assert terms["recon"].item() == pytest.approx(recon.item(), rel=1e-5)
+    assert terms["recon"].item() == pytest.approx(recon.item(), rel=FLOAT32.rtol)
     torch.testing.assert_close(terms["loss"], terms["recon"] + 2.0 * terms["adv"])
     _check_routing(model, terms)
     torch.manual_seed(9)
@@ -521,11 +543,11 @@ def test_vae_gan_feature_likelihood_and_gan_losses_match_hand_computation() -> N
         x_tilde = torch.sigmoid(model.decoder(out.z))
         x_prior = torch.sigmoid(model.decoder(prior))
         p_x, p_tilde, p_prior = (torch.sigmoid(dis(v)[1].double()) for v in (x, x_tilde, x_prior))
-    assert terms["llike"].item() == pytest.approx(llike.item(), rel=1e-5)
+    assert terms["llike"].item() == pytest.approx(llike.item(), rel=FLOAT32.rtol)
     disc = -p_x.log().mean() - (1 - p_tilde).log().mean() - (1 - p_prior).log().mean()
-    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=1e-5)
+    assert terms["disc_loss"].item() == pytest.approx(disc.item(), rel=FLOAT32.rtol)
     adv = -p_tilde.log().mean() - p_prior.log().mean()
-    assert terms["adv"].item() == pytest.approx(adv.item(), rel=1e-5)
+    assert terms["adv"].item() == pytest.approx(adv.item(), rel=FLOAT32.rtol)
     torch.testing.assert_close(terms["loss"], terms["kl"] + terms["llike"] + terms["adv"])
     _check_routing(model, terms)
 
@@ -535,9 +557,9 @@ def test_vae_gan_feature_likelihood_and_gan_losses_match_hand_computation() -> N
     target = dis.features(x).detach()
     plain = 0.5 * ((target - dis.features(torch.sigmoid(model.decoder(out.z)))) ** 2).flatten(1).sum(1).mean()
     for got, want in zip(_gradients(terms["llike"], decoder), _gradients(plain, decoder)):
-        torch.testing.assert_close(got, gamma * want, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got, gamma * want, **FLOAT32_ROUTED_GRADIENT)
     for got, want in zip(_gradients(terms["llike"], encoder), _gradients(plain, encoder)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got, want, **FLOAT32_ROUTED_GRADIENT)
     assert not _reaches(_gradients(terms["adv"], encoder))
     assert _reaches(_gradients(terms["adv"], decoder))
 

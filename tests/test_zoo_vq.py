@@ -20,7 +20,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dsprites_training import train_steps
-from tolerances import assert_close
+from tolerances import (
+    FLOAT32,
+    FLOAT32_LOG_LIKELIHOOD,
+    FLOAT32_ORDER_ONE,
+    FLOAT32_PRIOR_NLL,
+    FLOAT32_SMALL_VALUES,
+    FLOAT32_TINY_VALUES,
+    FLOAT64_REORDERED,
+    SAMPLER_FREQUENCY_ATOL,
+    SAMPLER_FREQUENCY_SIGMAS,
+    assert_close,
+)
 
 from fastvae import cli, models
 from fastvae.bench import training
@@ -136,16 +147,17 @@ def test_vq_vae_loss_terms_on_the_honest_scale(ema: bool) -> None:
 
     p = torch.sigmoid(out.logits.double())
     bce = -(x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(dim=(1, 2, 3)).mean()
-    torch.testing.assert_close(terms["recon"].double(), bce, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(terms["recon"].double(), bce, **FLOAT32_LOG_LIKELIHOOD)
 
     codes = model.quantizer.codebook[out.indices].permute(0, 3, 1, 2).double()
     squared = ((out.z_e.double() - codes) ** 2).sum(dim=(1, 2, 3)).mean()
     # The quantiser reports F.mse_loss (a mean over elements); the model's term is the per-example sum.
-    torch.testing.assert_close(out.commitment_loss.double(), F.mse_loss(out.z_e.double(), codes), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(terms["commitment"].double(), squared, rtol=1e-5, atol=1e-6)
+    mse = F.mse_loss(out.z_e.double(), codes)
+    torch.testing.assert_close(out.commitment_loss.double(), mse, **FLOAT32_TINY_VALUES)
+    torch.testing.assert_close(terms["commitment"].double(), squared, **FLOAT32_SMALL_VALUES)
     torch.testing.assert_close(terms["codebook"].double(), squared if not ema else squared.new_zeros(()),
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms["prior"].double(), _hand_prior_nll(model.prior, out.indices), rtol=1e-5, atol=1e-4)
+                               **FLOAT32_SMALL_VALUES)
+    torch.testing.assert_close(terms["prior"].double(), _hand_prior_nll(model.prior, out.indices), **FLOAT32_PRIOR_NLL)
 
     expected = terms["recon"] + terms["codebook"] + 0.25 * terms["commitment"] + terms["prior"]
     torch.testing.assert_close(terms["loss"], expected)
@@ -159,7 +171,7 @@ def test_gaussian_likelihood_uses_the_gaussian_observation_model() -> None:
     x = torch.rand(2, 1, 64, 64)
     out = model(x)
     expected = (0.5 * (x - out.logits) ** 2 / 0.25 + 0.5 * math.log(2 * math.pi * 0.25)).sum(dim=(1, 2, 3)).mean()
-    torch.testing.assert_close(model.loss(x, out)["recon"], expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(model.loss(x, out)["recon"], expected, **FLOAT32_LOG_LIKELIHOOD)
     torch.testing.assert_close(out.recon, out.logits)
 
 
@@ -171,12 +183,12 @@ def test_vq_vae2_loss_sums_both_levels() -> None:
     for level in ("top", "bottom"):
         quantizer = getattr(model, f"quantizer_{level}")
         codes = quantizer.codebook[out[f"indices_{level}"]].permute(0, 3, 1, 2)
-        torch.testing.assert_close(out[f"z_{level}"], codes, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[f"z_{level}"], codes, **FLOAT32_ORDER_ONE)
         assert terms[f"commitment_{level}"] > 0 and terms[f"codebook_{level}"] > 0
     top = out.indices_top
-    torch.testing.assert_close(terms["prior_top"].double(), _hand_prior_nll(model.prior_top, top), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(terms["prior_top"].double(), _hand_prior_nll(model.prior_top, top), **FLOAT32_PRIOR_NLL)
     torch.testing.assert_close(terms["prior_bottom"].double(),
-                               _hand_prior_nll(model.prior_bottom, out.indices_bottom, top), rtol=1e-5, atol=1e-4)
+                               _hand_prior_nll(model.prior_bottom, out.indices_bottom, top), **FLOAT32_PRIOR_NLL)
     for total in ("commitment", "codebook", "prior"):
         torch.testing.assert_close(terms[total], terms[f"{total}_top"] + terms[f"{total}_bottom"])
     expected = terms["recon"] + terms["codebook"] + 0.25 * terms["commitment"] + terms["prior"]
@@ -188,7 +200,7 @@ def test_prior_trains_on_the_first_prior_batch_examples() -> None:
     x = _binary(5)
     out = model(x)
     expected = _hand_prior_nll(model.prior, out.indices[:2])
-    torch.testing.assert_close(model.loss(x, out)["prior"].double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(model.loss(x, out)["prior"].double(), expected, **FLOAT32_PRIOR_NLL)
 
 
 @pytest.mark.parametrize("name", VQ_MODELS)
@@ -203,7 +215,7 @@ def test_elbo_is_minus_recon_and_prior_per_example(name: str) -> None:
     out = model(x)
     expected = -(model.reconstruction_nll(x, out.logits) + model.prior_nll(out))
     assert elbo.shape == (5,) and (elbo < 0).all()
-    torch.testing.assert_close(elbo, expected.detach(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(elbo, expected.detach(), **FLOAT32_LOG_LIKELIHOOD)
 
 
 @pytest.mark.parametrize("name", VQ_MODELS)
@@ -301,7 +313,7 @@ def test_prior_masks_are_causal_in_raster_order(conditional: bool) -> None:
         changed = codes.clone()
         changed[0, i, j] = (codes[0, i, j] + 1) % codes_k
         delta = (prior(changed, condition) - base).abs().amax(dim=1)[0].flatten()
-        assert delta[: p + 1].max() < 1e-12, f"position {p} leaks into positions <= {p}"
+        assert delta[: p + 1].max() < FLOAT64_REORDERED.atol, f"position {p} leaks into positions <= {p}"
         if j + 1 < width:
             assert delta[p + 1] > 1e-6, f"position {p} does not reach the next one"
         if i + 1 < height:
@@ -332,14 +344,14 @@ def test_prior_is_normalised_and_its_sampler_draws_from_it() -> None:
     grids = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 2, 2)
     with torch.no_grad():
         probs = torch.exp(-prior.nll(grids).double())
-    assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert probs.sum().item() == pytest.approx(1.0, abs=FLOAT32.atol)
     assert probs[[0, 40, 80]].sum() > 0.5  # the constant grids, which the sampler must reproduce together
     n = 3000
     samples = prior.sample(n, (2, 2))
     index = (samples.view(n, 4) * torch.tensor([27, 9, 3, 1])).sum(1)
     freq = torch.bincount(index, minlength=81).double() / n
     sigma = (probs * (1 - probs) / n).sqrt()
-    assert ((freq - probs).abs() <= 5 * sigma + 2e-3).all()
+    assert ((freq - probs).abs() <= SAMPLER_FREQUENCY_SIGMAS * sigma + SAMPLER_FREQUENCY_ATOL).all()
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
@@ -513,8 +525,8 @@ def test_eager_quantizer_computes_what_fastvae_computes() -> None:
     a, b = fused(z), eager(z)
     assert torch.equal(a.indices, b.indices)
     for field in ("quantized", "loss", "commitment_loss", "codebook_loss", "perplexity"):
-        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fused.codebook, eager.codebook, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), **FLOAT32_SMALL_VALUES)
+    torch.testing.assert_close(fused.codebook, eager.codebook, **FLOAT32_TINY_VALUES)
     torch.testing.assert_close(fused.ema_count, eager.ema_count)
 
 
