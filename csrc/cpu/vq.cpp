@@ -136,7 +136,7 @@ struct VqSelect {
       const T reach = least.score + scale * (largest_sq + std::sqrt(norm_sq) * largest_norm);
       // One candidate is the least score itself; none (a NaN reach) leaves the first least score.
       std::int64_t chosen = least.index;
-      T distance;
+      T distance = 0;  // set on every path below (GCC cannot tell at -O3)
       if (count_within<V>(s, num_codes, reach) <= 1) {
         distance = squared_distance<V>(row, codebook + chosen * dim, dim);
       } else {
