@@ -393,10 +393,9 @@ bool forked_child() noexcept;
 //
 // The extension links the OpenMP runtime that PyTorch itself loads (libgomp.so.1: PyTorch is
 // imported first, so the loader reuses its copy), so the threads are PyTorch's intra-op pool and
-// follow torch.set_num_threads (it sets OpenMP's thread count). That matters beyond using the
-// cores: after any parallel PyTorch op those workers spin for a while before they sleep, and a
-// kernel that ran alone beside them would share its core with a spinning thread (on a two-vCPU
-// machine, measured: 2.4x slower); in a region of the same pool they do the work instead.
+// follow torch.set_num_threads (it sets OpenMP's thread count). A pool of the kernels' own would
+// compete with PyTorch's for the same cores (its workers spin for a while after each parallel op);
+// one pool shares them.
 //
 // Every row is computed by one thread exactly as it would be alone, so results do not depend on the
 // split or the thread count. A child process forked from this one stays on one thread (see
