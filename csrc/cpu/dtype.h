@@ -386,10 +386,15 @@ void launch(Args... args) {
 // OpenMP's thread pool is gone, and a parallel region would wait for it forever.
 bool forked_child() noexcept;
 
+// The work for_row_ranges gives each thread at least: 8,192 units of about a nanosecond of one
+// core's time (a kernel states its cost per row in the same units), so a call needs 16 us of work
+// to be split, enough to pay for waking the pool's threads when they sleep.
+constexpr std::int64_t kRowGrain = 8192;
+
 // f(begin, end) over contiguous ranges that cover rows [0, rows): on the calling thread alone, or,
-// when the rows hold at least two grains of work (rows * cost, in units a kernel picks: about a
-// nanosecond of one core's time each) and OpenMP may use more than one thread here, split evenly
-// over min(that thread count, work / grain) threads of one OpenMP parallel region.
+// when the rows hold at least two grains of work (rows * cost_per_row) and OpenMP may use more than
+// one thread here, split evenly over min(that thread count, work / grain) threads of one OpenMP
+// parallel region. Calls too small to split ask OpenMP nothing.
 //
 // The extension links the OpenMP runtime that PyTorch itself loads (libgomp.so.1: PyTorch is
 // imported first, so the loader reuses its copy), so the threads are PyTorch's intra-op pool and
@@ -401,27 +406,27 @@ bool forked_child() noexcept;
 // split or the thread count. A child process forked from this one stays on one thread (see
 // forked_child). f must not throw.
 template <typename F>
-void for_row_ranges(std::int64_t rows, std::int64_t cost_per_row, std::int64_t grain, F&& f) {
+void for_row_ranges(std::int64_t rows, std::int64_t cost_per_row, F&& f) {
 #ifdef _OPENMP
-  const std::int64_t work = rows * cost_per_row;
-  std::int64_t threads = omp_in_parallel() || forked_child() ? 1 : omp_get_max_threads();
-  threads = std::min({threads, work / grain, rows});
-  if (threads > 1) {
+  const std::int64_t most = std::min(rows * cost_per_row / kRowGrain, rows);
+  if (most > 1 && !omp_in_parallel() && !forked_child()) {
+    const std::int64_t threads = std::min<std::int64_t>(most, omp_get_max_threads());
+    if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
-    {
-      const std::int64_t team = omp_get_num_threads();
-      const std::int64_t index = omp_get_thread_num();
-      const std::int64_t begin = rows * index / team;
-      const std::int64_t end = rows * (index + 1) / team;
-      if (begin < end) {
-        f(begin, end);
+      {
+        const std::int64_t team = omp_get_num_threads();
+        const std::int64_t index = omp_get_thread_num();
+        const std::int64_t begin = rows * index / team;
+        const std::int64_t end = rows * (index + 1) / team;
+        if (begin < end) {
+          f(begin, end);
+        }
       }
+      return;
     }
-    return;
   }
 #else
   (void)cost_per_row;
-  (void)grain;
 #endif
   f(std::int64_t{0}, rows);
 }

@@ -594,11 +594,9 @@ struct GaussianLogProbBwd {
 
 // Work per element in for_row_ranges' units (dtype.h), about a nanosecond of one core each
 // (measured with AVX-512 at 1024 x 128: sampling forward or backward 1.9-2.0 ns an element, the
-// KL and log-density 0.7-1.4). A call of at least two grains (16 us of work) goes to the thread
-// pool: enough to pay for waking its threads when they sleep.
+// KL and log-density 0.7-1.4).
 constexpr std::int64_t kSampleCost = 2;
 constexpr std::int64_t kElementCost = 1;
-constexpr std::int64_t kGrain = 8192;
 
 void reparameterize_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z,
                         void* kl, std::int64_t rows, std::int64_t dim, std::uint64_t seed) {
@@ -609,7 +607,7 @@ void reparameterize_fwd(int dtype, const void* mu, const void* logvar, const voi
     }
     dispatch_bools(
         [&](auto has_eps, auto has_kl) {
-          for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kSampleCost, [&](auto begin, auto end) {
             launch<ReparameterizeFwd<T, decltype(has_eps)::value, decltype(has_kl)::value>>(
               static_cast<const T*>(mu), static_cast<const T*>(logvar),
               static_cast<const T*>(eps), static_cast<T*>(z), static_cast<T*>(kl), begin, end, dim,
@@ -632,7 +630,7 @@ void reparameterize_bwd(int dtype, const void* grad_z, std::int64_t grad_z_strid
     }
     dispatch_bools(
         [&](auto has_kl) {
-          for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kSampleCost, [&](auto begin, auto end) {
             launch<ReparameterizeBwd<T, decltype(has_kl)::value>>(
               static_cast<const T*>(grad_z), grad_z_stride_row, grad_z_stride_col,
               static_cast<const T*>(grad_kl), grad_kl_stride, static_cast<const T*>(mu),
@@ -653,7 +651,7 @@ void gaussian_kl_fwd(int dtype, const void* mu, const void* logvar, const void* 
     }
     dispatch_bools(
         [&](auto has_prior) {
-          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kElementCost, [&](auto begin, auto end) {
             launch<GaussianKlFwd<T, decltype(has_prior)::value>>(
               static_cast<const T*>(mu), static_cast<const T*>(logvar),
               static_cast<const T*>(mu_p), static_cast<const T*>(logvar_p), static_cast<T*>(kl),
@@ -675,7 +673,7 @@ void gaussian_kl_bwd(int dtype, const void* grad, std::int64_t grad_stride, cons
     }
     dispatch_bools(
         [&](auto has_prior) {
-          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kElementCost, [&](auto begin, auto end) {
             launch<GaussianKlBwd<T, decltype(has_prior)::value>>(
               static_cast<const T*>(grad), grad_stride, static_cast<const T*>(mu),
               static_cast<const T*>(logvar), static_cast<const T*>(mu_p),
@@ -697,7 +695,7 @@ void gaussian_log_prob_fwd(int dtype, const void* x, const void* mu, const void*
     }
     dispatch_bools(
         [&](auto has_mu, auto has_logvar) {
-          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kElementCost, [&](auto begin, auto end) {
             launch<GaussianLogProbFwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
               static_cast<const T*>(x), static_cast<const T*>(mu), static_cast<const T*>(logvar),
               static_cast<T*>(out), begin, end, dim);
@@ -717,7 +715,7 @@ void gaussian_log_prob_bwd(int dtype, const void* grad, std::int64_t grad_stride
     }
     dispatch_bools(
         [&](auto has_mu, auto has_logvar) {
-          for_row_ranges(rows, dim * kElementCost, kGrain, [&](auto begin, auto end) {
+          for_row_ranges(rows, dim * kElementCost, [&](auto begin, auto end) {
             launch<GaussianLogProbBwd<T, decltype(has_mu)::value, decltype(has_logvar)::value>>(
               static_cast<const T*>(grad), grad_stride, static_cast<const T*>(x),
               static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<T*>(grad_x),
@@ -732,7 +730,7 @@ void normal_stream(float* out, std::int64_t rows, std::int64_t dim, std::uint64_
   if (rows == 0 || dim == 0) {
     return;
   }
-  for_row_ranges(rows, dim * kSampleCost, kGrain, [&](auto begin, auto end) {
+  for_row_ranges(rows, dim * kSampleCost, [&](auto begin, auto end) {
             launch<NormalStream>(out, begin, end, dim, seed);
           });
 }

@@ -264,10 +264,9 @@ struct IwaeBoundBwd {
 
 // --- entry points --------------------------------------------------------------------------------
 
-// A grain of for_row_ranges (dtype.h), as the Gaussian kernels': 8 us of one core. The log-weights
-// split the batch columns (each K samples of D elements, about a nanosecond each); the bounds' few
-// K x B elements per call stay on the calling thread.
-constexpr std::int64_t kGrain = 8192;
+// The log-weights split the batch columns over threads (for_row_ranges, dtype.h), each column K
+// samples of D elements of about a nanosecond; the bounds' few K x B elements per call stay on the
+// calling thread.
 
 void iwae_log_weights_fwd(int dtype, const void* log_px_z, const void* z, const void* mu,
                           const void* logvar, void* log_w, std::int64_t samples,
@@ -277,7 +276,7 @@ void iwae_log_weights_fwd(int dtype, const void* log_px_z, const void* z, const 
     if (samples == 0 || batch == 0 || dim == 0) {
       return;
     }
-    for_row_ranges(batch, samples * dim, kGrain, [&](auto begin, auto end) {
+    for_row_ranges(batch, samples * dim, [&](auto begin, auto end) {
       launch<IwaeLogWeightsFwd<T>>(static_cast<const T*>(log_px_z), static_cast<const T*>(z),
                                    static_cast<const T*>(mu), static_cast<const T*>(logvar),
                                    static_cast<T*>(log_w), samples, batch, dim, begin, end);
@@ -294,7 +293,7 @@ void iwae_log_weights_bwd(int dtype, const void* grad, std::int64_t grad_stride_
     if (samples == 0 || batch == 0 || dim == 0) {
       return;
     }
-    for_row_ranges(batch, samples * dim, kGrain, [&](auto begin, auto end) {
+    for_row_ranges(batch, samples * dim, [&](auto begin, auto end) {
       launch<IwaeLogWeightsBwd<T>>(static_cast<const T*>(grad), grad_stride_k, grad_stride_b,
                                    static_cast<const T*>(z), static_cast<const T*>(mu),
                                    static_cast<const T*>(logvar), static_cast<T*>(grad_z),

@@ -187,7 +187,7 @@ void vq_select(int dtype, const void* x, const void* codebook, const void* code_
   if (rows == 0) return;
   // A row's work (for_row_ranges, dtype.h: about a nanosecond a unit): two vector scans of its K
   // scores and, mostly, one or a few distances of D elements.
-  for_row_ranges(rows, codes / 4 + 2 * dim, 8192, [&](auto begin, auto end) {
+  for_row_ranges(rows, codes / 4 + 2 * dim, [&](auto begin, auto end) {
     launch<VqSelect>(dtype, x, codebook, code_sq, scores, indices, distances, begin, end, codes,
                      dim, tau_scale);
   });
