@@ -770,13 +770,15 @@ class _Runner:
         """
         if not live:
             return live
-        groups = [[i for i, (row, _) in enumerate(live) if (row["backend"] == "torch") == alone] for alone in (False, True)]
+        reference = [i for i, (row, _) in enumerate(live) if row["backend"] == "torch"]
+        contenders = [i for i in range(len(live)) if i not in reference]
         times: list[list[float]] = [[] for _ in live]
         try:
-            for group in groups:
-                if group:
-                    group_times = timing.time_round_robin([live[i][1] for i in group], self.device, warmup=0,
-                                                          repeats=repeats, scopes=[live[i][1].active for i in group])
+            for group in (contenders, reference):
+                steps = [live[i][1] for i in group]
+                if steps:
+                    group_times = timing.time_round_robin(steps, self.device, warmup=0, repeats=repeats,
+                                                          scopes=[step.active for step in steps])
                     for i, call_times in zip(group, group_times, strict=True):
                         times[i] = call_times
         except Exception as error:  # a failure after the warm-up: none of the interleaved times stands
