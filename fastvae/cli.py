@@ -10,8 +10,8 @@ CPU. It writes the data set and one run directory per model under ``--out`` (see
 ``torchrun``); ``fastvae evaluate RUN_DIR`` scores a trained run and ``fastvae sample RUN_DIR`` draws
 from it (see :mod:`fastvae.train`).
 
-``fastvae bench`` measures the ops on this machine's GPU (or, without one, the torch paths on the
-CPU) against eager PyTorch, ``torch.compile`` and the hardware ceilings, prints the tables and writes
+``fastvae bench`` measures the ops on this machine's GPU (or, without one, the torch paths and the
+cpu kernels on the CPU) against eager PyTorch, ``torch.compile`` and the hardware ceilings, prints the tables and writes
 ``bench.json`` and ``bench.md`` (see :mod:`fastvae.bench` and ``benchmarks/README.md``).
 """
 

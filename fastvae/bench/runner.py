@@ -917,7 +917,11 @@ class _Runner:
         # The code that runs is the tree at the start: a commit made during a long run is not it.
         commit, dirty = _commit()
         if device.type == "cpu":
-            self.note(_CPU_NOTICE if not torch.cuda.is_available() else "measuring on the CPU (--device cpu)")
+            kernels = " and fastvae's cpu kernels" if "cpu" in self.compiled else ""
+            if torch.cuda.is_available():
+                self.note(f"measuring on the CPU (--device cpu): the torch paths{kernels}")
+            else:
+                self.note(_CPU_NOTICE + kernels)
             self.note(
                 "the triton and cuda backends are not benchmarked on the CPU "
                 "(Triton's interpreter is not a performance path)"
