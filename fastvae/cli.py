@@ -30,6 +30,7 @@ import torch
 
 import fastvae
 from fastvae import bench, models
+from fastvae.bench import report as bench_report
 from fastvae.bench import shapes as bench_shapes
 from fastvae.bench import training as bench_training
 from fastvae.train import commands as train_commands
@@ -198,7 +199,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_out_error(out: Path, names: Sequence[str], overwrite: bool) -> str | None:
+    """Why ``fastvae bench`` may not write the files ``names`` into ``out``, or None: ``out`` is a
+    directory or does not exist yet, and holds none of them unless ``overwrite`` (other files in it are
+    never touched)."""
+    if out.exists() and not out.is_dir():
+        return f"--out: {out} is a file, not a directory; name a directory for the results"
+    found = [name for name in names if (out / name).exists()]
+    if found and not overwrite:
+        return (
+            f"--out: {out} already holds {', '.join(found)} from an earlier run; choose another --out, or pass "
+            "--overwrite to replace them"
+        )
+    return None
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.training:
+        names = [bench_training.JSON_NAME, bench_training.MARKDOWN_NAME]
+    else:
+        names = [bench_report.JSON_NAME, bench_report.MARKDOWN_NAME, *([bench_report.PLOT_NAME] if args.plot else [])]
+    problem = _bench_out_error(Path(args.out), names, args.overwrite)
+    if problem is not None:
+        print(f"fastvae bench: {problem}", file=sys.stderr)
+        return 2
     if args.training:
         return bench_training.run(args)
     config = bench.BenchConfig(
@@ -262,6 +286,10 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
                            help="the whole table: every shape (the CPU-sized ones without a GPU), fp32 and bf16, "
                            "both modes, torch.compile everywhere")
     command.add_argument("--out", default="fastvae-bench", help="output directory (default ./fastvae-bench)")
+    command.add_argument("--overwrite", action="store_true",
+                         help="replace the results of an earlier run in --out (bench.json, bench.md, bench.png; "
+                         "training.json and training.md with --training); without it such files stop the run "
+                         "before it measures anything")
     command.add_argument("--plot", action="store_true", help="also write bench.png (needs matplotlib)")
     command.add_argument("--peer", action="store_true",
                          help="compare with vector-quantize-pytorch's VectorQuantize (EMA) on the VQ shapes")

@@ -381,6 +381,53 @@ def test_plot_without_matplotlib_fails_before_running(tmp_path, monkeypatch):
     assert not (tmp_path / "bench.json").exists()
 
 
+def _must_not_run(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("the benchmark ran; the check of --out should have stopped it first")
+
+
+@pytest.mark.parametrize(("argv", "name"), [([], "bench.md"), (["--plot"], "bench.png"),
+                                             (["--training"], "training.json")])
+def test_results_of_an_earlier_run_stop_the_run_before_it_measures(tmp_path, monkeypatch, argv, name):
+    monkeypatch.setattr(cli.bench, "run", _must_not_run)
+    monkeypatch.setattr(cli.bench_training, "run", _must_not_run)
+    (tmp_path / name).write_text("the user's earlier results")
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    status, _, stderr = _bench([*_small(tmp_path), *argv])
+    assert status == 2
+    assert stderr.startswith(f"fastvae bench: --out: {tmp_path} already holds {name}")
+    assert "--overwrite" in stderr
+    assert (tmp_path / name).read_text() == "the user's earlier results"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([name, "notes.txt"])
+
+
+def test_other_files_in_out_do_not_stop_the_run_and_are_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    (tmp_path / "bench.png").write_text("not written without --plot")
+    status, _, stderr = _bench(_small(tmp_path, "--modes", "fwd"))
+    assert status == 0, stderr
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file"
+    assert (tmp_path / "bench.png").read_text() == "not written without --plot"
+
+
+def test_overwrite_replaces_the_results_of_an_earlier_run(tmp_path):
+    (tmp_path / "bench.json").write_text("the user's earlier results")
+    status, _, stderr = _bench(_small(tmp_path, "--modes", "fwd", "--overwrite"))
+    assert status == 0, stderr
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"]
+    # Written beside the target, then moved onto it: no temporary file is left behind.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bench.json", "bench.md"]
+
+
+def test_out_that_is_a_file_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.bench, "run", _must_not_run)
+    out = tmp_path / "results"
+    out.write_text("a file")
+    status, _, stderr = _bench(_small(out))
+    assert status == 2
+    assert stderr.startswith(f"fastvae bench: --out: {out} is a file")
+
+
 def test_python_dash_m_fastvae_bench_works(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "fastvae", "bench", *_small(tmp_path, "--modes", "fwd")],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastvae.bench.shapes import FSQ_LEVELS
+from fastvae.train.checkpoint import atomic_write
 
 __all__ = ["JSON_NAME", "MARKDOWN_NAME", "PLOT_NAME", "markdown", "plot", "write_report"]
 
@@ -220,21 +221,22 @@ def plot(report: dict[str, Any], path: Path) -> None:
     title = f"fastvae bench: {_device_line(report['device'])}, {report['date']}, {report['commit'][:12]}"
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
 
 
 def write_report(report: dict[str, Any], out: Path, *, plot_chart: bool = False) -> list[Path]:
-    """Write ``bench.json`` and ``bench.md`` (and ``bench.png`` with ``plot_chart``) into ``out``, created if needed.
+    """Write ``bench.json`` and ``bench.md`` (and ``bench.png`` with ``plot_chart``) into ``out``, created if needed;
+    each file appears whole or not at all (written beside it, then moved onto it).
 
     Returns:
         The paths written.
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / JSON_NAME, out / MARKDOWN_NAME]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    paths[1].write_text(markdown(report))
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown(report)))
     if plot_chart:
         paths.append(out / PLOT_NAME)
-        plot(report, paths[-1])
+        atomic_write(paths[-1], lambda tmp: plot(report, tmp))
     return paths

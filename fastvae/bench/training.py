@@ -59,6 +59,7 @@ from fastvae.bench.runner import _commit, _device_info, _failure, _release, _ver
 from fastvae.models.vq_vae import VQVAE
 from fastvae.nn import VectorQuantizer
 from fastvae.ops.vq import VQOutput
+from fastvae.train.checkpoint import atomic_write
 
 __all__ = [
     "VARIANTS",
@@ -553,11 +554,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``training.json`` and ``training.md`` into ``out`` (created if needed); returns the paths."""
+    """Write ``training.json`` and ``training.md`` into ``out`` (created if needed), each whole or not at
+    all (written beside it, then moved onto it); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / JSON_NAME, out / MARKDOWN_NAME]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    paths[1].write_text(markdown(report))
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(paths[1], lambda tmp: tmp.write_text(markdown(report)))
     return paths
 
 
