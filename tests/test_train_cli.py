@@ -145,6 +145,18 @@ def test_evaluate_and_sample_name_a_missing_run(capsys: pytest.CaptureFixture[st
     assert line.startswith(f"fastvae evaluate: RUN_DIR: {tmp_path / 'file'} is not a directory")
 
 
+def test_sample_refuses_an_existing_out_before_it_loads_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # RUN_DIR holds no run: the check of --out comes first, so it is what the one line says.
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's picture")
+    line = _one_line_error(capsys, ["sample", str(tmp_path), "--out", str(mine)])
+    assert line == (f"fastvae sample: --out: {mine} already exists; choose another --out, or pass --overwrite to "
+                    "replace it")
+    assert mine.read_bytes() == b"the user's picture"
+    line = _one_line_error(capsys, ["sample", str(tmp_path), "--out", str(tmp_path)])
+    assert line == f"fastvae sample: --out: {tmp_path} is a directory; name the PNG file to write"
+
+
 def test_train_without_a_model_or_a_run_to_resume_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     line = _one_line_error(capsys, ["train", "--steps", "2"])
     assert line == "fastvae train: --model NAME is required (or --resume --out DIR to continue a run)"
@@ -251,6 +263,16 @@ def test_train_evaluate_sample_commands(capsys: pytest.CaptureFixture[str], tmp_
     assert capsys.readouterr().out.strip() == str(tmp_path / "grid.png")
     with Image.open(tmp_path / "grid.png") as image:
         assert image.size == (2 * 66 + 2, 2 * 66 + 2)
+    # A named --out that exists is replaced only when asked.
+    grid = (tmp_path / "grid.png").read_bytes()
+    line = _one_line_error(capsys, ["sample", str(out), "--n", "1", "--out", str(tmp_path / "grid.png"), "--device", "cpu"])
+    assert line.startswith(f"fastvae sample: --out: {tmp_path / 'grid.png'} already exists") and "--overwrite" in line
+    assert (tmp_path / "grid.png").read_bytes() == grid
+    argv = ["sample", str(out), "--n", "1", "--out", str(tmp_path / "grid.png"), "--device", "cpu", "--overwrite"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (66 + 2, 66 + 2)
 
     (out / "notes.txt").write_text("mine")
     assert cli.main([*TRAIN, "--model", "vae", "--steps", "2", "--out", str(out), "--overwrite"]) == 0

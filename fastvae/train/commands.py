@@ -148,7 +148,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     try:
-        path = sample(args.run_dir, n=args.n, out=args.out, seed=args.seed, device=args.device)
+        path = sample(args.run_dir, n=args.n, out=args.out, seed=args.seed, device=args.device,
+                      overwrite=args.overwrite)
     except ValueError as error:
         return _fail("sample", error)
     print(path)
@@ -237,7 +238,9 @@ def add_parsers(commands: Any) -> None:
     )
     command.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by fastvae train")
     command.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    command.add_argument("--out", metavar="FILE", help="PNG to write (default <RUN_DIR>/samples.png)")
+    command.add_argument("--out", metavar="FILE",
+                         help="PNG to write (default <RUN_DIR>/samples.png); an existing FILE needs --overwrite")
+    command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     command.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     command.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
     command.set_defaults(run=_sample)

@@ -350,23 +350,34 @@ def sample(
     out: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Write a grid of ``n`` samples from the run in ``run_dir`` as a PNG.
 
     Args:
         n: samples (conditional models cycle through the classes).
-        out: the PNG path (default ``<run>/samples.png``).
+        out: the PNG path (default ``<run>/samples.png``, the run's own file, replaced on every call).
         seed: seeds the prior draws.
+        overwrite: replace ``out`` if it exists; without it an existing ``out`` is an error, raised
+            before the run is loaded.
 
     Returns:
         The PNG's path.
 
     Raises:
-        SettingError: a bad ``n``, or ``run_dir`` holds no run.
+        SettingError: a bad ``n``, ``out`` exists (without ``overwrite``) or is a directory, or
+            ``run_dir`` holds no run.
         RunFileError: a file of the run is truncated or corrupt (naming it).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SettingError(lambda s: f"{s('n')} must be a positive int, got {n!r}")
+    if out is not None and Path(out).is_dir():
+        raise SettingError(lambda s: f"{s('out')}: {out} is a directory; name the PNG file to write")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise SettingError(
+            lambda s: f"{s('out')}: {out} already exists; choose another {s('out')}, or pass {s('overwrite')} "
+            "to replace it"
+        )
     run = load_run(run_dir, device=device)
     model = run.model
     path = Path(out) if out is not None else run.path / "samples.png"
