@@ -11,13 +11,12 @@ each shape, dtype and mode, on a log scale.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from fastvae.bench.shapes import FSQ_LEVELS
-from fastvae.train.checkpoint import atomic_write
+from fastvae.train.checkpoint import atomic_write, write_json
 
 __all__ = ["JSON_NAME", "MARKDOWN_NAME", "PLOT_NAME", "markdown", "plot", "write_report"]
 
@@ -234,7 +233,7 @@ def write_report(report: dict[str, Any], out: Path, *, plot_chart: bool = False)
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / JSON_NAME, out / MARKDOWN_NAME]
-    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(paths[0], report)
     atomic_write(paths[1], lambda tmp: tmp.write_text(markdown(report)))
     if plot_chart:
         paths.append(out / PLOT_NAME)

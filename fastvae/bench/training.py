@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
-import json
 import platform
 import sys
 import time
@@ -59,7 +58,7 @@ from fastvae.bench.runner import _commit, _device_info, _failure, _release, _ver
 from fastvae.models.vq_vae import VQVAE
 from fastvae.nn import VectorQuantizer
 from fastvae.ops.vq import VQOutput
-from fastvae.train.checkpoint import atomic_write
+from fastvae.train.checkpoint import atomic_write, write_json
 
 __all__ = [
     "VARIANTS",
@@ -558,7 +557,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     all (written beside it, then moved onto it); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / JSON_NAME, out / MARKDOWN_NAME]
-    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(paths[0], report)
     atomic_write(paths[1], lambda tmp: tmp.write_text(markdown(report)))
     return paths
 
