@@ -371,16 +371,17 @@ def sample(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SettingError(lambda s: f"{s('n')} must be a positive int, got {n!r}")
-    if out is not None and Path(out).is_dir():
+    named = None if out is None else Path(out)
+    if named is not None and named.is_dir():
         raise SettingError(lambda s: f"{s('out')}: {out} is a directory; name the PNG file to write")
-    if out is not None and Path(out).exists() and not overwrite:
+    if named is not None and named.exists() and not overwrite:
         raise SettingError(
             lambda s: f"{s('out')}: {out} already exists; choose another {s('out')}, or pass {s('overwrite')} "
             "to replace it"
         )
     run = load_run(run_dir, device=device)
     model = run.model
-    path = Path(out) if out is not None else run.path / "samples.png"
+    path = named if named is not None else run.path / "samples.png"
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
